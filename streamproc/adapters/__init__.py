@@ -1,0 +1,1 @@
+"""Thin I/O adapters: Redis feature store, model store, Kafka helpers."""

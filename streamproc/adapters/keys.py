@@ -1,0 +1,64 @@
+"""The Redis key schema: one place, pure and unit-tested.
+
+Every per-customer key carries the customer id as a hash tag (``{...}``) so all
+of a customer's keys share one Redis Cluster slot and one Lua call can touch
+them atomically. Braces and ``%`` inside ids are percent-encoded so an id can
+never break out of its tag.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PROFILE_SUFFIX: Final = "p"
+OUTPUT_STATE_SUFFIX: Final = "s"
+
+
+def _tag(customer_id: str) -> str:
+    return customer_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def _untag(tag: str) -> str:
+    return tag.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
+
+
+def customer_base(prefix: str, customer_id: str) -> str:
+    """The shared start of every key of one customer: ``<prefix>:{<id>}:``."""
+    return f"{prefix}:{{{_tag(customer_id)}}}:"
+
+
+def profile_key(prefix: str, customer_id: str) -> str:
+    """Key of the customer's feature profile (a msgpack blob)."""
+    return customer_base(prefix, customer_id) + PROFILE_SUFFIX
+
+
+def output_state_key(prefix: str, customer_id: str) -> str:
+    """Key of the customer's scoring state: segment, alert cooldown, pending snapshots."""
+    return customer_base(prefix, customer_id) + OUTPUT_STATE_SUFFIX
+
+
+def profile_pattern(prefix: str) -> str:
+    """SCAN pattern matching every profile key."""
+    return f"{prefix}:{{*}}:{PROFILE_SUFFIX}"
+
+
+def customer_from_key(prefix: str, key: str) -> str:
+    """Invert :func:`profile_key` (or any per-customer key)."""
+    start = len(prefix) + 2
+    end = key.rindex("}:")
+    return _untag(key[start:end])
+
+
+def watermark_key(prefix: str, topic: str, partition: int) -> str:
+    """Key of one input partition's watermark (max event time seen)."""
+    return f"{prefix}:wm:{topic}:{partition}"
+
+
+def checks_key(prefix: str, partition: int) -> str:
+    """Sorted set of customers due an idle re-score, by event time, for one partition."""
+    return f"{prefix}:checks:{partition}"
+
+
+def model_key(prefix: str, name: str) -> str:
+    """Key of a signed model snapshot (``current``, ``trainer`` or a version number)."""
+    return f"{prefix}:model:{name}"

@@ -1,0 +1,168 @@
+"""Redis feature store: one atomic, idempotent Lua call per batch.
+
+The Lua interpreter in ``profile_update.lua`` applies the ops computed by
+``streamproc.core.features``; this module only groups a batch by customer,
+ships it, and decodes the answer.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+
+from streamproc.adapters import keys
+from streamproc.core.features import FeatureConfig, Op
+from streamproc.settings import RedisSettings
+
+_SCRIPT = resources.files("streamproc.adapters").joinpath("profile_update.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """A validated event reduced to what the store needs."""
+
+    customer_id: str
+    event_id: str
+    ts: float
+    ops: Sequence[Op]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerUpdate:
+    """What one customer looks like after a batch was applied."""
+
+    customer_id: str
+    state: dict[str, Any]
+    output_state: dict[str, Any] | None
+    applied: list[bool]
+
+
+def decode_blob(blob: bytes | None) -> dict[str, Any]:
+    """Decode a msgpack blob written by Lua (an empty Lua table packs as a list)."""
+    if not blob:
+        return {}
+    value = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    return value if isinstance(value, dict) else {}
+
+
+def encode_blob(value: Mapping[str, Any]) -> bytes:
+    """Encode a state mapping the way Lua reads it."""
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def make_client(settings: RedisSettings) -> aioredis.Redis:
+    """An asyncio Redis client from settings (password and TLS included)."""
+    kwargs: dict[str, Any] = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+    if settings.password is not None:
+        kwargs["password"] = settings.password.get_secret_value()
+    if settings.username:
+        kwargs["username"] = settings.username
+    if settings.url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        if settings.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = settings.ssl_ca_certs
+    return aioredis.Redis.from_url(settings.url, **kwargs)
+
+
+class RedisProfileStore:
+    """Customer profiles in Redis, updated atomically and deduplicated by event id."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        features: FeatureConfig,
+        dedupe_ttl_s: int,
+        profile_ttl_s: int,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._script = client.register_script(_SCRIPT)
+        wire = features.as_wire()
+        wire.update(dttl=dedupe_ttl_s, pttl=profile_ttl_s)
+        self._config = encode_blob(wire)
+
+    @classmethod
+    def from_settings(cls, client: aioredis.Redis, settings: RedisSettings,
+                      features: FeatureConfig) -> RedisProfileStore:
+        """A store configured from :class:`RedisSettings`."""
+        return cls(client, prefix=settings.key_prefix, features=features,
+                   dedupe_ttl_s=settings.dedupe_ttl_s, profile_ttl_s=settings.profile_ttl_s)
+
+    async def apply_batch(self, events: Sequence[PreparedEvent]) -> list[CustomerUpdate]:
+        """Apply a batch in one round trip; returns each touched customer's new state."""
+        if not events:
+            return []
+        groups: dict[str, list[tuple[str, float, Sequence[Op]]]] = {}
+        for ev in events:
+            groups.setdefault(ev.customer_id, []).append((ev.event_id, ev.ts, ev.ops))
+        customers = list(groups)
+        argv = [self._config, encode_blob(list(groups.values()))]
+        reply = await self._script(
+            keys=[keys.profile_key(self.prefix, c) for c in customers], args=argv
+        )
+        updates = []
+        for customer_id, (blob, out_blob, flags) in zip(customers, reply, strict=True):
+            updates.append(
+                CustomerUpdate(
+                    customer_id=customer_id,
+                    state=decode_blob(blob or None),
+                    output_state=decode_blob(out_blob) if out_blob else None,
+                    applied=[bool(f) for f in flags],
+                )
+            )
+        return updates
+
+    async def get_state(self, customer_id: str) -> dict[str, Any] | None:
+        """The raw stored profile of one customer, None if unknown."""
+        blob = await self.client.get(keys.profile_key(self.prefix, customer_id))
+        return decode_blob(blob) if blob else None
+
+    async def get_states(self, customer_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Raw profiles of many customers in one round trip."""
+        if not customer_ids:
+            return []
+        blobs = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
+        return [decode_blob(b) if b else None for b in blobs]
+
+    async def get_output_states(
+        self, customer_ids: Sequence[str]
+    ) -> list[dict[str, Any] | None]:
+        """Scoring states (segment, alert cooldown, pending snapshots) in one round trip."""
+        if not customer_ids:
+            return []
+        blobs = await self.client.mget(
+            [keys.output_state_key(self.prefix, c) for c in customer_ids]
+        )
+        return [decode_blob(b) if b else None for b in blobs]
+
+    async def put_output_states(
+        self, states: Mapping[str, Mapping[str, Any]], ttl_s: int
+    ) -> None:
+        """Write scoring states in one pipelined round trip."""
+        if not states:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for customer_id, state in states.items():
+            key = keys.output_state_key(self.prefix, customer_id)
+            pipe.set(key, encode_blob(state), ex=ttl_s or None)
+        await pipe.execute()
+
+    async def customers(self, count: int = 1000) -> AsyncIterator[str]:
+        """Every customer with a stored profile (SCAN; safe on a live server)."""
+        async for key in self.client.scan_iter(match=keys.profile_pattern(self.prefix),
+                                               count=count):
+            raw = key.decode() if isinstance(key, bytes) else str(key)
+            yield keys.customer_from_key(self.prefix, raw)
+
+    async def memory_usage(self, customer_id: str) -> int:
+        """Bytes Redis uses for one customer's profile key."""
+        used = await self.client.memory_usage(keys.profile_key(self.prefix, customer_id))
+        return int(used or 0)

@@ -1,0 +1,1 @@
+"""Pure domain logic. Never imports faust, redis, aiokafka or prometheus_client."""

@@ -1,0 +1,465 @@
+"""Per-customer features as commutative update operations.
+
+An event becomes a short list of *ops* (add, max, min, decayed add, marker-gated
+add, category count). The ops are applied atomically in Redis by a small Lua
+interpreter (``adapters/profile_update.lua``) and, for tests and the in-memory
+twin, by :func:`apply_ops` here. Keeping the feature semantics in this module
+and the interpreters generic means the Lua side never encodes business rules.
+
+Every op except the category top-k and the last-session attribution commutes,
+so the final profile does not depend on arrival order; markers make session
+counting idempotent and order-independent too.
+
+State per customer is a flat mapping of short field codes (see ``FIELDS``) to
+numbers, plus ``k`` (a bounded category map) and ``ls`` (last session id). It
+is O(1) in the number of events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+DAY: Final = 86_400.0
+TAU_7D: Final = 7 * DAY
+TAU_30D: Final = 30 * DAY
+
+# Op codes shared with the Lua interpreter: keep both in sync.
+OP_ADD: Final = 1
+OP_MAX: Final = 2
+OP_MIN: Final = 3
+OP_DECAY: Final = 4
+OP_CATEGORY: Final = 5
+OP_MARK: Final = 6
+OP_LAST: Final = 7
+
+Op = tuple[Any, ...]
+
+#: Storage code -> readable feature name. Short codes keep a profile well under 1 KB.
+FIELDS: Final[dict[str, str]] = {
+    "ev": "events",
+    "o": "orders",
+    "rv": "revenue",
+    "it": "items_purchased",
+    "rf": "refunds",
+    "ra": "refund_amount",
+    "fo": "first_order_at",
+    "lo": "last_order_at",
+    "fs": "first_seen_at",
+    "la": "last_seen_at",
+    "lq": "last_active_at",
+    "se": "sessions",
+    "pv": "page_views",
+    "vv": "product_views",
+    "sr": "searches",
+    "ac": "add_to_cart",
+    "rc": "remove_from_cart",
+    "cs": "cart_sessions",
+    "os": "ordered_sessions",
+    "cc": "converted_cart_sessions",
+    "v7": "views_7d",
+    "v30": "views_30d",
+    "c7": "carts_7d",
+    "c30": "carts_30d",
+    "o7": "orders_7d",
+    "o30": "orders_30d",
+    "s7": "spend_7d",
+    "s30": "spend_30d",
+    "dt": "decay_reference_at",
+}
+
+#: Decayed fields and their time constants (seconds of event time).
+DECAY_TAUS: Final[dict[str, float]] = {
+    "v7": TAU_7D,
+    "v30": TAU_30D,
+    "c7": TAU_7D,
+    "c30": TAU_30D,
+    "o7": TAU_7D,
+    "o30": TAU_30D,
+    "s7": TAU_7D,
+    "s30": TAU_30D,
+}
+
+#: Category weights for affinity: a purchase says more than a view.
+CATEGORY_WEIGHT_VIEW: Final = 1.0
+CATEGORY_WEIGHT_CART: Final = 2.0
+CATEGORY_WEIGHT_ORDER: Final = 4.0
+
+#: Orders without a session id are attributed to the last session if it is this recent.
+ORDER_SESSION_WINDOW_S: Final = 4 * 3600.0
+
+VIEW_TYPES: Final = frozenset({"page_view", "product_view"})
+
+
+class ClickLike(Protocol):
+    """What the feature code reads from a clickstream event."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def quantity(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """Tunables of the feature update that both interpreters need."""
+
+    max_categories: int = 16
+    marker_ttl_s: int = 3 * 86_400
+
+    def as_wire(self) -> dict[str, Any]:
+        """The config as sent to the Lua interpreter."""
+        return {"taus": DECAY_TAUS, "maxcat": self.max_categories, "mttl": self.marker_ttl_s}
+
+
+def clickstream_ops(event: Any, ts: float) -> list[Op]:
+    """Ops for one clickstream event at event time ``ts`` (epoch seconds)."""
+    kind: str = event.event_type
+    ops: list[Op] = [
+        (OP_ADD, "ev", 1.0),
+        (OP_MIN, "fs", ts),
+        (OP_MAX, "la", ts),
+        (OP_MAX, "lq", ts),
+    ]
+    sid: str | None = event.session_id
+    if sid:
+        ops.append((OP_MARK, "s:" + sid, "se", 1.0, "", "", 0.0))
+        ops.append((OP_LAST, "ls", sid))
+    if kind in VIEW_TYPES:
+        ops.append((OP_ADD, "pv" if kind == "page_view" else "vv", 1.0))
+        ops.append((OP_DECAY, "v7", 1.0))
+        ops.append((OP_DECAY, "v30", 1.0))
+        if event.category:
+            ops.append((OP_CATEGORY, event.category, CATEGORY_WEIGHT_VIEW))
+    elif kind == "search":
+        ops.append((OP_ADD, "sr", 1.0))
+    elif kind == "add_to_cart":
+        ops.append((OP_ADD, "ac", 1.0))
+        ops.append((OP_DECAY, "c7", 1.0))
+        ops.append((OP_DECAY, "c30", 1.0))
+        if sid:
+            ops.append((OP_MARK, "c:" + sid, "cs", 1.0, "o:" + sid, "cc", 1.0))
+        if event.category:
+            ops.append((OP_CATEGORY, event.category, CATEGORY_WEIGHT_CART))
+    elif kind == "remove_from_cart":
+        ops.append((OP_ADD, "rc", 1.0))
+    return ops
+
+
+def purchase_ops(event: Any, ts: float) -> list[Op]:
+    """Ops for one order or refund at event time ``ts`` (epoch seconds)."""
+    ops: list[Op] = [(OP_ADD, "ev", 1.0), (OP_MIN, "fs", ts), (OP_MAX, "la", ts)]
+    total = float(event.total)
+    if event.type == "refund":
+        ops.append((OP_ADD, "rf", 1.0))
+        ops.append((OP_ADD, "ra", total))
+        return ops
+    ops += [
+        (OP_MAX, "lq", ts),
+        (OP_ADD, "o", 1.0),
+        (OP_ADD, "rv", total),
+        (OP_MIN, "fo", ts),
+        (OP_MAX, "lo", ts),
+        (OP_DECAY, "o7", 1.0),
+        (OP_DECAY, "o30", 1.0),
+        (OP_DECAY, "s7", total),
+        (OP_DECAY, "s30", total),
+    ]
+    items = 0
+    for item in event.items:
+        items += int(item.quantity)
+        if item.category:
+            ops.append((OP_CATEGORY, item.category, CATEGORY_WEIGHT_ORDER))
+    ops.append((OP_ADD, "it", float(items)))
+    # An empty session id means "the customer's last session" (resolved where the state is).
+    sid = event.session_id or ""
+    ops.append((OP_MARK, "o:" + sid, "os", 1.0, "c:" + sid, "cc", 1.0))
+    return ops
+
+
+class MarkerStore(Protocol):
+    """Set-once markers (per customer, TTL'd in Redis): ``add`` returns True the first time."""
+
+    def add(self, name: str) -> bool: ...
+    def __contains__(self, name: object) -> bool: ...
+
+
+class SetMarkers(set[str]):
+    """In-memory :class:`MarkerStore` for the twin and tests."""
+
+    def add(self, name: str) -> bool:  # type: ignore[override]
+        """Add a marker; True if it was not there yet."""
+        if name in self:
+            return False
+        super().add(name)
+        return True
+
+
+def apply_ops(
+    state: MutableMapping[str, Any],
+    ops: Iterable[Op],
+    ts: float,
+    markers: MarkerStore,
+    config: FeatureConfig,
+) -> None:
+    """Apply one event's ops to ``state`` in place (the Python twin of the Lua interpreter)."""
+    for op in ops:
+        code = op[0]
+        if code == OP_ADD:
+            state[op[1]] = state.get(op[1], 0.0) + op[2]
+        elif code == OP_MAX:
+            cur = state.get(op[1])
+            if cur is None or op[2] > cur:
+                state[op[1]] = op[2]
+        elif code == OP_MIN:
+            cur = state.get(op[1])
+            if cur is None or op[2] < cur:
+                state[op[1]] = op[2]
+        elif code == OP_DECAY:
+            _decay_add(state, op[1], op[2], ts)
+        elif code == OP_CATEGORY:
+            _category_add(state, op[1], op[2], config.max_categories)
+        elif code == OP_MARK:
+            _mark(state, op, ts, markers)
+        elif code == OP_LAST:
+            if ts >= state.get(op[1] + "@", -math.inf):
+                state[op[1]] = op[2]
+                state[op[1] + "@"] = ts
+
+
+def _decay_add(state: MutableMapping[str, Any], field: str, value: float, ts: float) -> None:
+    ref = state.get("dt")
+    if ref is None:
+        ref = ts
+        state["dt"] = ts
+    elif ts > ref:
+        for name, tau in DECAY_TAUS.items():
+            if name in state:
+                state[name] = state[name] * math.exp(-(ts - ref) / tau)
+        ref = ts
+        state["dt"] = ts
+    state[field] = state.get(field, 0.0) + value * math.exp(-(ref - ts) / DECAY_TAUS[field])
+
+
+def _category_add(state: MutableMapping[str, Any], category: str, weight: float, cap: int) -> None:
+    # Space-saving top-k: when full, the weakest category gives its slot to the newcomer.
+    cats: dict[str, float] = state.setdefault("k", {})
+    if category in cats or len(cats) < cap:
+        cats[category] = cats.get(category, 0.0) + weight
+        return
+    weakest = min(cats, key=lambda c: (cats[c], c))
+    floor = cats.pop(weakest)
+    cats[category] = floor + weight
+
+
+def _mark(state: MutableMapping[str, Any], op: Op, ts: float, markers: MarkerStore) -> None:
+    _, name, field, value, other, other_field, other_value = op
+    if name.endswith(":"):
+        last = state.get("ls")
+        if last is None or ts - state.get("ls@", -math.inf) > ORDER_SESSION_WINDOW_S:
+            return
+        name += last
+        other += last
+    if markers.add(name):
+        state[field] = state.get(field, 0.0) + value
+        if other and other in markers:
+            state[other_field] = state.get(other_field, 0.0) + other_value
+
+
+def event_ops(event: Any, ts: float) -> list[Op]:
+    """Ops for any input event (dispatches on the event's contract)."""
+    if getattr(event, "kind", None) == "purchase" or hasattr(event, "order_id"):
+        return purchase_ops(event, ts)
+    return clickstream_ops(event, ts)
+
+
+@dataclass(slots=True)
+class InMemoryProfiles:
+    """The in-memory twin of the Redis feature store: same ops, same dedupe rule."""
+
+    config: FeatureConfig
+    states: dict[str, dict[str, Any]]
+    markers: dict[str, SetMarkers]
+    seen: set[tuple[str, str]]
+
+    @classmethod
+    def empty(cls, config: FeatureConfig | None = None) -> InMemoryProfiles:
+        """A store with no customers."""
+        return cls(config or FeatureConfig(), {}, {}, set())
+
+    def apply(self, customer_id: str, event_id: str, ops: Sequence[Op], ts: float) -> bool:
+        """Apply one event unless its id was seen; True if applied."""
+        if (customer_id, event_id) in self.seen:
+            return False
+        self.seen.add((customer_id, event_id))
+        state = self.states.setdefault(customer_id, {})
+        markers = self.markers.setdefault(customer_id, SetMarkers())
+        apply_ops(state, ops, ts, markers, self.config)
+        return True
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileView:
+    """A customer's profile with derived values as of an event time."""
+
+    customer_id: str
+    as_of: float
+    raw: Mapping[str, Any]
+
+    def get(self, code: str, default: float = 0.0) -> float:
+        """A stored numeric field by its code."""
+        value = self.raw.get(code)
+        return default if value is None else float(value)
+
+    def decayed(self, code: str) -> float:
+        """A decayed counter brought forward to ``as_of`` (never backward)."""
+        ref = self.raw.get("dt")
+        value = self.get(code)
+        if ref is None or self.as_of <= ref:
+            return value
+        return value * math.exp(-(self.as_of - float(ref)) / DECAY_TAUS[code])
+
+    def _days_since(self, code: str) -> float | None:
+        value = self.raw.get(code)
+        if value is None:
+            return None
+        return max(0.0, (self.as_of - float(value)) / DAY)
+
+    @property
+    def recency_days(self) -> float:
+        """Days since the last qualifying activity (any event but a refund)."""
+        days = self._days_since("lq")
+        return days if days is not None else 0.0
+
+    @property
+    def days_since_last_order(self) -> float | None:
+        """Days since the last order, None if the customer never ordered."""
+        return self._days_since("lo")
+
+    @property
+    def tenure_days(self) -> float:
+        """Days since the customer was first seen."""
+        days = self._days_since("fs")
+        return days if days is not None else 0.0
+
+    @property
+    def average_order_value(self) -> float:
+        """Revenue per order."""
+        orders = self.get("o")
+        return self.get("rv") / orders if orders else 0.0
+
+    @property
+    def net_spend(self) -> float:
+        """Revenue minus refunds: the customer's value to date."""
+        return self.get("rv") - self.get("ra")
+
+    @property
+    def conversion_rate(self) -> float:
+        """Share of sessions that contained an order."""
+        sessions = self.get("se")
+        return min(1.0, self.get("os") / sessions) if sessions else 0.0
+
+    @property
+    def cart_abandonment_rate(self) -> float:
+        """Share of sessions with an add-to-cart that ended without an order."""
+        carts = self.get("cs")
+        return max(0.0, carts - self.get("cc")) / carts if carts else 0.0
+
+    @property
+    def refund_rate(self) -> float:
+        """Refunded amount over revenue."""
+        revenue = self.get("rv")
+        return min(1.0, self.get("ra") / revenue) if revenue else 0.0
+
+    @property
+    def mean_days_between_orders(self) -> float | None:
+        """Mean gap between consecutive orders, None with fewer than two orders."""
+        orders = self.get("o")
+        if orders < 2:
+            return None
+        return (self.get("lo") - self.get("fo")) / (orders - 1) / DAY
+
+    @property
+    def categories(self) -> dict[str, float]:
+        """Tracked category affinity weights (bounded top-k)."""
+        return dict(self.raw.get("k") or {})
+
+    @property
+    def top_category(self) -> tuple[str | None, float]:
+        """The strongest category and its share of tracked weight."""
+        cats = self.categories
+        if not cats:
+            return None, 0.0
+        name = max(cats, key=lambda c: (cats[c], c))
+        return name, cats[name] / sum(cats.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything a person or a model would read, with readable names."""
+        out: dict[str, Any] = {"customer_id": self.customer_id, "as_of": self.as_of}
+        for code, name in FIELDS.items():
+            if code in DECAY_TAUS:
+                out[name] = self.decayed(code)
+            elif code in self.raw:
+                out[name] = float(self.raw[code])
+        top, share = self.top_category
+        out.update(
+            recency_days=self.recency_days,
+            days_since_last_order=self.days_since_last_order,
+            tenure_days=self.tenure_days,
+            average_order_value=self.average_order_value,
+            net_spend=self.net_spend,
+            conversion_rate=self.conversion_rate,
+            cart_abandonment_rate=self.cart_abandonment_rate,
+            refund_rate=self.refund_rate,
+            mean_days_between_orders=self.mean_days_between_orders,
+            distinct_categories=len(self.categories),
+            top_category=top,
+            top_category_share=share,
+            categories=self.categories,
+            last_session_id=self.raw.get("ls"),
+        )
+        return out
+
+
+def model_features(view: ProfileView) -> dict[str, float]:
+    """The numeric features the segmentation and churn models read, as of ``view.as_of``.
+
+    Heavy-tailed counts are log1p-compressed so a standard scaler treats them sensibly.
+    """
+    last_order = view.days_since_last_order
+    gap = view.mean_days_between_orders
+    return {
+        "recency_days": view.recency_days,
+        "days_since_last_order": last_order if last_order is not None else view.tenure_days,
+        "tenure_days": view.tenure_days,
+        "log_orders": math.log1p(view.get("o")),
+        "log_net_spend": math.log1p(max(0.0, view.net_spend)),
+        "log_aov": math.log1p(view.average_order_value),
+        "log_sessions": math.log1p(view.get("se")),
+        "log_views": math.log1p(view.get("pv") + view.get("vv")),
+        "log_searches": math.log1p(view.get("sr")),
+        "views_7d": math.log1p(view.decayed("v7")),
+        "views_30d": math.log1p(view.decayed("v30")),
+        "carts_30d": math.log1p(view.decayed("c30")),
+        "orders_30d": math.log1p(view.decayed("o30")),
+        "spend_30d": math.log1p(view.decayed("s30")),
+        "conversion_rate": view.conversion_rate,
+        "cart_abandonment_rate": view.cart_abandonment_rate,
+        "refund_rate": view.refund_rate,
+        "mean_days_between_orders": gap if gap is not None else 0.0,
+        "orders_per_30d_tenure": view.get("o") / max(1.0, view.tenure_days / 30.0),
+    }
+
+
+MODEL_FEATURES: Final[tuple[str, ...]] = tuple(
+    model_features(ProfileView("", 0.0, {})).keys()
+)

@@ -1,0 +1,727 @@
+"""Seeded synthetic customer traffic with planted personas.
+
+The generator is ground truth for model tests (each customer has a known persona,
+and churners stop at a known time) and the source of the load generator. It is
+pure: stdlib only, event time only, plain JSON-ready dicts out.
+
+Each customer's stream is produced lazily by its own ``random.Random``, so a
+customer's events do not depend on how many other customers there are or on how
+far the caller has read, and memory is O(customers), not O(events).
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import heapq
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+__all__ = [
+    "PERSONAS",
+    "CustomerTruth",
+    "GeneratedEvent",
+    "Topic",
+    "TrafficGenerator",
+    "batch_envelopes",
+    "inject_faults",
+]
+
+Topic = Literal["clickstream", "purchases"]
+
+PERSONAS: Final[tuple[str, ...]] = (
+    "loyal_high_value",
+    "bargain_hunter",
+    "browser",
+    "new_customer",
+    "churner",
+)
+
+DEFAULT_PERSONA_MIX: Final[Mapping[str, float]] = {
+    "loyal_high_value": 0.15,
+    "bargain_hunter": 0.25,
+    "browser": 0.30,
+    "new_customer": 0.10,
+    "churner": 0.20,
+}
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS_PER_DAY: Final = 86_400_000
+_MS: Final = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerTruth:
+    """What the generator planted for one customer."""
+
+    customer_id: str
+    persona: str
+    # Planned start of the first session; later than the period for customers who never show up.
+    first_active: datetime
+    # Churners only: every one of their events is strictly before this.
+    churn_at: datetime | None
+    # Time of the customer's last generated event; None if they produced none.
+    last_event: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedEvent:
+    """One record for a Kafka topic: key is the customer id, value the event dict."""
+
+    topic: Topic
+    key: str
+    value: dict[str, Any]
+    # The event time; equals ``value["timestamp"]`` parsed (unless that was corrupted on purpose).
+    timestamp: datetime
+    # Set by :func:`inject_faults` on events a validator must send to the dead-letter topic.
+    invalid_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    """Behaviour parameters of one persona (probabilities are per session)."""
+
+    gap_days: tuple[float, float]  # range of the customer's mean gap between sessions
+    browse_events: tuple[int, int]  # page/product views and searches per session
+    browse_weights: tuple[float, float, float]  # page_view, product_view, search
+    p_cart: float  # session adds something to the cart
+    p_order: float  # session ends in an order (so p_order <= p_cart)
+    basket_eur: tuple[float, float]  # order total range
+    price_eur: tuple[float, float]  # prices of the products this persona looks at
+    p_remove: float  # a carting session also adds and then removes an extra line
+    p_refund: float  # an order is partly refunded a few days later
+    max_sessions: int | None = None
+    max_orders: int | None = None
+
+
+_PROFILES: Final[Mapping[str, _Profile]] = {
+    "loyal_high_value": _Profile(
+        gap_days=(3.0, 5.0),
+        browse_events=(1, 8),
+        browse_weights=(0.3, 0.6, 0.1),
+        p_cart=0.8,
+        p_order=0.65,
+        basket_eur=(80.0, 300.0),
+        price_eur=(15.0, 150.0),
+        p_remove=0.1,
+        p_refund=0.03,
+    ),
+    "bargain_hunter": _Profile(
+        gap_days=(1.5, 3.5),
+        browse_events=(6, 15),
+        browse_weights=(0.15, 0.45, 0.40),
+        p_cart=0.8,
+        p_order=0.35,
+        basket_eur=(10.0, 40.0),
+        price_eur=(2.0, 12.0),
+        p_remove=0.4,
+        p_refund=0.05,
+    ),
+    "browser": _Profile(
+        gap_days=(2.0, 6.0),
+        browse_events=(5, 15),
+        browse_weights=(0.5, 0.4, 0.1),
+        p_cart=0.25,
+        p_order=0.02,
+        basket_eur=(20.0, 150.0),
+        price_eur=(5.0, 100.0),
+        p_remove=0.3,
+        p_refund=0.05,
+    ),
+    "new_customer": _Profile(
+        gap_days=(0.3, 2.0),
+        browse_events=(2, 10),
+        browse_weights=(0.4, 0.4, 0.2),
+        p_cart=0.4,
+        p_order=0.3,
+        basket_eur=(20.0, 120.0),
+        price_eur=(5.0, 80.0),
+        p_remove=0.2,
+        p_refund=0.0,
+        max_sessions=4,
+        max_orders=1,
+    ),
+    "churner": _Profile(
+        gap_days=(4.0, 8.0),
+        browse_events=(2, 10),
+        browse_weights=(0.35, 0.5, 0.15),
+        p_cart=0.6,
+        p_order=0.45,
+        basket_eur=(30.0, 120.0),
+        price_eur=(8.0, 60.0),
+        p_remove=0.15,
+        p_refund=0.05,
+    ),
+}
+
+_CATEGORIES: Final = (
+    "electronics",
+    "fashion",
+    "home",
+    "beauty",
+    "sports",
+    "books",
+    "toys",
+    "grocery",
+)
+_CATALOG_SIZE: Final = 600
+_MAX_ORDER_LINES: Final = 8
+_QUERIES: Final = tuple(
+    f"{word} {category}"
+    for category in _CATEGORIES
+    for word in ("cheap", "best", "new", "sale", "gift")
+)
+_PAGES: Final = (
+    "/",
+    "/deals",
+    "/account",
+    "/help",
+    "/cart",
+    "/new-arrivals",
+    *(f"/category/{category}" for category in _CATEGORIES),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Product:
+    product_id: str
+    category: str
+    price: float
+
+
+class _Pool:
+    """Products in a persona's price band, sorted by price for budget-bounded picks."""
+
+    __slots__ = ("prices", "products")
+
+    def __init__(self, products: Iterable[_Product]) -> None:
+        self.products = sorted(products, key=lambda p: (p.price, p.product_id))
+        self.prices = [p.price for p in self.products]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Per-customer parameters drawn before any event is generated."""
+
+    index: int
+    customer_id: str
+    persona: str
+    first_ms: int
+    churn_ms: int | None
+    mean_gap_ms: float
+
+
+# (event ms, customer index, per-customer sequence, topic, value, event datetime):
+# the first three make the heap key unique, so merging never compares dicts.
+_Raw = tuple[int, int, int, Topic, dict[str, Any], datetime]
+# (event ms, topic, value, event datetime) inside one session, before it is released.
+_Pending = tuple[int, Topic, dict[str, Any], datetime]
+
+
+def _utc_ms(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("start must be timezone-aware (UTC)")
+    return (moment - _EPOCH) // _MS
+
+
+def _at(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _persona_counts(customers: int, mix: Mapping[str, float]) -> dict[str, int]:
+    """Exact per-persona counts by largest remainder, so small populations match the mix."""
+    total = sum(mix.values())
+    quotas = {p: customers * mix.get(p, 0.0) / total for p in PERSONAS}
+    counts = {p: math.floor(q) for p, q in quotas.items()}
+    short = customers - sum(counts.values())
+    by_remainder = sorted(PERSONAS, key=lambda p: (-(quotas[p] - counts[p]), PERSONAS.index(p)))
+    for persona in by_remainder[:short]:
+        counts[persona] += 1
+    return counts
+
+
+def _validated_mix(persona_mix: Mapping[str, float] | None) -> dict[str, float]:
+    mix = dict(DEFAULT_PERSONA_MIX if persona_mix is None else persona_mix)
+    unknown = set(mix) - set(PERSONAS)
+    if unknown:
+        raise ValueError(f"unknown personas in persona_mix: {sorted(unknown)}")
+    if any(not math.isfinite(w) or w < 0 for w in mix.values()):
+        raise ValueError("persona_mix weights must be finite and >= 0")
+    if sum(mix.values()) <= 0:
+        raise ValueError("persona_mix needs at least one positive weight")
+    return mix
+
+
+class TrafficGenerator:
+    """Deterministic clickstream and purchase traffic for a population of personas.
+
+    Same ``seed`` and arguments give the same events, ids and truths; each
+    customer's events depend only on the seed and the customer's index.
+    """
+
+    def __init__(
+        self,
+        *,
+        customers: int,
+        seed: int,
+        start: datetime,
+        days: float,
+        persona_mix: Mapping[str, float] | None = None,
+    ) -> None:
+        if customers < 0:
+            raise ValueError("customers must be >= 0")
+        if not (math.isfinite(days) and days > 0):
+            raise ValueError("days must be a positive number")
+        self._seed = seed
+        self._start_ms = _utc_ms(start)
+        self._period_ms = round(days * _MS_PER_DAY)
+        self._end_ms = self._start_ms + self._period_ms
+        mix = _validated_mix(persona_mix)
+        counts = _persona_counts(customers, mix)
+        personas = [p for p in PERSONAS for _ in range(counts[p])]
+        random.Random(f"{seed}/personas").shuffle(personas)  # noqa: S311 - simulation, not crypto
+        self._plans = [self._plan(i, persona) for i, persona in enumerate(personas)]
+        self._pools = self._catalog(seed)
+        self._truths: dict[str, CustomerTruth] | None = None
+
+    @property
+    def start(self) -> datetime:
+        """First instant of the simulated period."""
+        return _at(self._start_ms)
+
+    @property
+    def end(self) -> datetime:
+        """End of the simulated period; every event is strictly before it."""
+        return _at(self._end_ms)
+
+    def truths(self) -> dict[str, CustomerTruth]:
+        """Planted persona, first activity, churn time and last event per customer id.
+
+        Computed by replaying each customer's stream on its own (O(events) time,
+        O(1) extra memory), so it is complete whether or not ``events()`` was read.
+        """
+        if self._truths is None:
+            truths: dict[str, CustomerTruth] = {}
+            for plan in self._plans:
+                last: int | None = None
+                for raw in self._customer_stream(plan):
+                    last = raw[0]
+                truths[plan.customer_id] = CustomerTruth(
+                    customer_id=plan.customer_id,
+                    persona=plan.persona,
+                    first_active=_at(plan.first_ms),
+                    churn_at=None if plan.churn_ms is None else _at(plan.churn_ms),
+                    last_event=None if last is None else _at(last),
+                )
+            self._truths = truths
+        return dict(self._truths)
+
+    def events(self) -> Iterator[GeneratedEvent]:
+        """All events of all customers, ordered by event time (ties by customer, then sequence)."""
+        streams = [self._customer_stream(plan) for plan in self._plans]
+        for _ms, cidx, _seq, topic, value, moment in heapq.merge(*streams):
+            yield GeneratedEvent(topic, self._plans[cidx].customer_id, value, moment)
+
+    def count_estimate(self) -> int:
+        """Rough expected number of events (for progress bars and load-test sizing)."""
+        total = 0.0
+        for plan in self._plans:
+            profile = _PROFILES[plan.persona]
+            stop = self._end_ms if plan.churn_ms is None else min(plan.churn_ms, self._end_ms)
+            sessions = max(0.0, (stop - plan.first_ms) / plan.mean_gap_ms + 0.5)
+            if profile.max_sessions is not None:
+                sessions = min(sessions, (1 + profile.max_sessions) / 2)
+            lo, hi = profile.browse_events
+            # start + end, browsing, ~2.5 lines of product_view + add_to_cart, removals, orders.
+            cart = profile.p_cart * (5 + 3 * profile.p_remove)
+            per_session = 2 + (lo + hi) / 2 + cart + profile.p_order
+            total += sessions * per_session
+        return round(total)
+
+    # -- planning ---------------------------------------------------------------
+
+    def _plan(self, index: int, persona: str) -> _Plan:
+        rng = random.Random(f"{self._seed}/{index}/plan")  # noqa: S311 - simulation, not crypto
+        profile = _PROFILES[persona]
+        mean_gap_ms = rng.uniform(*profile.gap_days) * _MS_PER_DAY
+        churn_ms: int | None = None
+        if persona == "new_customer":
+            first_ms = self._start_ms + round(rng.uniform(0.8, 0.9) * self._period_ms)
+        else:
+            first_ms = self._start_ms + round(rng.uniform(0.0, min(mean_gap_ms, self._period_ms)))
+        if persona == "churner":
+            churn_ms = self._start_ms + round(rng.uniform(0.3, 0.7) * self._period_ms)
+        return _Plan(index, f"c-{index:06d}", persona, first_ms, churn_ms, mean_gap_ms)
+
+    @staticmethod
+    def _catalog(seed: int) -> dict[str, _Pool]:
+        rng = random.Random(f"{seed}/catalog")  # noqa: S311 - simulation, not crypto
+        products = [
+            _Product(
+                product_id=f"p-{i:05d}",
+                category=_CATEGORIES[i % len(_CATEGORIES)],
+                # Log-uniform 2..250 EUR: many cheap items, a long tail of expensive ones.
+                price=round(math.exp(rng.uniform(math.log(2.0), math.log(250.0))), 2),
+            )
+            for i in range(_CATALOG_SIZE)
+        ]
+        return {
+            persona: _Pool(p for p in products if lo <= p.price <= hi)
+            for persona, profile in _PROFILES.items()
+            for lo, hi in [profile.price_eur]
+        }
+
+    # -- per-customer simulation -------------------------------------------------
+
+    def _customer_stream(self, plan: _Plan) -> Iterator[_Raw]:
+        """One customer's events in time order; every event is before the stop time."""
+        rng = random.Random(f"{self._seed}/{plan.index}/events")  # noqa: S311 - not crypto
+        profile = _PROFILES[plan.persona]
+        pool = self._pools[plan.persona]
+        stop_ms = self._end_ms if plan.churn_ms is None else min(plan.churn_ms, self._end_ms)
+        cidx = plan.index
+        ids = _Ids(self._seed, cidx)
+        # Heap of (ms, id counter, value, datetime): refunds come days after their order.
+        refunds: list[tuple[int, int, dict[str, Any], datetime]] = []
+        seq = 0
+        sessions = 0
+        orders = 0
+        t = plan.first_ms
+        while t < stop_ms and (profile.max_sessions is None or sessions < profile.max_sessions):
+            may_order = profile.max_orders is None or orders < profile.max_orders
+            session, order = self._session(rng, plan, profile, pool, ids, t, may_order)
+            if session[-1][0] >= stop_ms:
+                break  # a session never straddles the end of the period or the churn time
+            sessions += 1
+            for ms, topic, value, moment in session:
+                while refunds and refunds[0][0] < ms:
+                    r_ms, _, r_value, r_moment = heapq.heappop(refunds)
+                    yield r_ms, cidx, seq, "purchases", r_value, r_moment
+                    seq += 1
+                yield ms, cidx, seq, topic, value, moment
+                seq += 1
+            if order is not None:
+                orders += 1
+                if rng.random() < profile.p_refund:
+                    r_ms, _, r_value, r_moment = self._refund(rng, ids, order)
+                    if r_ms < stop_ms:
+                        heapq.heappush(refunds, (r_ms, ids.n, r_value, r_moment))
+            gap = plan.mean_gap_ms * rng.uniform(0.5, 1.5)
+            t = session[-1][0] + round(gap)
+        while refunds:
+            r_ms, _, r_value, r_moment = heapq.heappop(refunds)
+            yield r_ms, cidx, seq, "purchases", r_value, r_moment
+            seq += 1
+
+    def _session(
+        self,
+        rng: random.Random,
+        plan: _Plan,
+        profile: _Profile,
+        pool: _Pool,
+        ids: _Ids,
+        t: int,
+        may_order: bool,
+    ) -> tuple[list[_Pending], _Pending | None]:
+        """Events of one session starting at ``t``, and its order event if it converted."""
+        cid = plan.customer_id
+        sid = ids.session()
+        out: list[_Pending] = []
+
+        def click(ms: int, event_type: str, **fields: Any) -> None:
+            moment = _at(ms)
+            value: dict[str, Any] = {
+                "event_id": ids.event(),
+                "customer_id": cid,
+                "event_type": event_type,
+                "timestamp": moment.isoformat(timespec="milliseconds"),
+                "session_id": sid,
+            }
+            value.update(fields)
+            out.append((ms, "clickstream", value, moment))
+
+        r = rng.random()
+        channel = "web" if r < 0.6 else "app" if r < 0.9 else "email"
+        r = rng.random()
+        device = "mobile" if r < 0.55 else "desktop" if r < 0.9 else "tablet"
+        click(t, "session_start", channel=channel, device=device)
+
+        w_page, w_product, _ = profile.browse_weights
+        products = pool.products
+        for _ in range(rng.randint(*profile.browse_events)):
+            t += rng.randint(3_000, 90_000)
+            r = rng.random()
+            if r < w_page:
+                click(t, "page_view", url=rng.choice(_PAGES))
+            elif r < w_page + w_product:
+                p = products[rng.randrange(len(products))]
+                click(
+                    t,
+                    "product_view",
+                    product_id=p.product_id,
+                    category=p.category,
+                    price=p.price,
+                )
+            else:
+                click(t, "search", query=rng.choice(_QUERIES))
+
+        order: _Pending | None = None
+        if rng.random() < profile.p_cart:
+            lines = _basket(rng, pool, profile.basket_eur)
+            extra = None
+            if rng.random() < profile.p_remove:
+                extra = products[rng.randrange(len(products))]
+            for p, qty in [*lines, *([(extra, 1)] if extra is not None else [])]:
+                fields = {"product_id": p.product_id, "category": p.category, "price": p.price}
+                t += rng.randint(3_000, 60_000)
+                click(t, "product_view", **fields)
+                t += rng.randint(2_000, 30_000)
+                click(t, "add_to_cart", **fields, quantity=qty)
+            if extra is not None:
+                t += rng.randint(5_000, 60_000)
+                click(
+                    t,
+                    "remove_from_cart",
+                    product_id=extra.product_id,
+                    category=extra.category,
+                    price=extra.price,
+                    quantity=1,
+                )
+            if may_order and rng.random() < profile.p_order / profile.p_cart:
+                t += rng.randint(1_000, 8_000)
+                moment = _at(t)
+                items = [
+                    {
+                        "product_id": p.product_id,
+                        "category": p.category,
+                        "quantity": qty,
+                        "unit_price": p.price,
+                    }
+                    for p, qty in lines
+                ]
+                value = {
+                    "event_id": ids.event(),
+                    "customer_id": cid,
+                    "order_id": ids.order(),
+                    "timestamp": moment.isoformat(timespec="milliseconds"),
+                    "type": "order",
+                    "items": items,
+                    "total": round(sum(qty * p.price for p, qty in lines), 2),
+                    "currency": "EUR",
+                    "session_id": sid,
+                }
+                placed: _Pending = (t, "purchases", value, moment)
+                out.append(placed)
+                order = placed
+        t += rng.randint(1_000, 30_000)
+        click(t, "session_end")
+        return out, order
+
+    @staticmethod
+    def _refund(rng: random.Random, ids: _Ids, order: _Pending) -> _Pending:
+        """A partial refund of one order line, one to seven days after the order."""
+        order_ms, _, order_value, _ = order
+        line = rng.choice(order_value["items"])
+        qty = rng.randint(1, line["quantity"])
+        ms = order_ms + rng.randint(_MS_PER_DAY, 7 * _MS_PER_DAY)
+        moment = _at(ms)
+        value = {
+            "event_id": ids.event(),
+            "customer_id": order_value["customer_id"],
+            "order_id": order_value["order_id"],
+            "timestamp": moment.isoformat(timespec="milliseconds"),
+            "type": "refund",
+            "items": [{**line, "quantity": qty}],
+            "total": round(qty * line["unit_price"], 2),
+            "currency": "EUR",
+            "session_id": order_value["session_id"],
+        }
+        return ms, "purchases", value, moment
+
+
+class _Ids:
+    """Deterministic, globally unique ids for one customer's events, sessions and orders."""
+
+    __slots__ = ("_prefix", "n", "orders", "sessions")
+
+    def __init__(self, seed: int, cidx: int) -> None:
+        self._prefix = f"{seed}-{cidx}-"
+        self.n = 0
+        self.sessions = 0
+        self.orders = 0
+
+    def event(self) -> str:
+        self.n += 1
+        return f"e-{self._prefix}{self.n}"
+
+    def session(self) -> str:
+        self.sessions += 1
+        return f"s-{self._prefix}{self.sessions}"
+
+    def order(self) -> str:
+        self.orders += 1
+        return f"o-{self._prefix}{self.orders}"
+
+
+def _basket(
+    rng: random.Random, pool: _Pool, bounds: tuple[float, float]
+) -> list[tuple[_Product, int]]:
+    """Order lines whose total lands in ``bounds``: fill towards a target, never past the top."""
+    lo, hi = bounds
+    target = rng.uniform(lo, hi)
+    quantities: dict[_Product, int] = {}
+    total = 0.0
+    while total < target and len(quantities) < _MAX_ORDER_LINES:
+        budget = hi - total
+        affordable = bisect.bisect_right(pool.prices, budget)
+        if affordable == 0:
+            break
+        p = pool.products[rng.randrange(affordable)]
+        qty = rng.randint(1, min(3, int(budget // p.price)))
+        quantities[p] = quantities.get(p, 0) + qty
+        total += qty * p.price
+    return list(quantities.items())
+
+
+def batch_envelopes(
+    events: Iterable[GeneratedEvent], size: int, *, max_lag: int = 10_000
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Group one customer's events per topic into envelopes ``{"events": [...]}`` of <= ``size``.
+
+    Yields ``(topic, key, message)``. With ``size=1`` every message is the bare
+    event dict; otherwise a group is flushed when full, when its first event is
+    more than ``max_lag`` events behind the input, or at the end, and a group of
+    one is sent bare (trackers send both shapes). A customer's events keep their
+    order within a topic; messages of different customers may interleave freely.
+    """
+    if size < 1:
+        raise ValueError("size must be >= 1")
+    if size == 1:
+        for event in events:
+            yield event.topic, event.key, event.value
+        return
+    # Insertion order == order of each group's first event, so the oldest group is first.
+    groups: OrderedDict[tuple[str, str], tuple[int, list[dict[str, Any]]]] = OrderedDict()
+
+    def message(values: list[dict[str, Any]]) -> dict[str, Any]:
+        return values[0] if len(values) == 1 else {"events": values}
+
+    for i, event in enumerate(events):
+        group_key = (event.topic, event.key)
+        group = groups.get(group_key)
+        if group is None:
+            groups[group_key] = (i, [event.value])
+        else:
+            group[1].append(event.value)
+            if len(group[1]) >= size:
+                del groups[group_key]
+                yield event.topic, event.key, message(group[1])
+        while groups:
+            (topic, key), (first, values) = next(iter(groups.items()))
+            if i - first < max_lag:
+                break
+            del groups[topic, key]
+            yield topic, key, message(values)
+    for (topic, key), (_, values) in groups.items():
+        yield topic, key, message(values)
+
+
+_INVALID_CLICK: Final = ("negative_price", "unknown_event_type", "missing_customer_id",
+                         "bad_timestamp")  # fmt: skip
+_INVALID_PURCHASE: Final = (
+    "negative_price",
+    "unknown_type",
+    "missing_customer_id",
+    "total_mismatch",
+    "bad_timestamp",
+)
+
+
+def _corrupt(rng: random.Random, event: GeneratedEvent) -> GeneratedEvent:
+    """A broken copy of ``event`` with a fresh event id, marked with why it is invalid."""
+    value = copy.deepcopy(event.value)
+    value["event_id"] = f"{value['event_id']}-x"
+    if event.topic == "clickstream":
+        kinds = [k for k in _INVALID_CLICK if k != "negative_price" or "price" in value]
+    else:
+        kinds = [k for k in _INVALID_PURCHASE if k != "total_mismatch" or value["type"] == "order"]
+    reason = rng.choice(kinds)
+    if reason == "negative_price":
+        if event.topic == "clickstream":
+            value["price"] = -abs(value["price"]) - 0.01
+        else:
+            item = value["items"][0]
+            item["unit_price"] = -abs(item["unit_price"]) - 0.01
+            value["total"] = round(
+                sum(it["quantity"] * it["unit_price"] for it in value["items"]), 2
+            )
+    elif reason == "unknown_event_type":
+        value["event_type"] = "teleport"
+    elif reason == "unknown_type":
+        value["type"] = "chargeback"
+    elif reason == "missing_customer_id":
+        del value["customer_id"]
+    elif reason == "total_mismatch":
+        value["total"] = round(value["total"] + 1.0, 2)
+    else:
+        value["timestamp"] = "not-a-timestamp"
+    return replace(event, value=value, invalid_reason=reason)
+
+
+def inject_faults(
+    events: Iterable[GeneratedEvent],
+    *,
+    seed: int,
+    duplicate_rate: float = 0.0,
+    shuffle_window: int = 0,
+    invalid_rate: float = 0.0,
+    duplicate_delay: int = 100,
+) -> Iterator[GeneratedEvent]:
+    """Add the faults a real pipeline sees, deterministically for ``seed``.
+
+    - duplicates: with ``duplicate_rate`` an event is re-emitted (same event id,
+      equal value) 1..``duplicate_delay`` events later, as at-least-once delivery does;
+    - invalid events: with ``invalid_rate`` a corrupted copy with a fresh event id
+      (``<id>-x``) follows the original, its ``invalid_reason`` set; the originals
+      are kept, so the valid events still match the generator's truths;
+    - shuffles: consecutive blocks of ``shuffle_window`` events are permuted, so
+      no event moves by ``shuffle_window`` positions or more.
+    """
+    for name, rate in (("duplicate_rate", duplicate_rate), ("invalid_rate", invalid_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1]")
+    if shuffle_window < 0 or duplicate_delay < 1:
+        raise ValueError("shuffle_window must be >= 0 and duplicate_delay >= 1")
+    rng = random.Random(f"{seed}/faults")  # noqa: S311 - simulation, not crypto
+
+    def faulty() -> Iterator[GeneratedEvent]:
+        due: list[tuple[int, int, GeneratedEvent]] = []  # heap of (release index, seq, copy)
+        for i, event in enumerate(events):
+            while due and due[0][0] <= i:
+                yield heapq.heappop(due)[2]
+            yield event
+            if invalid_rate and rng.random() < invalid_rate:
+                yield _corrupt(rng, event)
+            if duplicate_rate and rng.random() < duplicate_rate:
+                again = replace(event, value=copy.deepcopy(event.value))
+                heapq.heappush(due, (i + rng.randint(1, duplicate_delay), i, again))
+        while due:
+            yield heapq.heappop(due)[2]
+
+    if shuffle_window <= 1:
+        yield from faulty()
+        return
+    block: list[GeneratedEvent] = []
+    for event in faulty():
+        block.append(event)
+        if len(block) == shuffle_window:
+            rng.shuffle(block)
+            yield from block
+            block = []
+    rng.shuffle(block)
+    yield from block

@@ -1,0 +1,1 @@
+"""Faust wiring, the worker process and embedded services."""

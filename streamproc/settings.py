@@ -1,0 +1,290 @@
+"""One typed settings object built from ``STREAMPROC_*`` environment variables.
+
+Nested groups map to variables with a double underscore, for example
+``STREAMPROC_KAFKA__BOOTSTRAP_SERVERS`` or ``STREAMPROC_MODELS__CHURN_THRESHOLD``.
+A ``.env`` file in the working directory is read too. Unknown ``STREAMPROC_*``
+variables are rejected so that a typo fails at start-up instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAMPROC_"
+NESTED_DELIMITER = "__"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    """Kafka client settings; security options are passed through to aiokafka."""
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    consumer_group: str = Field(
+        "streamproc", description="Consumer group (Faust app id) shared by all workers."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: str | None = Field(None, description="CA bundle to verify the brokers (SSL).")
+    ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: str | None = Field(None, description="Client private key for mutual TLS.")
+    topic_partitions: int = Field(
+        4, ge=1, le=1024, description="Partitions used when streamproc creates its topics."
+    )
+    replication_factor: int = Field(1, ge=1, description="Replication factor for new topics.")
+    fetch_max_wait_ms: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Longest the broker may hold a fetch open; bounds latency on sparse streams.",
+    )
+    session_timeout_s: float = Field(
+        10.0, gt=0, description="Consumer session timeout; lower means faster failover."
+    )
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Consumer heartbeat interval.")
+    commit_interval_s: float = Field(
+        1.0, gt=0, description="How often acknowledged offsets are committed."
+    )
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "STREAMPROC_KAFKA__SASL_USERNAME and STREAMPROC_KAFKA__SASL_PASSWORD are "
+                f"required when STREAMPROC_KAFKA__SECURITY_PROTOCOL={self.security_protocol}"
+            )
+        return self
+
+
+class TopicSettings(_Group):
+    """Names of every topic streamproc reads or writes."""
+
+    clickstream: str = Field("clickstream", description="Input: clickstream events.")
+    purchases: str = Field("purchases", description="Input: order and refund events.")
+    segment_changes: str = Field(
+        "segment-changes", description="Output: a customer's segment changed."
+    )
+    churn_alerts: str = Field("churn-alerts", description="Output: churn risk alerts.")
+    dead_letter: str = Field(
+        "streamproc-deadletter", description="Output: rejected input with the reason."
+    )
+    training_examples: str = Field(
+        "streamproc-training",
+        description="Internal: labelled examples for the single model trainer.",
+    )
+
+
+class RedisSettings(_Group):
+    """Redis connection and key layout."""
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="redis:// or rediss:// (TLS) URL; put the password in PASSWORD.",
+    )
+    password: SecretStr | None = Field(None, description="Redis password (AUTH).")
+    username: str | None = Field(None, description="Redis ACL user name.")
+    ssl_ca_certs: str | None = Field(None, description="CA bundle for rediss:// URLs.")
+    key_prefix: str = Field("sp", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Key prefix.")
+    dedupe_ttl_s: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="How long an event_id is remembered to suppress redelivered duplicates.",
+    )
+    profile_ttl_s: int = Field(
+        400 * 86_400,
+        ge=0,
+        description="Profiles untouched this long expire (0 keeps them forever).",
+    )
+    retry_max_backoff_s: float = Field(
+        5.0, gt=0, description="Cap of the exponential backoff while Redis is unreachable."
+    )
+
+
+class IngestSettings(_Group):
+    """Batching and input validation limits."""
+
+    batch_max_messages: int = Field(
+        500, ge=1, le=100_000, description="Most Kafka messages processed as one batch."
+    )
+    batch_within_s: float = Field(
+        0.02, gt=0, le=10, description="Longest a partial batch waits for more messages."
+    )
+    max_payload_bytes: int = Field(
+        1_048_576, ge=256, description="Larger Kafka messages are dead-lettered."
+    )
+    max_id_length: int = Field(128, ge=8, le=1024, description="Longest accepted id string.")
+    max_events_per_message: int = Field(
+        1000, ge=1, description="Most events in one batch envelope."
+    )
+    max_items_per_order: int = Field(500, ge=1, description="Most line items in one order.")
+    max_amount: float = Field(
+        1_000_000.0, gt=0, description="Largest accepted price, total or refund amount."
+    )
+    max_quantity: int = Field(10_000, ge=1, description="Largest accepted line quantity.")
+    total_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="Allowed relative gap between an order's total and its items' sum.",
+    )
+    max_future_skew_s: float = Field(
+        300.0, ge=0, description="Events further than this in the future are rejected."
+    )
+    allowed_lateness_s: float = Field(
+        3600.0, ge=0, description="Watermark = max event time seen minus this lateness."
+    )
+    max_categories: int = Field(
+        16, ge=1, le=256, description="Categories tracked per customer for affinity."
+    )
+
+
+class ModelSettings(_Group):
+    """Segmentation and churn model settings."""
+
+    signing_key: SecretStr | None = Field(
+        None,
+        description="HMAC key for model snapshots; required by the worker. Never commit it.",
+    )
+    segments: int = Field(5, ge=2, le=20, description="Number of customer segments.")
+    segment_hysteresis: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="A customer moves only if the new centre is this much closer (relative).",
+    )
+    churn_horizon_days: float = Field(
+        30.0, gt=0, description="No qualifying activity for this long means churned."
+    )
+    churn_threshold: float = Field(
+        0.7, gt=0, lt=1, description="Churn probability at or above which an alert is raised."
+    )
+    alert_cooldown_days: float = Field(
+        14.0, ge=0, description="Event-time days before the same customer is alerted again."
+    )
+    min_labels_before_alerts: int = Field(
+        500, ge=0, description="The churn model raises no alerts before learning this many."
+    )
+    check_interval_days: float = Field(
+        7.0, gt=0, description="Idle customers are re-scored every this many event-time days."
+    )
+    snapshot_every_examples: int = Field(
+        2000, ge=1, description="The trainer publishes a model version every N examples."
+    )
+    reload_interval_s: float = Field(
+        2.0, gt=0, description="How often workers look for a newer model version."
+    )
+
+
+class MetricsSettings(_Group):
+    """Prometheus and health endpoints."""
+
+    host: str = Field("0.0.0.0", description="Interface for /metrics, /healthz, /readyz.")  # noqa: S104
+    port: int = Field(6066, ge=0, le=65535, description="Port for /metrics and health (0 = off).")
+
+
+class Settings(BaseSettings):
+    """All of streamproc's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    ingest: IngestSettings = IngestSettings()
+    models: ModelSettings = ModelSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level; customer ids and payloads are logged only at DEBUG."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_env(cls, data: Any) -> Any:
+        unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and
+                         not _known_variable(k.upper()))
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        return data
+
+
+def _known_variable(name: str) -> bool:
+    path = name[len(ENV_PREFIX):].lower().split(NESTED_DELIMITER)
+    fields: dict[str, Any] = Settings.model_fields
+    for i, part in enumerate(path):
+        field = fields.get(part)
+        if field is None:
+            return False
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if i == len(path) - 1:
+                return True  # a whole group given as JSON
+            fields = ann.model_fields
+        else:
+            return i == len(path) - 1
+    return False
+
+
+class SettingsError(ValueError):
+    """Settings could not be built; the message names the offending variables."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, turning validation errors into one readable message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            var = ENV_PREFIX + NESTED_DELIMITER.join(loc).upper() if loc else "settings"
+            problems.append(f"{var}: {err['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once."""
+    return load_settings()
+
+
+def env_var_name(*path: str) -> str:
+    """The environment variable that sets the field at ``path``."""
+    return ENV_PREFIX + NESTED_DELIMITER.join(p.upper() for p in path)
+
+
+__all__ = [
+    "IngestSettings",
+    "KafkaSettings",
+    "MetricsSettings",
+    "ModelSettings",
+    "RedisSettings",
+    "Settings",
+    "SettingsError",
+    "TopicSettings",
+    "env_var_name",
+    "get_settings",
+    "load_settings",
+]
+

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real Tansu broker and a real redis-server, started once per session.
+
+If either cannot start, the run fails with a message that says what to install:
+integration tests never skip silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from streamproc.runtime.embedded import Service, ServiceError, start_redis, start_tansu
+from streamproc.settings import Settings
+
+# Keep the developer's own STREAMPROC_* environment out of the tests.
+for _name in [n for n in os.environ if n.startswith("STREAMPROC_") and n != "STREAMPROC_TANSU_BIN"]:
+    del os.environ[_name]
+
+SIGNING_KEY = "test-signing-key-not-a-secret"
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Service]:
+    """A memory-only Tansu broker for the whole test session."""
+    try:
+        service = start_tansu()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start the Kafka-compatible broker: {exc}", pytrace=False)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Service]:
+    """A private redis-server for the whole test session."""
+    try:
+        service = start_redis()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start redis-server: {exc}", pytrace=False)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def make_settings(broker: Service, redis_server: Service) -> Callable[..., Settings]:
+    """Factory of settings pointing at the session services, with unique topics and keys.
+
+    Each call isolates a test: its own topic names, consumer group and Redis key prefix.
+    """
+
+    def factory(**groups: dict[str, Any]) -> Settings:
+        run = uuid.uuid4().hex[:10]
+        base: dict[str, dict[str, Any]] = {
+            "kafka": {"bootstrap_servers": f"127.0.0.1:{broker.port}",
+                      "consumer_group": f"sp-{run}", "topic_partitions": 2},
+            "topics": {name: f"{name}-{run}" for name in (
+                "clickstream", "purchases", "segment_changes", "churn_alerts",
+                "dead_letter", "training_examples")},
+            "redis": {"url": f"redis://127.0.0.1:{redis_server.port}/0", "key_prefix": f"t{run}"},
+            "models": {"signing_key": SIGNING_KEY},
+            "metrics": {"port": 0},
+        }
+        for group, values in groups.items():
+            base.setdefault(group, {}).update(values)
+        return Settings(**base)  # type: ignore[arg-type]
+
+    return factory
