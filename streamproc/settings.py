@@ -269,6 +269,24 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """The ``STREAMPROC_*`` variables that rebuild ``settings`` (for child processes)."""
+    env: dict[str, str] = {}
+    for group_name in Settings.model_fields:
+        group = getattr(settings, group_name)
+        if not isinstance(group, BaseModel):
+            env[env_var_name(group_name)] = str(group)
+            continue
+        for name in type(group).model_fields:
+            value = getattr(group, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[env_var_name(group_name, name)] = str(value)
+    return env
+
+
 def env_var_name(*path: str) -> str:
     """The environment variable that sets the field at ``path``."""
     return ENV_PREFIX + NESTED_DELIMITER.join(p.upper() for p in path)
@@ -286,5 +304,6 @@ __all__ = [
     "env_var_name",
     "get_settings",
     "load_settings",
+    "to_env",
 ]
 

@@ -17,7 +17,7 @@ from streamproc.runtime.embedded import Service, ServiceError, start_redis, star
 from streamproc.settings import Settings
 
 # Keep the developer's own STREAMPROC_* environment out of the tests.
-for _name in [n for n in os.environ if n.startswith("STREAMPROC_") and n != "STREAMPROC_TANSU_BIN"]:
+for _name in [n for n in os.environ if n.startswith("STREAMPROC_")]:
     del os.environ[_name]
 
 SIGNING_KEY = "test-signing-key-not-a-secret"

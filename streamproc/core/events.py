@@ -20,10 +20,10 @@ from pydantic import (
     AfterValidator,
     AllowInfNan,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
-    PlainValidator,
     Strict,
     StringConstraints,
     ValidationError,
@@ -224,19 +224,15 @@ Currency = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Z]{3}$")]
 # --- timestamps -----------------------------------------------------------------------------------
 
 
-def _ts_error(kind: str, message: str, ctx: dict[str, Any] | None = None) -> PydanticCustomError:
-    return PydanticCustomError(kind, message, ctx)
-
-
 def _parse_ts(value: object) -> datetime:
     """Aware UTC datetime from ISO-8601 with offset or epoch milliseconds; range >= 2000-01-01."""
     if isinstance(value, str):
         if len(value) > _MAX_SHORT:
-            raise _ts_error("timestamp_parsing", "Timestamp string is too long")
+            raise PydanticCustomError("timestamp_parsing", "Timestamp string is too long")
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise _ts_error(
+            raise PydanticCustomError(
                 "timestamp_parsing", "Input should be an ISO-8601 timestamp with a UTC offset"
             ) from None
     elif isinstance(value, datetime):
@@ -244,24 +240,26 @@ def _parse_ts(value: object) -> datetime:
     elif isinstance(value, int | float) and not isinstance(value, bool):
         ms = float(value)
         if not math.isfinite(ms) or ms < _MIN_TS_MS or ms > _MAX_TS_MS:
-            raise _ts_error(
+            raise PydanticCustomError(
                 "timestamp_range",
                 "Epoch milliseconds {value} is outside 2000-01-01..9999-12-31",
                 {"value": value},
             )
         return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
     else:
-        raise _ts_error(
+        raise PydanticCustomError(
             "timestamp_type", "Input should be an ISO-8601 string or epoch milliseconds"
         )
     if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise _ts_error(
+        raise PydanticCustomError(
             "timestamp_naive", "Timestamp must carry a UTC offset (e.g. 'Z' or '+02:00')"
         )
-    parsed = parsed.astimezone(UTC)
-    if parsed < MIN_TIMESTAMP:
-        raise _ts_error("timestamp_range", "Timestamp is before 2000-01-01T00:00:00Z")
-    return parsed
+    if parsed < MIN_TIMESTAMP:  # aware comparison: no conversion, so no overflow near year 1
+        raise PydanticCustomError("timestamp_range", "Timestamp is before 2000-01-01T00:00:00Z")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00
+        raise PydanticCustomError("timestamp_range", "Timestamp is after 9999-12-31") from None
 
 
 def _validate_ts(value: object, info: ValidationInfo) -> datetime:
@@ -295,7 +293,7 @@ def parse_timestamp(
 
 EventTime = Annotated[
     datetime,
-    PlainValidator(_validate_ts),
+    BeforeValidator(_validate_ts),  # not PlainValidator: it breaks serialising `EventTime | None`
     WithJsonSchema(
         {
             "anyOf": [
@@ -661,6 +659,17 @@ def decode_message(
     limits: ValidationLimits,
     now: datetime,
 ) -> Decoded[PurchaseEvent]: ...
+
+
+@overload
+def decode_message(
+    value: bytes | None,
+    key: bytes | None,
+    source: Source,
+    *,
+    limits: ValidationLimits,
+    now: datetime,
+) -> Decoded[ClickstreamEvent] | Decoded[PurchaseEvent]: ...
 
 
 def decode_message(

@@ -219,8 +219,6 @@ class _Plan:
 # (event ms, customer index, per-customer sequence, topic, value, event datetime):
 # the first three make the heap key unique, so merging never compares dicts.
 _Raw = tuple[int, int, int, Topic, dict[str, Any], datetime]
-# (event ms, topic, value, event datetime) inside one session, before it is released.
-_Pending = tuple[int, Topic, dict[str, Any], datetime]
 
 
 def _utc_ms(moment: datetime) -> int:
@@ -379,169 +377,202 @@ class TrafficGenerator:
     # -- per-customer simulation -------------------------------------------------
 
     def _customer_stream(self, plan: _Plan) -> Iterator[_Raw]:
-        """One customer's events in time order; every event is before the stop time."""
-        rng = random.Random(f"{self._seed}/{plan.index}/events")  # noqa: S311 - not crypto
+        """One customer's events in time order; every event is before the stop time.
+
+        Each session is planned whole by its own RNG (so a session that would
+        cross the stop time is dropped, and no RNG outlives its session), then
+        turned into dicts one event at a time: the merge holds one dict per customer.
+        """
         profile = _PROFILES[plan.persona]
         pool = self._pools[plan.persona]
         stop_ms = self._end_ms if plan.churn_ms is None else min(plan.churn_ms, self._end_ms)
         cidx = plan.index
+        cid = plan.customer_id
         ids = _Ids(self._seed, cidx)
-        # Heap of (ms, id counter, value, datetime): refunds come days after their order.
-        refunds: list[tuple[int, int, dict[str, Any], datetime]] = []
+        # Heap of (ms, tiebreak, order value, refunded line index, refunded quantity).
+        refunds: list[tuple[int, int, dict[str, Any], int, int]] = []
         seq = 0
         sessions = 0
         orders = 0
         t = plan.first_ms
         while t < stop_ms and (profile.max_sessions is None or sessions < profile.max_sessions):
             may_order = profile.max_orders is None or orders < profile.max_orders
-            session, order = self._session(rng, plan, profile, pool, ids, t, may_order)
-            if session[-1][0] >= stop_ms:
+            session_seed = f"{self._seed}/{cidx}/{sessions}"
+            steps, lines, refund, gap = _plan_session(session_seed, profile, pool, t, may_order)
+            if steps[-1][0] >= stop_ms:
                 break  # a session never straddles the end of the period or the churn time
             sessions += 1
-            for ms, topic, value, moment in session:
+            sid = ids.session()
+            for ms, step, product, n in steps:
                 while refunds and refunds[0][0] < ms:
-                    r_ms, _, r_value, r_moment = heapq.heappop(refunds)
-                    yield r_ms, cidx, seq, "purchases", r_value, r_moment
+                    r_ms, _, order, line, qty = heapq.heappop(refunds)
+                    r_moment = _at(r_ms)
+                    yield (
+                        r_ms,
+                        cidx,
+                        seq,
+                        "purchases",
+                        _refund(ids, order, line, qty, r_moment),
+                        r_moment,
+                    )
                     seq += 1
-                yield ms, cidx, seq, topic, value, moment
-                seq += 1
-            if order is not None:
-                orders += 1
-                if rng.random() < profile.p_refund:
-                    r_ms, _, r_value, r_moment = self._refund(rng, ids, order)
-                    if r_ms < stop_ms:
-                        heapq.heappush(refunds, (r_ms, ids.n, r_value, r_moment))
-            gap = plan.mean_gap_ms * rng.uniform(0.5, 1.5)
-            t = session[-1][0] + round(gap)
-        while refunds:
-            r_ms, _, r_value, r_moment = heapq.heappop(refunds)
-            yield r_ms, cidx, seq, "purchases", r_value, r_moment
-            seq += 1
-
-    def _session(
-        self,
-        rng: random.Random,
-        plan: _Plan,
-        profile: _Profile,
-        pool: _Pool,
-        ids: _Ids,
-        t: int,
-        may_order: bool,
-    ) -> tuple[list[_Pending], _Pending | None]:
-        """Events of one session starting at ``t``, and its order event if it converted."""
-        cid = plan.customer_id
-        sid = ids.session()
-        out: list[_Pending] = []
-
-        def click(ms: int, event_type: str, **fields: Any) -> None:
-            moment = _at(ms)
-            value: dict[str, Any] = {
-                "event_id": ids.event(),
-                "customer_id": cid,
-                "event_type": event_type,
-                "timestamp": moment.isoformat(timespec="milliseconds"),
-                "session_id": sid,
-            }
-            value.update(fields)
-            out.append((ms, "clickstream", value, moment))
-
-        r = rng.random()
-        channel = "web" if r < 0.6 else "app" if r < 0.9 else "email"
-        r = rng.random()
-        device = "mobile" if r < 0.55 else "desktop" if r < 0.9 else "tablet"
-        click(t, "session_start", channel=channel, device=device)
-
-        w_page, w_product, _ = profile.browse_weights
-        products = pool.products
-        for _ in range(rng.randint(*profile.browse_events)):
-            t += rng.randint(3_000, 90_000)
-            r = rng.random()
-            if r < w_page:
-                click(t, "page_view", url=rng.choice(_PAGES))
-            elif r < w_page + w_product:
-                p = products[rng.randrange(len(products))]
-                click(
-                    t,
-                    "product_view",
-                    product_id=p.product_id,
-                    category=p.category,
-                    price=p.price,
-                )
-            else:
-                click(t, "search", query=rng.choice(_QUERIES))
-
-        order: _Pending | None = None
-        if rng.random() < profile.p_cart:
-            lines = _basket(rng, pool, profile.basket_eur)
-            extra = None
-            if rng.random() < profile.p_remove:
-                extra = products[rng.randrange(len(products))]
-            for p, qty in [*lines, *([(extra, 1)] if extra is not None else [])]:
-                fields = {"product_id": p.product_id, "category": p.category, "price": p.price}
-                t += rng.randint(3_000, 60_000)
-                click(t, "product_view", **fields)
-                t += rng.randint(2_000, 30_000)
-                click(t, "add_to_cart", **fields, quantity=qty)
-            if extra is not None:
-                t += rng.randint(5_000, 60_000)
-                click(
-                    t,
-                    "remove_from_cart",
-                    product_id=extra.product_id,
-                    category=extra.category,
-                    price=extra.price,
-                    quantity=1,
-                )
-            if may_order and rng.random() < profile.p_order / profile.p_cart:
-                t += rng.randint(1_000, 8_000)
-                moment = _at(t)
-                items = [
-                    {
-                        "product_id": p.product_id,
-                        "category": p.category,
-                        "quantity": qty,
-                        "unit_price": p.price,
-                    }
-                    for p, qty in lines
-                ]
-                value = {
+                moment = _at(ms)
+                stamp = moment.isoformat(timespec="milliseconds")
+                if step == _ORDER:
+                    order = _order(ids, cid, sid, lines, stamp)
+                    orders += 1
+                    if refund is not None and ms + refund[0] < stop_ms:
+                        heapq.heappush(refunds, (ms + refund[0], seq, order, refund[1], refund[2]))
+                    yield ms, cidx, seq, "purchases", order, moment
+                    seq += 1
+                    continue
+                value: dict[str, Any] = {
                     "event_id": ids.event(),
                     "customer_id": cid,
-                    "order_id": ids.order(),
-                    "timestamp": moment.isoformat(timespec="milliseconds"),
-                    "type": "order",
-                    "items": items,
-                    "total": round(sum(qty * p.price for p, qty in lines), 2),
-                    "currency": "EUR",
+                    "event_type": _STEP_TYPES[step],
+                    "timestamp": stamp,
                     "session_id": sid,
                 }
-                placed: _Pending = (t, "purchases", value, moment)
-                out.append(placed)
-                order = placed
-        t += rng.randint(1_000, 30_000)
-        click(t, "session_end")
-        return out, order
+                if product is not None:
+                    value["product_id"] = product.product_id
+                    value["category"] = product.category
+                    value["price"] = product.price
+                    if step != _PRODUCT_VIEW:
+                        value["quantity"] = n
+                elif step == _PAGE_VIEW:
+                    value["url"] = _PAGES[n]
+                elif step == _SEARCH:
+                    value["query"] = _QUERIES[n]
+                elif step == _SESSION_START:
+                    value["channel"], value["device"] = _CHANNEL_DEVICE[n]
+                yield ms, cidx, seq, "clickstream", value, moment
+                seq += 1
+            t = steps[-1][0] + round(plan.mean_gap_ms * gap)
+        while refunds:
+            r_ms, _, order, line, qty = heapq.heappop(refunds)
+            r_moment = _at(r_ms)
+            yield r_ms, cidx, seq, "purchases", _refund(ids, order, line, qty, r_moment), r_moment
+            seq += 1
 
-    @staticmethod
-    def _refund(rng: random.Random, ids: _Ids, order: _Pending) -> _Pending:
-        """A partial refund of one order line, one to seven days after the order."""
-        order_ms, _, order_value, _ = order
-        line = rng.choice(order_value["items"])
-        qty = rng.randint(1, line["quantity"])
-        ms = order_ms + rng.randint(_MS_PER_DAY, 7 * _MS_PER_DAY)
-        moment = _at(ms)
-        value = {
-            "event_id": ids.event(),
-            "customer_id": order_value["customer_id"],
-            "order_id": order_value["order_id"],
-            "timestamp": moment.isoformat(timespec="milliseconds"),
-            "type": "refund",
-            "items": [{**line, "quantity": qty}],
-            "total": round(qty * line["unit_price"], 2),
-            "currency": "EUR",
-            "session_id": order_value["session_id"],
-        }
-        return ms, "purchases", value, moment
+
+# Session steps: (ms, step code, product or None, small int: quantity or index into a table).
+_Step = tuple[int, int, _Product | None, int]
+_SESSION_START, _PAGE_VIEW, _PRODUCT_VIEW, _SEARCH = 0, 1, 2, 3
+_ADD_TO_CART, _REMOVE_FROM_CART, _ORDER, _SESSION_END = 4, 5, 6, 7
+_STEP_TYPES: Final = (
+    "session_start",
+    "page_view",
+    "product_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "order",
+    "session_end",
+)
+_CHANNEL_DEVICE: Final = tuple(
+    (channel, device)
+    for channel in ("web", "app", "email")
+    for device in ("desktop", "mobile", "tablet")
+)
+
+
+def _plan_session(
+    seed: str, profile: _Profile, pool: _Pool, t: int, may_order: bool
+) -> tuple[list[_Step], list[tuple[_Product, int]], tuple[int, int, int] | None, float]:
+    """Steps of one session from ``t``, its order lines, refund and next-gap factor.
+
+    The refund is ``(delay ms, line index, quantity)`` if the session's order is
+    partly refunded one to seven days later.
+    """
+    rng = random.Random(seed)  # noqa: S311 - simulation, not crypto
+    r = rng.random()
+    channel = 0 if r < 0.6 else 1 if r < 0.9 else 2
+    r = rng.random()
+    device = 1 if r < 0.55 else 0 if r < 0.9 else 2
+    steps: list[_Step] = [(t, _SESSION_START, None, 3 * channel + device)]
+    w_page, w_product, _ = profile.browse_weights
+    products = pool.products
+    for _ in range(rng.randint(*profile.browse_events)):
+        t += rng.randint(3_000, 90_000)
+        r = rng.random()
+        if r < w_page:
+            steps.append((t, _PAGE_VIEW, None, rng.randrange(len(_PAGES))))
+        elif r < w_page + w_product:
+            steps.append((t, _PRODUCT_VIEW, products[rng.randrange(len(products))], 0))
+        else:
+            steps.append((t, _SEARCH, None, rng.randrange(len(_QUERIES))))
+    lines: list[tuple[_Product, int]] = []
+    refund: tuple[int, int, int] | None = None
+    if rng.random() < profile.p_cart:
+        lines = _basket(rng, pool, profile.basket_eur)
+        extra = None
+        if rng.random() < profile.p_remove:
+            extra = products[rng.randrange(len(products))]
+        for product, qty in [*lines, *([(extra, 1)] if extra is not None else [])]:
+            t += rng.randint(3_000, 60_000)
+            steps.append((t, _PRODUCT_VIEW, product, 0))
+            t += rng.randint(2_000, 30_000)
+            steps.append((t, _ADD_TO_CART, product, qty))
+        if extra is not None:
+            t += rng.randint(5_000, 60_000)
+            steps.append((t, _REMOVE_FROM_CART, extra, 1))
+        if may_order and rng.random() < profile.p_order / profile.p_cart:
+            t += rng.randint(1_000, 8_000)  # checkout, seconds after the last cart event
+            steps.append((t, _ORDER, None, 0))
+            if rng.random() < profile.p_refund:
+                line = rng.randrange(len(lines))
+                refund = (
+                    rng.randint(_MS_PER_DAY, 7 * _MS_PER_DAY),
+                    line,
+                    rng.randint(1, lines[line][1]),
+                )
+        else:
+            lines = []
+    t += rng.randint(1_000, 30_000)
+    steps.append((t, _SESSION_END, None, 0))
+    return steps, lines, refund, rng.uniform(0.5, 1.5)
+
+
+def _order(
+    ids: _Ids, cid: str, sid: str, lines: list[tuple[_Product, int]], stamp: str
+) -> dict[str, Any]:
+    return {
+        "event_id": ids.event(),
+        "customer_id": cid,
+        "order_id": ids.order(),
+        "timestamp": stamp,
+        "type": "order",
+        "items": [
+            {
+                "product_id": p.product_id,
+                "category": p.category,
+                "quantity": qty,
+                "unit_price": p.price,
+            }
+            for p, qty in lines
+        ],
+        "total": round(sum(qty * p.price for p, qty in lines), 2),
+        "currency": "EUR",
+        "session_id": sid,
+    }
+
+
+def _refund(
+    ids: _Ids, order: dict[str, Any], line: int, qty: int, moment: datetime
+) -> dict[str, Any]:
+    """A refund of ``qty`` units of one line of ``order``: never more than the order total."""
+    item = order["items"][line]
+    return {
+        "event_id": ids.event(),
+        "customer_id": order["customer_id"],
+        "order_id": order["order_id"],
+        "timestamp": moment.isoformat(timespec="milliseconds"),
+        "type": "refund",
+        "items": [{**item, "quantity": qty}],
+        "total": round(qty * item["unit_price"], 2),
+        "currency": "EUR",
+        "session_id": order["session_id"],
+    }
 
 
 class _Ids:

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def tansu_binary() -> Path:
     """Path of the Tansu binary, or a ServiceError saying what to install."""
-    override = os.environ.get("STREAMPROC_TANSU_BIN")  # noqa: SIM112 - not a setting, a test hook
+    override = os.environ.get("TANSU_BIN")
     if override:
         return Path(override)
     try:
@@ -153,3 +153,24 @@ def embedded_services() -> Iterator[tuple[Service, Service]]:
             redis.stop()
     finally:
         broker.stop()
+
+
+def spawn_worker(env: dict[str, str], *, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -m streamproc worker`` as a child process with ``env`` added.
+
+    Its output goes to ``log_path`` (or is discarded) so a chatty worker never
+    blocks on a full pipe.
+    """
+    import sys  # noqa: PLC0415
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
+    full_env.update(env)
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "streamproc", "worker"], env=full_env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    finally:
+        if log_path:
+            out.close()  # type: ignore[union-attr]

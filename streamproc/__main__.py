@@ -1,0 +1,5 @@
+import sys
+
+from streamproc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""Every Prometheus metric streamproc exports, built in one factory.
+
+Metrics take an injectable registry so tests use a fresh ``CollectorRegistry``.
+Labels carry only bounded values (topic, event type, outcome, reason code,
+segment id, risk level); never customer ids or payloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+EVENT_AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0, 86400.0)
+BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+PROBABILITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The metric objects, one attribute each; documentation is each metric's help text."""
+
+    events: Counter
+    dead_letters: Counter
+    duplicates: Counter
+    batch_events: Histogram
+    batch_seconds: Histogram
+    event_age_seconds: Histogram
+    ingest_to_publish_seconds: Histogram
+    redis_seconds: Histogram
+    redis_errors: Counter
+    redis_up: Gauge
+    ready: Gauge
+    consumer_lag: Gauge
+    watermark_seconds: Gauge
+    segment_customers: Gauge
+    segment_changes: Counter
+    churn_alerts: Counter
+    churn_probability: Histogram
+    model_version: Gauge
+    model_snapshot_age_seconds: Gauge
+    model_snapshot_timestamp_seconds: Gauge
+    model_rejected_snapshots: Counter
+    churn_model_ready: Gauge
+    churn_labels: Counter
+    churn_roc_auc: Gauge
+    churn_log_loss: Gauge
+    churn_precision: Gauge
+    churn_recall: Gauge
+    training_examples: Counter
+    idle_checks: Counter
+
+
+def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """Build every metric on ``registry`` (a fresh one when None)."""
+    reg = registry if registry is not None else CollectorRegistry()
+    return Metrics(
+        events=Counter("streamproc_events_total", "Input events by topic, event type and outcome "
+                       "(applied, duplicate, rejected).", ["topic", "event_type", "outcome"],
+                       registry=reg),
+        dead_letters=Counter("streamproc_dead_letters_total",
+                             "Records sent to the dead-letter topic, by reason code.",
+                             ["topic", "reason"], registry=reg),
+        duplicates=Counter("streamproc_duplicate_events_total",
+                           "Redelivered events suppressed by the event_id dedupe.", ["topic"],
+                           registry=reg),
+        batch_events=Histogram("streamproc_batch_events", "Valid events per processed batch.",
+                               buckets=BATCH_BUCKETS, registry=reg),
+        batch_seconds=Histogram("streamproc_batch_duration_seconds",
+                                "Wall time to process one batch end to end.",
+                                buckets=LATENCY_BUCKETS, registry=reg),
+        event_age_seconds=Histogram("streamproc_event_age_seconds",
+                                    "Event time to the moment its batch's effects were durable.",
+                                    buckets=EVENT_AGE_BUCKETS, registry=reg),
+        ingest_to_publish_seconds=Histogram(
+            "streamproc_ingest_to_publish_seconds",
+            "From receiving a batch to its outputs being acknowledged by the broker.",
+            buckets=LATENCY_BUCKETS, registry=reg),
+        redis_seconds=Histogram("streamproc_redis_roundtrip_seconds",
+                                "Redis round-trip latency by operation.", ["operation"],
+                                buckets=LATENCY_BUCKETS, registry=reg),
+        redis_errors=Counter("streamproc_redis_errors_total",
+                             "Failed Redis calls (retried with backoff) by operation.",
+                             ["operation"], registry=reg),
+        redis_up=Gauge("streamproc_redis_up", "1 when the last Redis call succeeded.",
+                       registry=reg),
+        ready=Gauge("streamproc_ready", "1 when the worker is ready to process events.",
+                    registry=reg),
+        consumer_lag=Gauge("streamproc_consumer_lag_messages",
+                           "Messages between the committed offset and the log end.",
+                           ["topic", "partition"], registry=reg),
+        watermark_seconds=Gauge("streamproc_watermark_timestamp_seconds",
+                                "Event-time watermark per input partition (Unix seconds).",
+                                ["partition"], registry=reg),
+        segment_customers=Gauge("streamproc_segment_customers",
+                                "Customers last assigned to each segment by this worker.",
+                                ["segment"], registry=reg),
+        segment_changes=Counter("streamproc_segment_changes_total",
+                                "segment_changed events published.", registry=reg),
+        churn_alerts=Counter("streamproc_churn_alerts_total", "Churn alerts published by risk.",
+                             ["risk_level"], registry=reg),
+        churn_probability=Histogram("streamproc_churn_probability",
+                                    "Churn probabilities of scored customers.",
+                                    buckets=PROBABILITY_BUCKETS, registry=reg),
+        model_version=Gauge("streamproc_model_version", "Model version this worker scores with.",
+                            registry=reg),
+        model_snapshot_age_seconds=Gauge(
+            "streamproc_model_snapshot_age_seconds",
+            "Wall seconds since the current model snapshot was published.", registry=reg),
+        model_snapshot_timestamp_seconds=Gauge(
+            "streamproc_model_snapshot_timestamp_seconds",
+            "Unix time the current model snapshot was published.", registry=reg),
+        model_rejected_snapshots=Counter(
+            "streamproc_model_snapshots_rejected_total",
+            "Model snapshots refused (bad signature or format); never unpickled.",
+            ["reason"], registry=reg),
+        churn_model_ready=Gauge("streamproc_churn_model_ready",
+                                "1 once the churn model learned enough labels to alert.",
+                                registry=reg),
+        churn_labels=Counter("streamproc_churn_labels_total",
+                             "Delayed churn labels produced, by label.", ["label"],
+                             registry=reg),
+        churn_roc_auc=Gauge("streamproc_churn_roc_auc",
+                            "Progressive ROC AUC of the churn model on delayed labels.",
+                            registry=reg),
+        churn_log_loss=Gauge("streamproc_churn_log_loss",
+                             "Progressive log loss of the churn model on delayed labels.",
+                             registry=reg),
+        churn_precision=Gauge("streamproc_churn_precision",
+                              "Precision at the alert threshold on delayed labels.", registry=reg),
+        churn_recall=Gauge("streamproc_churn_recall",
+                           "Recall at the alert threshold on delayed labels.", registry=reg),
+        training_examples=Counter("streamproc_training_examples_total",
+                                  "Examples learned by the trainer, by kind.", ["kind"],
+                                  registry=reg),
+        idle_checks=Counter("streamproc_idle_checks_total",
+                            "Idle customers re-scored as the watermark advanced.", registry=reg),
+    )
+
+
+def metric_names(metrics: Metrics) -> list[str]:
+    """Every exported metric family name (for the README reference check)."""
+    return [getattr(metrics, f.name)._name for f in fields(metrics)]

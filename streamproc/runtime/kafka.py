@@ -1,0 +1,128 @@
+"""Kafka plumbing: credentials, topic creation, a publisher and the fetch-wait override."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streamproc.runtime.pipeline import OutRecord
+from streamproc.settings import KafkaSettings, Settings
+
+
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    """A TLS context for SSL / SASL_SSL, None for plaintext."""
+    if kafka.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(cafile=kafka.ssl_cafile)
+    if kafka.ssl_certfile:
+        context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+    return context
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """Faust broker credentials from settings (None for plaintext)."""
+    context = ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL"):
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        return faust.SASLCredentials(username=kafka.sasl_username, password=password,
+                                     ssl_context=context, mechanism=kafka.sasl_mechanism)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def aiokafka_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments for plain aiokafka clients (admin, benchmarks, CLI)."""
+    kwargs: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    context = ssl_context(kafka)
+    if context is not None:
+        kwargs["ssl_context"] = context
+    if kafka.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
+        kwargs["sasl_plain_username"] = kafka.sasl_username
+        kwargs["sasl_plain_password"] = (
+            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None)
+    return kwargs
+
+
+def all_topics(settings: Settings) -> list[str]:
+    """Every topic streamproc reads or writes."""
+    t = settings.topics
+    return [t.clickstream, t.purchases, t.segment_changes, t.churn_alerts, t.dead_letter,
+            t.training_examples]
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create missing topics; the training topic has one partition (one trainer)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                **aiokafka_security(settings.kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = []
+        for name in all_topics(settings):
+            if name in existing:
+                continue
+            partitions = 1 if name == settings.topics.training_examples else \
+                settings.kafka.topic_partitions
+            wanted.append(NewTopic(name, partitions, settings.kafka.replication_factor))
+        for topic in wanted:
+            try:
+                await admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+    finally:
+        await admin.close()
+
+
+class _FastFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust hard-codes a 1.5 s fetch wait; on a sparse stream every event waits for it.
+
+    The aiokafka consumer reads ``_fetch_max_wait_ms`` only when it starts its
+    fetcher, so setting it right after construction is enough. Covered by
+    tests/integration/test_worker.py::test_fetch_wait_override.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
+        return consumer
+
+
+class _FastFetchConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _FastFetchThread:
+        return _FastFetchThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _FastFetchTransport(faust_aiokafka.Transport):
+    Consumer = _FastFetchConsumer
+
+
+class StreamprocApp(faust.App):  # type: ignore[misc]
+    """A Faust app whose consumer honours ``STREAMPROC_KAFKA__FETCH_MAX_WAIT_MS``."""
+
+    fetch_max_wait_ms: int = 1500
+
+    def _new_transport(self) -> Any:
+        return _FastFetchTransport(self.conf.broker_consumer, self)
+
+
+class FaustPublisher:
+    """Publishes through the Faust app's producer and waits for every acknowledgement."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        """Send all records, then wait until the broker acknowledged each one."""
+        producer = self.app.producer
+        pending = [await producer.send(r.topic, r.key, r.value, None, None, None)
+                   for r in records]
+        await asyncio.gather(*pending)

@@ -1,0 +1,249 @@
+"""The ingest pipeline for one batch of Kafka messages, independent of Faust.
+
+decode + validate -> dead letters | one atomic Redis call -> scoring -> publish.
+The caller acknowledges the batch's offsets only after :meth:`process` returns,
+which happens only once every effect (Redis writes, published records) is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streamproc.adapters.redis_store import CustomerUpdate, PreparedEvent, RedisProfileStore
+from streamproc.core.events import ValidationLimits, decode_message
+from streamproc.core.features import event_ops
+from streamproc.core.outputs import DeadLetter
+from streamproc.metrics import Metrics
+from streamproc.settings import IngestSettings, Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One Kafka record as consumed, before decoding."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record to publish."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+class Publisher(Protocol):
+    """Sends records and returns once the broker acknowledged all of them."""
+
+    async def publish(self, records: Sequence[OutRecord]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityBatch:
+    """What the scoring stage sees of one processed batch."""
+
+    updates: list[CustomerUpdate]
+    #: customer -> sorted event times of events applied in this batch (qualifying activity only)
+    activity: dict[str, list[float]]
+    #: customer -> input partition the customer's events arrived on
+    partitions: dict[str, int]
+    received_at: float
+
+
+class ScoringStage(Protocol):
+    """Turns updated profiles into output records (segment changes, alerts, examples)."""
+
+    async def on_batch(self, batch: ActivityBatch) -> list[OutRecord]: ...
+
+
+@dataclass
+class BatchOutcome:
+    """Counts for one processed batch."""
+
+    messages: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    outputs: int = 0
+    watermarks: dict[tuple[str, int], float] = field(default_factory=dict)
+
+
+def limits_from(ingest: IngestSettings) -> ValidationLimits:
+    """Validation limits from settings."""
+    return ValidationLimits(
+        max_payload_bytes=ingest.max_payload_bytes,
+        max_id_length=ingest.max_id_length,
+        max_events_per_message=ingest.max_events_per_message,
+        max_items_per_order=ingest.max_items_per_order,
+        max_amount=ingest.max_amount,
+        max_quantity=ingest.max_quantity,
+        total_tolerance=ingest.total_tolerance,
+        max_future_skew_s=ingest.max_future_skew_s,
+    )
+
+
+class Retrier:
+    """Retries Redis calls forever with capped, jittered exponential backoff.
+
+    Redis is the source of truth: while it is away the batch waits (and its
+    offsets stay uncommitted) rather than being dropped.
+    """
+
+    def __init__(self, metrics: Metrics, max_backoff_s: float,
+                 on_state: Callable[[bool], None] | None = None) -> None:
+        self.metrics = metrics
+        self.max_backoff_s = max_backoff_s
+        self.on_state = on_state
+        self._rng = random.Random()  # noqa: S311 - jitter, not crypto
+
+    async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` until it succeeds, recording latency, errors and Redis health."""
+        delay = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await fn()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._failed(operation, exc)
+            except RedisError as exc:
+                # BUSY/LOADING and friends are transient too; anything else is a bug we log loudly.
+                self._failed(operation, exc)
+            else:
+                self.metrics.redis_seconds.labels(operation).observe(time.perf_counter() - started)
+                self.metrics.redis_up.set(1)
+                if self.on_state is not None:
+                    self.on_state(True)
+                return result
+            await asyncio.sleep(delay * (0.5 + self._rng.random()))
+            delay = min(self.max_backoff_s, delay * 2)
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.labels(operation).inc()
+        self.metrics.redis_up.set(0)
+        if self.on_state is not None:
+            self.on_state(False)
+        log.warning("redis %s failed (%s); retrying", operation, type(exc).__name__)
+
+
+class IngestPipeline:
+    """Processes batches of raw messages into Redis profiles and output records."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RedisProfileStore,
+        publisher: Publisher,
+        metrics: Metrics,
+        *,
+        retrier: Retrier,
+        scoring: ScoringStage | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.metrics = metrics
+        self.retrier = retrier
+        self.scoring = scoring
+        self.clock = clock
+        self.limits = limits_from(settings.ingest)
+        topics = settings.topics
+        self._sources: dict[str, Literal["clickstream", "purchases"]] = {
+            topics.clickstream: "clickstream",
+            topics.purchases: "purchases",
+        }
+        self.watermarks: dict[tuple[str, int], float] = {}
+
+    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        """Process one batch; returns once all its effects are durable."""
+        received = self.clock()
+        now = datetime.fromtimestamp(received, UTC)
+        outcome = BatchOutcome(messages=len(messages))
+        prepared: list[PreparedEvent] = []
+        meta: list[tuple[str, str, bool]] = []  # topic, event_type, qualifying activity
+        partitions: dict[str, int] = {}
+        out: list[OutRecord] = []
+        dl_topic = self.settings.topics.dead_letter
+        for msg in messages:
+            source = self._sources.get(msg.topic, "clickstream")
+            decoded = decode_message(msg.value, msg.key, source, limits=self.limits, now=now)
+            for rejection in decoded.rejections:
+                record = DeadLetter.from_rejection(
+                    rejection, key=msg.key, topic=msg.topic, partition=msg.partition,
+                    offset=msg.offset, received_at=now)
+                out.append(OutRecord(dl_topic, msg.key, record.to_bytes()))
+                self.metrics.dead_letters.labels(msg.topic, rejection.reason).inc()
+                self.metrics.events.labels(msg.topic, "unknown", "rejected").inc()
+                outcome.dead_letters += 1
+            wm_key = (msg.topic, msg.partition)
+            for event in decoded.events:
+                ts = event.timestamp.timestamp()
+                prepared.append(PreparedEvent(event.customer_id, event.event_id, ts,
+                                              event_ops(event, ts)))
+                kind = getattr(event, "event_type", None) or getattr(event, "type", "order")
+                meta.append((msg.topic, kind, kind != "refund"))
+                partitions[event.customer_id] = msg.partition
+                if ts > self.watermarks.get(wm_key, float("-inf")):
+                    self.watermarks[wm_key] = ts
+
+        updates: list[CustomerUpdate] = []
+        if prepared:
+            updates = await self.retrier.call("apply_batch",
+                                              lambda: self.store.apply_batch(prepared))
+        activity = self._count(prepared, meta, updates, outcome)
+        self.metrics.batch_events.observe(len(prepared))
+        if self.scoring is not None and updates:
+            out += await self.scoring.on_batch(
+                ActivityBatch(updates, activity, partitions, received))
+        if out:
+            await self.publisher.publish(out)
+        outcome.outputs = len(out) - outcome.dead_letters
+        done = self.clock()
+        self.metrics.batch_seconds.observe(done - received)
+        if out:
+            self.metrics.ingest_to_publish_seconds.observe(done - received)
+        for ev in prepared:
+            self.metrics.event_age_seconds.observe(max(0.0, done - ev.ts))
+        outcome.watermarks = dict(self.watermarks)
+        return outcome
+
+    def _count(self, prepared: Sequence[PreparedEvent], meta: Sequence[tuple[str, str, bool]],
+               updates: Sequence[CustomerUpdate], outcome: BatchOutcome) -> dict[str, list[float]]:
+        flags: dict[str, list[bool]] = {u.customer_id: list(u.applied) for u in updates}
+        cursor: dict[str, int] = {}
+        activity: dict[str, list[float]] = {}
+        for ev, (topic, kind, qualifying) in zip(prepared, meta, strict=True):
+            i = cursor.get(ev.customer_id, 0)
+            cursor[ev.customer_id] = i + 1
+            applied = flags[ev.customer_id][i]
+            self.metrics.events.labels(topic, kind, "applied" if applied else "duplicate").inc()
+            if applied:
+                outcome.applied += 1
+                if qualifying:
+                    activity.setdefault(ev.customer_id, []).append(ev.ts)
+            else:
+                outcome.duplicates += 1
+                self.metrics.duplicates.labels(topic).inc()
+        for times in activity.values():
+            times.sort()
+        return activity

@@ -1,0 +1,119 @@
+"""End to end: real broker, real Redis, a real worker process; profiles equal the reference."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from streamproc.adapters.redis_store import RedisProfileStore, make_client
+from streamproc.core.features import FeatureConfig, ProfileView
+from streamproc.core.generator import TrafficGenerator, batch_envelopes, inject_faults
+from streamproc.runtime.embedded import spawn_worker
+from streamproc.runtime.kafka import ensure_topics
+from streamproc.settings import Settings, to_env
+from tests.integration.kafka_io import consume_all, produce, wait_until
+from tests.reference import compare, reference_profiles
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], object]]:
+    procs = []
+
+    def start(settings: Settings) -> object:
+        proc = spawn_worker(to_env(settings), log_path=tmp_path / f"worker{len(procs)}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except Exception:
+                proc.kill()
+
+
+def _stream(customers: int, seed: int) -> tuple[list[tuple[str, str, object]], list[dict], int]:
+    gen = TrafficGenerator(customers=customers, seed=seed, start=START, days=60)
+    faulty = list(inject_faults(gen.events(), seed=seed, duplicate_rate=0.05,
+                                shuffle_window=20, invalid_rate=0.02))
+    valid = [e.value for e in faulty if e.invalid_reason is None]
+    invalid = sum(1 for e in faulty if e.invalid_reason is not None)
+    # Half as single events, half in tracker-style envelopes of up to 10.
+    half = len(faulty) // 2
+    records: list[tuple[str, str, object]] = [(e.topic, e.key, e.value) for e in faulty[:half]]
+    records += list(batch_envelopes(faulty[half:], 10))
+    return records, valid, invalid
+
+
+async def _profiles(settings: Settings) -> dict[str, dict]:
+    client = make_client(settings.redis)
+    store = RedisProfileStore.from_settings(client, settings.redis, FeatureConfig())
+    out = {}
+    try:
+        async for cid in store.customers():
+            state = await store.get_state(cid)
+            assert state is not None
+            out[cid] = ProfileView(cid, float(state["la"]), state).to_dict()
+    finally:
+        await client.aclose()
+    return out
+
+
+async def test_worker_profiles_match_reference(make_settings, worker_factory) -> None:
+    settings = make_settings()
+    await ensure_topics(settings)
+    records, valid, invalid = _stream(customers=200, seed=7)
+    garbage = [(settings.topics.clickstream, "c-garbage", b"\xff\xfe not json"),
+               (settings.topics.purchases, "c-garbage", b'{"event_id": 1}')]
+    topic_of = {"clickstream": settings.topics.clickstream,
+                "purchases": settings.topics.purchases}
+    to_send = [(topic_of.get(t, t), k, v) for t, k, v in records] + garbage
+    worker_factory(settings)
+    await produce(settings.kafka.bootstrap_servers, to_send)
+    reference = reference_profiles(valid)
+    assert len(valid) > 3000 and len(reference) >= 150
+
+    async def all_there() -> bool:
+        r = aioredis.Redis.from_url(settings.redis.url)
+        try:
+            n = 0
+            async for _ in r.scan_iter(match=f"{settings.redis.key_prefix}:{{*}}:p", count=1000):
+                n += 1
+            return n >= len(reference)
+        finally:
+            await r.aclose()
+
+    await wait_until(all_there, timeout=120, what="every customer's profile in Redis")
+    dead = await consume_all(settings.kafka.bootstrap_servers, settings.topics.dead_letter,
+                             expect=invalid + len(garbage), timeout=60)
+    assert len(dead) == invalid + len(garbage)
+    reasons = {orjson.loads(v)["reason"] for _, v in dead}
+    assert reasons, "dead letters carry reasons"
+
+    async def settled() -> bool:
+        got = await _profiles(settings)
+        return all(not compare(reference[c], got.get(c, {})) for c in reference)
+
+    await wait_until(settled, timeout=60, what="profiles to equal the reference")
+    got = await _profiles(settings)
+    assert set(got) == set(reference)
+
+    # Producing the same events again changes nothing (idempotent by event_id).
+    await produce(settings.kafka.bootstrap_servers, to_send)
+    await asyncio.sleep(5)
+    again = await _profiles(settings)
+    problems = {c: compare(reference[c], again[c]) for c in reference}
+    assert not any(problems.values()), {c: p for c, p in problems.items() if p}
