@@ -12,16 +12,16 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streamproc.runtime.worker import run_worker  # noqa: PLC0415 - keep `--help` fast
+    from streamproc.runtime.worker import run_worker
 
     run_worker(load_settings())
     return 0
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    from streamproc.schema_export import check_schemas, export_schemas  # noqa: PLC0415
+    from streamproc.schema_export import check_schemas, export_schemas
 
     out = Path(args.out)
     if args.check:

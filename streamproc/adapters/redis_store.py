@@ -43,17 +43,20 @@ class CustomerUpdate:
     applied: list[bool]
 
 
-def decode_blob(blob: bytes | None) -> dict[str, Any]:
+def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
     """Decode a msgpack blob written by Lua (an empty Lua table packs as a list)."""
     if not blob:
         return {}
+    if isinstance(blob, str):
+        blob = blob.encode()
     value = msgpack.unpackb(blob, raw=False, strict_map_key=False)
     return value if isinstance(value, dict) else {}
 
 
-def encode_blob(value: Mapping[str, Any]) -> bytes:
-    """Encode a state mapping the way Lua reads it."""
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+def encode_blob(value: Any) -> bytes:
+    """Encode a value (a state mapping, a batch) the way Lua reads it."""
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
 
 
 def make_client(settings: RedisSettings) -> aioredis.Redis:

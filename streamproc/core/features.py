@@ -227,10 +227,9 @@ def apply_ops(
             _category_add(state, op[1], op[2], config.max_categories)
         elif code == OP_MARK:
             _mark(state, op, ts, markers)
-        elif code == OP_LAST:
-            if ts >= state.get(op[1] + "@", -math.inf):
-                state[op[1]] = op[2]
-                state[op[1] + "@"] = ts
+        elif code == OP_LAST and ts >= state.get(op[1] + "@", -math.inf):
+            state[op[1]] = op[2]
+            state[op[1] + "@"] = ts
 
 
 def _decay_add(state: MutableMapping[str, Any], field: str, value: float, ts: float) -> None:

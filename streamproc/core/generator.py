@@ -485,41 +485,42 @@ def _plan_session(
     partly refunded one to seven days later.
     """
     rng = random.Random(seed)  # noqa: S311 - simulation, not crypto
-    r = rng.random()
+    rand = rng.random  # int(rand() * n) instead of randrange: ~5x faster on this hot path
+    r = rand()
     channel = 0 if r < 0.6 else 1 if r < 0.9 else 2
-    r = rng.random()
+    r = rand()
     device = 1 if r < 0.55 else 0 if r < 0.9 else 2
     steps: list[_Step] = [(t, _SESSION_START, None, 3 * channel + device)]
     w_page, w_product, _ = profile.browse_weights
     products = pool.products
     for _ in range(rng.randint(*profile.browse_events)):
-        t += rng.randint(3_000, 90_000)
-        r = rng.random()
+        t += 3_000 + int(rand() * 87_001)
+        r = rand()
         if r < w_page:
-            steps.append((t, _PAGE_VIEW, None, rng.randrange(len(_PAGES))))
+            steps.append((t, _PAGE_VIEW, None, int(rand() * len(_PAGES))))
         elif r < w_page + w_product:
-            steps.append((t, _PRODUCT_VIEW, products[rng.randrange(len(products))], 0))
+            steps.append((t, _PRODUCT_VIEW, products[int(rand() * len(products))], 0))
         else:
-            steps.append((t, _SEARCH, None, rng.randrange(len(_QUERIES))))
+            steps.append((t, _SEARCH, None, int(rand() * len(_QUERIES))))
     lines: list[tuple[_Product, int]] = []
     refund: tuple[int, int, int] | None = None
-    if rng.random() < profile.p_cart:
+    if rand() < profile.p_cart:
         lines = _basket(rng, pool, profile.basket_eur)
         extra = None
-        if rng.random() < profile.p_remove:
-            extra = products[rng.randrange(len(products))]
+        if rand() < profile.p_remove:
+            extra = products[int(rand() * len(products))]
         for product, qty in [*lines, *([(extra, 1)] if extra is not None else [])]:
-            t += rng.randint(3_000, 60_000)
+            t += 3_000 + int(rand() * 57_001)
             steps.append((t, _PRODUCT_VIEW, product, 0))
-            t += rng.randint(2_000, 30_000)
+            t += 2_000 + int(rand() * 28_001)
             steps.append((t, _ADD_TO_CART, product, qty))
         if extra is not None:
-            t += rng.randint(5_000, 60_000)
+            t += 5_000 + int(rand() * 55_001)
             steps.append((t, _REMOVE_FROM_CART, extra, 1))
-        if may_order and rng.random() < profile.p_order / profile.p_cart:
-            t += rng.randint(1_000, 8_000)  # checkout, seconds after the last cart event
+        if may_order and rand() < profile.p_order / profile.p_cart:
+            t += 1_000 + int(rand() * 7_001)  # checkout, seconds after the last cart event
             steps.append((t, _ORDER, None, 0))
-            if rng.random() < profile.p_refund:
+            if rand() < profile.p_refund:
                 line = rng.randrange(len(lines))
                 refund = (
                     rng.randint(_MS_PER_DAY, 7 * _MS_PER_DAY),
@@ -528,7 +529,7 @@ def _plan_session(
                 )
         else:
             lines = []
-    t += rng.randint(1_000, 30_000)
+    t += 1_000 + int(rand() * 29_001)
     steps.append((t, _SESSION_END, None, 0))
     return steps, lines, refund, rng.uniform(0.5, 1.5)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import pickle  # noqa: S403 - only ever loads bytes whose HMAC was verified first
+import pickle
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass

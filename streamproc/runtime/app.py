@@ -113,10 +113,11 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                                  name_prefix="streamproc_faust")
         _health_pages(app, state)
 
-    @app.task
     async def mark_started() -> None:
         state.started = True
         metrics.ready.set(1 if state.ready else 0)
+
+    app.task(mark_started)
 
     return worker
 
@@ -131,12 +132,12 @@ def _raw_messages(events: Sequence[Any]) -> list[RawMessage]:
 
 def _health_pages(app: faust.App, state: WorkerState) -> None:
     @app.page("/healthz")
-    class Health(View):  # type: ignore[misc]
+    class Health(View):
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok"})
 
     @app.page("/readyz")
-    class Ready(View):  # type: ignore[misc]
+    class Ready(View):
         async def get(self, request: Request) -> Response:
             body = {"ready": state.ready, "started": state.started, "redis": state.redis_ok}
             return self.json(body, status=200 if state.ready else 503)

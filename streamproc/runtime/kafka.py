@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -74,10 +75,8 @@ async def ensure_topics(settings: Settings) -> None:
                 settings.kafka.topic_partitions
             wanted.append(NewTopic(name, partitions, settings.kafka.replication_factor))
         for topic in wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass  # another worker won the race
     finally:
         await admin.close()
 
@@ -105,7 +104,7 @@ class _FastFetchTransport(faust_aiokafka.Transport):
     Consumer = _FastFetchConsumer
 
 
-class StreamprocApp(faust.App):  # type: ignore[misc]
+class StreamprocApp(faust.App):
     """A Faust app whose consumer honours ``STREAMPROC_KAFKA__FETCH_MAX_WAIT_MS``."""
 
     fetch_max_wait_ms: int = 1500

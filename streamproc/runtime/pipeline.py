@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamproc.adapters.redis_store import CustomerUpdate, PreparedEvent, RedisProfileStore
-from streamproc.core.events import ValidationLimits, decode_message
+from streamproc.core.events import ClickstreamEvent, ValidationLimits, decode_message
 from streamproc.core.features import event_ops
 from streamproc.core.outputs import DeadLetter
 from streamproc.metrics import Metrics
@@ -200,7 +200,7 @@ class IngestPipeline:
                 ts = event.timestamp.timestamp()
                 prepared.append(PreparedEvent(event.customer_id, event.event_id, ts,
                                               event_ops(event, ts)))
-                kind = getattr(event, "event_type", None) or getattr(event, "type", "order")
+                kind = event.event_type if isinstance(event, ClickstreamEvent) else event.type
                 meta.append((msg.topic, kind, kind != "refund"))
                 partitions[event.customer_id] = msg.partition
                 if ts > self.watermarks.get(wm_key, float("-inf")):

@@ -84,7 +84,8 @@ async def test_worker_profiles_match_reference(make_settings, worker_factory) ->
     worker_factory(settings)
     await produce(settings.kafka.bootstrap_servers, to_send)
     reference = reference_profiles(valid)
-    assert len(valid) > 3000 and len(reference) >= 150
+    assert len(valid) > 3000
+    assert len(reference) >= 150
 
     async def all_there() -> bool:
         r = aioredis.Redis.from_url(settings.redis.url)
