@@ -67,8 +67,12 @@ def record(customers: int, days: float, seed: int) -> tuple[Replay, TrafficGener
 
 
 def eval_clusterer(
-    kind: str, stream: list[tuple[str, dict[str, float]]], final: list[dict[str, float]],
-    personas: list[str], k: int, seed: int,
+    kind: str,
+    stream: list[tuple[str, dict[str, float]]],
+    final: list[dict[str, float]],
+    personas: list[str],
+    k: int,
+    seed: int,
 ) -> dict[str, Any]:
     """ARI on end-of-period profiles, learn speed and size of one clusterer."""
     scaler = preprocessing.StandardScaler()
@@ -150,10 +154,16 @@ def main() -> None:
     personas = [truths[v.customer_id].persona for v in views]
 
     print("\n# segmentation: ARI vs planted persona on end-of-period profiles")
-    print(table([
-        eval_clusterer(kind, replay.profile_stream, final, personas, args.segments, args.seed)
-        for kind in CLUSTERERS
-    ]))
+    print(
+        table(
+            [
+                eval_clusterer(
+                    kind, replay.profile_stream, final, personas, args.segments, args.seed
+                )
+                for kind in CLUSTERERS
+            ]
+        )
+    )
 
     print("\n# churn: progressive validation on delayed labels")
     print(table([eval_churn(kind, replay.label_stream, args.seed) for kind in CHURN_MODELS]))
@@ -171,13 +181,19 @@ def main() -> None:
         replay.trainer.bundle()
     bundle_ms = (time.perf_counter() - t0) / 20 * 1000
     print("\n# chosen bundle (Trainer defaults)")
-    print(f"ARI {adjusted_rand_index(personas, [s.segment_id for s in scores]):.3f}; "
-          f"segments: {', '.join(s.name for s in bundle.segments.values())}")
-    print(f"quality (last {bundle.quality['window']:.0f} labels): " + ", ".join(
-        f"{k}={v:.3f}" for k, v in bundle.quality.items() if k not in {"window"}))
-    print(f"score_many {batch_rate:,.0f} profiles/s; score (one at a time) {one_rate:,.0f}/s; "
-          f"bundle() {bundle_ms:.1f} ms; bundle pickle {len(pickle.dumps(bundle)) / 1024:.1f} KB; "
-          f"trainer state {len(pickle.dumps(replay.trainer)) / 1024:.1f} KB")
+    print(
+        f"ARI {adjusted_rand_index(personas, [s.segment_id for s in scores]):.3f}; "
+        f"segments: {', '.join(s.name for s in bundle.segments.values())}"
+    )
+    print(
+        f"quality (last {bundle.quality['window']:.0f} labels): "
+        + ", ".join(f"{k}={v:.3f}" for k, v in bundle.quality.items() if k not in {"window"})
+    )
+    print(
+        f"score_many {batch_rate:,.0f} profiles/s; score (one at a time) {one_rate:,.0f}/s; "
+        f"bundle() {bundle_ms:.1f} ms; bundle pickle {len(pickle.dumps(bundle)) / 1024:.1f} KB; "
+        f"trainer state {len(pickle.dumps(replay.trainer)) / 1024:.1f} KB"
+    )
 
 
 if __name__ == "__main__":

@@ -68,12 +68,14 @@ class FrozenLogit:
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         """Per-feature logit contributions (n, d) for raw feature rows (n, d)."""
-        return (x - self.mean) * self.scale * self.weights
+        out: np.ndarray = (x - self.mean) * self.scale * self.weights
+        return out
 
     def probabilities(self, contributions: np.ndarray) -> np.ndarray:
         """Churn probabilities from :meth:`contributions` (row sums + intercept, sigmoid)."""
         logits = contributions.sum(axis=1) + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -500.0, 500.0)))
+        out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(logits, -500.0, 500.0)))
+        return out
 
 
 def feature_row(features: Mapping[str, float]) -> list[float]:

@@ -699,7 +699,8 @@ def _corrupt(rng: random.Random, event: GeneratedEvent) -> GeneratedEvent:
     elif reason == "missing_customer_id":
         del value["customer_id"]
     elif reason == "total_mismatch":
-        value["total"] = round(value["total"] + 1.0, 2)
+        # Well beyond any rounding or tolerance a validator may allow (it accepts ~1%).
+        value["total"] = round(value["total"] * 1.25 + 5.0, 2)
     else:
         value["timestamp"] = "not-a-timestamp"
     return replace(event, value=value, invalid_reason=reason)

@@ -181,7 +181,7 @@ class Trainer:
         self.version = 0
         self.last_event_time = -math.inf
         self.profiles_seen = 0
-        self._scaler = preprocessing.StandardScaler()
+        self._scaler: Any = preprocessing.StandardScaler()
         self._clusterer = make_clusterer(clusterer, n_segments, seed)
         self._rfm = RFMLearner()
         self._sample = ProfileSample(profile_sample)

@@ -23,11 +23,12 @@ from streamproc.core.features import MODEL_FEATURES
 
 #: The standardised inputs of the clusterer (see :func:`segment_features`).
 SEGMENT_FEATURES: Final[tuple[str, ...]] = (
-    "log_recency",
+    "log_recency_weeks",
     "log_orders",
     "log_aov",
-    "views_30d",
+    "conversion_rate",
     "cart_abandonment_rate",
+    "log_views",
     "log_tenure",
 )
 
@@ -44,13 +45,18 @@ PROFILE_FIELDS: Final[tuple[str, ...]] = (
 
 
 def segment_features(features: Mapping[str, float]) -> dict[str, float]:
-    """Clusterer inputs from a :func:`model_features` dict (long tails log-compressed)."""
+    """Clusterer inputs from a :func:`model_features` dict (long tails log-compressed).
+
+    Recency is taken in weeks before the log so that a few days' gap between visits
+    of an active customer weighs little next to weeks of silence.
+    """
     return {
-        "log_recency": math.log1p(features["recency_days"]),
+        "log_recency_weeks": math.log1p(features["recency_days"] / 7.0),
         "log_orders": features["log_orders"],
         "log_aov": features["log_aov"],
-        "views_30d": features["views_30d"],
+        "conversion_rate": features["conversion_rate"],
         "cart_abandonment_rate": features["cart_abandonment_rate"],
+        "log_views": features["log_views"],
         "log_tenure": math.log1p(features["tenure_days"]),
     }
 
@@ -77,7 +83,8 @@ def make_clusterer(kind: str, n_segments: int, seed: int) -> Any:
     if kind == "kmeans-h0.01":
         return cluster.KMeans(n_clusters=n_segments, halflife=0.01, sigma=1.0, seed=seed)
     if kind == "streamkmeans":
-        return cluster.STREAMKMeans(
+        streamkmeans: Any = cluster.STREAMKMeans
+        return streamkmeans(
             chunk_size=200, n_clusters=n_segments, halflife=0.05, sigma=1.0, seed=seed
         )
     if kind == "clustream":
@@ -122,13 +129,15 @@ class FrozenCentres:
 
     def standardise(self, x: np.ndarray) -> np.ndarray:
         """Rows of raw segment features to standardised space."""
-        return (x - self.mean) * self.scale
+        z: np.ndarray = (x - self.mean) * self.scale
+        return z
 
     def distances(self, x: np.ndarray) -> np.ndarray:
         """Euclidean distances (n, k) from raw feature rows (n, d) to each centre."""
         z = self.standardise(x)
         diff = z[:, None, :] - self.centres[None, :, :]
-        return np.sqrt(np.sum(diff * diff, axis=2))
+        out: np.ndarray = np.sqrt(np.sum(diff * diff, axis=2))
+        return out
 
 
 def feature_matrix(rows: Sequence[Mapping[str, float]]) -> np.ndarray:
@@ -166,7 +175,10 @@ class ProfileSample:
     def add(self, customer_id: str, features: Mapping[str, float]) -> None:
         """Record (or refresh) one customer."""
         seg = segment_features(features)
-        self.rows[customer_id] = (tuple(seg[f] for f in SEGMENT_FEATURES), business_profile(features))
+        self.rows[customer_id] = (
+            tuple(seg[f] for f in SEGMENT_FEATURES),
+            business_profile(features),
+        )
         self.rows.move_to_end(customer_id)
         while len(self.rows) > self.capacity:
             self.rows.popitem(last=False)
@@ -193,7 +205,7 @@ class NamingRules:
 
     lapsed_days: float = 45.0
     at_risk_days: float = 14.0
-    new_days: float = 21.0
+    new_days: float = 30.0
     high_value_aov_ratio: float = 1.5
     bargain_aov_ratio: float = 0.6
     window_shopper_orders: float = 0.5
@@ -202,10 +214,10 @@ class NamingRules:
 def _base_name(p: Mapping[str, float], buyers_aov: float, rules: NamingRules) -> str:
     if p["recency_days"] >= rules.lapsed_days:
         return "lapsed"
-    if p["recency_days"] >= rules.at_risk_days:
-        return "at risk"
     if p["tenure_days"] <= rules.new_days:
         return "new"
+    if p["recency_days"] >= rules.at_risk_days:
+        return "at risk"
     if p["orders"] < rules.window_shopper_orders:
         return "window shoppers"
     if buyers_aov > 0 and p["average_order_value"] >= rules.high_value_aov_ratio * buyers_aov:
@@ -273,11 +285,12 @@ def segment_matrix(x: np.ndarray) -> np.ndarray:
     """:func:`segment_features` for rows in :data:`MODEL_FEATURES` order, vectorised."""
     return np.column_stack(
         [
-            np.log1p(x[:, _COL["recency_days"]]),
+            np.log1p(x[:, _COL["recency_days"]] / 7.0),
             x[:, _COL["log_orders"]],
             x[:, _COL["log_aov"]],
-            x[:, _COL["views_30d"]],
+            x[:, _COL["conversion_rate"]],
             x[:, _COL["cart_abandonment_rate"]],
+            x[:, _COL["log_views"]],
             np.log1p(x[:, _COL["tenure_days"]]),
         ]
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,11 +14,14 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 
+from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
 from streamproc.core.features import FeatureConfig
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.kafka import FaustPublisher, StreamprocApp, faust_credentials
 from streamproc.runtime.pipeline import IngestPipeline, RawMessage, Retrier
+from streamproc.runtime.scoring import ModelHolder, Scorer, iter_partitions
+from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,8 @@ class Worker:
     metrics: Metrics
     registry: CollectorRegistry
     pipeline: IngestPipeline
+    scorer: Scorer
+    trainer: TrainerService
     state: WorkerState
 
 
@@ -90,8 +97,17 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     store = RedisProfileStore.from_settings(
         client, settings.redis, FeatureConfig(max_categories=settings.ingest.max_categories))
     retrier = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis)
-    pipeline = IngestPipeline(settings, store, FaustPublisher(app), metrics, retrier=retrier)
-    worker = Worker(app, settings, metrics, registry, pipeline, state)
+    if settings.models.signing_key is None:
+        raise ValueError("STREAMPROC_MODELS__SIGNING_KEY is required")
+    model_store = ModelStore(client, settings.redis.key_prefix,
+                             settings.models.signing_key.get_secret_value().encode())
+    models = ModelHolder(model_store, metrics, time.time)
+    scorer = Scorer(settings, store, models, metrics, retrier)
+    publisher = FaustPublisher(app)
+    pipeline = IngestPipeline(settings, store, publisher, metrics, retrier=retrier,
+                              scoring=scorer)
+    trainer = TrainerService(settings.models, model_store, metrics)
+    worker = Worker(app, settings, metrics, registry, pipeline, scorer, trainer, state)
 
     inputs = app.topic(settings.topics.clickstream, settings.topics.purchases,
                        key_type=bytes, value_type=bytes,
@@ -107,6 +123,52 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
             for event in events:
                 await stream.ack(event)
             state.batches += 1
+
+    training = app.topic(settings.topics.training_examples, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+
+    @app.agent(training, name="trainer")
+    async def trainer_agent(stream: Any) -> None:
+        # One partition, so one trainer in the group; acked only after learning (and publishing).
+        async for events in stream.noack_take(1000, 0.5):
+            values: list[bytes] = [e.message.value for e in events if e.message.value]
+            await retrier.call("train", functools.partial(trainer.learn, values))
+            for event in events:
+                await stream.ack(event)
+
+    lateness = settings.ingest.allowed_lateness_s
+    topics = settings.topics
+
+    async def sweep_idle() -> None:
+        # Idle re-scoring and label expiry follow each partition's event-time watermark.
+        assigned = iter_partitions(app.consumer.assignment(), topics.clickstream)
+        for partition in sorted(assigned):
+            marks = [pipeline.watermarks.get((t, partition)) for t in
+                     (topics.clickstream, topics.purchases)]
+            seen = [m for m in marks if m is not None]
+            if not seen:
+                continue
+            watermark = max(seen) - lateness
+            metrics.watermark_seconds.labels(str(partition)).set(watermark)
+            records = await scorer.sweep(partition, watermark)
+            if records:
+                await publisher.publish(records)
+
+    async def refresh_model() -> None:
+        await retrier.call("load_model", models.refresh)
+
+    async def report_lag() -> None:
+        consumer: Any = app.consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp)
+            if high is not None:
+                lag = max(0, int(high) - int(committed or 0))
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    app.timer(1.0)(sweep_idle)
+    app.timer(settings.models.reload_interval_s)(refresh_model)
+    app.timer(5.0)(report_lag)
 
     if settings.metrics.port > 0:
         setup_prometheus_sensors(app, pattern="/metrics", registry=registry,

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
+from streamproc.core.events import REJECT_REASONS
 from streamproc.core.features import FeatureConfig, ProfileView
 from streamproc.core.generator import TrafficGenerator, batch_envelopes, inject_faults
 from streamproc.runtime.embedded import spawn_worker
@@ -98,17 +99,17 @@ async def test_worker_profiles_match_reference(make_settings, worker_factory) ->
             await r.aclose()
 
     await wait_until(all_there, timeout=120, what="every customer's profile in Redis")
-    dead = await consume_all(settings.kafka.bootstrap_servers, settings.topics.dead_letter,
-                             expect=invalid + len(garbage), timeout=60)
-    assert len(dead) == invalid + len(garbage)
-    reasons = {orjson.loads(v)["reason"] for _, v in dead}
-    assert reasons, "dead letters carry reasons"
 
     async def settled() -> bool:
         got = await _profiles(settings)
         return all(not compare(reference[c], got.get(c, {})) for c in reference)
 
-    await wait_until(settled, timeout=60, what="profiles to equal the reference")
+    await wait_until(settled, timeout=120, what="profiles to equal the reference")
+    dead = await consume_all(settings.kafka.bootstrap_servers, settings.topics.dead_letter,
+                             expect=invalid + len(garbage), timeout=60)
+    reasons = [orjson.loads(v)["reason"] for _, v in dead]
+    assert len(dead) == invalid + len(garbage), sorted(reasons)
+    assert set(reasons) <= REJECT_REASONS
     got = await _profiles(settings)
     assert set(got) == set(reference)
 

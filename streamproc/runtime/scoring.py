@@ -1,0 +1,396 @@
+"""Scoring stage: segments, churn alerts, delayed-label snapshots and idle checks.
+
+Runs after a batch's features are durable in Redis. Per customer it keeps a
+small *output state* next to the profile (segment, alert cooldown, pending
+snapshots awaiting their churn label, last activity) and writes it back in one
+pipelined round trip. Every decision is a pure function from ``streamproc.core``;
+this module only moves state in and out of Redis and turns decisions into records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamproc.adapters import keys
+from streamproc.adapters.model_store import ModelStore
+from streamproc.adapters.redis_store import RedisProfileStore, encode_blob
+from streamproc.core.features import MODEL_FEATURES, ProfileView, model_features
+from streamproc.core.labels import (
+    LabelledExample,
+    Snapshot,
+    add_snapshot,
+    next_idle_check,
+    on_activity,
+    on_watermark,
+)
+from streamproc.core.modelset import ModelBundle, Score, SnapshotRejected
+from streamproc.core.outputs import ChurnAlert, Reason, SegmentChanged, SegmentInfo
+from streamproc.core.policies import (
+    AlertInput,
+    AlertPolicy,
+    AlertState,
+    SegmentState,
+    decide_alert,
+    decide_segment,
+)
+from streamproc.metrics import Metrics
+from streamproc.runtime.pipeline import ActivityBatch, OutRecord, Retrier
+from streamproc.settings import Settings
+
+log = logging.getLogger(__name__)
+DAY = 86_400.0
+MIN_SNAPSHOT_GAP_S = 1 * DAY
+MAX_PENDING = 8
+SWEEP_LIMIT = 500
+
+
+def pack_features(features: Mapping[str, float]) -> bytes:
+    """Model features as float32 bytes in ``MODEL_FEATURES`` order (compact pending state)."""
+    return np.asarray([features[n] for n in MODEL_FEATURES], dtype=np.float32).tobytes()
+
+
+def unpack_features(blob: bytes) -> dict[str, float]:
+    """Inverse of :func:`pack_features`."""
+    values = np.frombuffer(blob, dtype=np.float32).tolist()
+    return dict(zip(MODEL_FEATURES, values, strict=True))
+
+
+@dataclass
+class CustomerScoringState:
+    """The decoded output state of one customer."""
+
+    segment: SegmentState | None = None
+    alert: AlertState | None = None
+    pending: tuple[Snapshot, ...] = ()
+    last_activity: float | None = None
+    last_snapshot: float | None = None
+
+    @classmethod
+    def decode(cls, customer_id: str, raw: Mapping[str, Any] | None) -> CustomerScoringState:
+        """From the msgpack mapping stored in Redis."""
+        if not raw:
+            return cls()
+        seg = raw.get("seg")
+        al = raw.get("al")
+        pending = tuple(Snapshot(customer_id, float(t), unpack_features(f), int(v))
+                        for t, v, f in raw.get("pend", ()))
+        return cls(
+            segment=SegmentState(int(seg[0]), float(seg[1])) if seg else None,
+            alert=AlertState(None if al[0] is None else float(al[0]), float(al[1]))
+            if al else None,
+            pending=pending,
+            last_activity=raw.get("la"),
+            last_snapshot=raw.get("ls"),
+        )
+
+    def encode(self) -> dict[str, Any]:
+        """To the msgpack mapping stored in Redis."""
+        out: dict[str, Any] = {
+            "pend": [[s.scored_at, s.model_version, pack_features(s.features)]
+                     for s in self.pending],
+        }
+        if self.segment is not None:
+            out["seg"] = [self.segment.segment_id, self.segment.since]
+        if self.alert is not None:
+            out["al"] = [self.alert.last_alert_at, self.alert.last_probability]
+        if self.last_activity is not None:
+            out["la"] = self.last_activity
+        if self.last_snapshot is not None:
+            out["ls"] = self.last_snapshot
+        return out
+
+
+class ModelHolder:
+    """The worker's read-only copy of the current model version, hot-reloaded."""
+
+    def __init__(self, store: ModelStore, metrics: Metrics, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.bundle: ModelBundle | None = None
+        self.published_at = 0.0
+        self._refused: set[int] = set()
+
+    async def refresh(self) -> bool:
+        """Load a newer published version if there is one; True if the model changed."""
+        version = await self.store.current_version()
+        current = self.bundle.version if self.bundle else 0
+        if version == current or version in self._refused:
+            self._report()
+            return False
+        try:
+            loaded = await self.store.load_bundle(version)
+        except SnapshotRejected as exc:
+            self._refused.add(version)
+            self.metrics.model_rejected_snapshots.labels(_reason_code(exc.reason)).inc()
+            log.error("refused model snapshot v%s: %s; keeping v%s", version, exc.reason, current)
+            return False
+        self.bundle, self.published_at = loaded.bundle, loaded.published_at
+        log.info("scoring with model v%s", version)
+        self._report()
+        return True
+
+    def _report(self) -> None:
+        b = self.bundle
+        if b is None:
+            self.metrics.churn_model_ready.set(0)
+            return
+        self.metrics.model_version.set(b.version)
+        self.metrics.model_snapshot_timestamp_seconds.set(self.published_at)
+        self.metrics.model_snapshot_age_seconds.set(max(0.0, self.clock() - self.published_at))
+        self.metrics.churn_model_ready.set(1 if b.churn_ready else 0)
+        q = b.quality
+        for gauge, name in ((self.metrics.churn_roc_auc, "roc_auc"),
+                            (self.metrics.churn_log_loss, "log_loss"),
+                            (self.metrics.churn_precision, "precision"),
+                            (self.metrics.churn_recall, "recall")):
+            if name in q:
+                gauge.set(q[name])
+
+
+def _reason_code(reason: str) -> str:
+    # Bounded label values: the first words of the reason ("bad signature", "foreign key"...).
+    for code in ("signature", "foreign", "magic", "truncated", "length", "format", "unloadable",
+                 "not found", "type", "not a"):
+        if code in reason:
+            return code.replace(" ", "_")
+    return "other"
+
+
+class Scorer:
+    """Turns updated profiles into segment changes, churn alerts and training examples."""
+
+    def __init__(self, settings: Settings, profiles: RedisProfileStore, models: ModelHolder,
+                 metrics: Metrics, retrier: Retrier,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.profiles = profiles
+        self.models = models
+        self.metrics = metrics
+        self.retrier = retrier
+        self.clock = clock
+        m = settings.models
+        self.horizon_s = m.churn_horizon_days * DAY
+        self.check_interval_s = m.check_interval_days * DAY
+        self.hysteresis = m.segment_hysteresis
+        self.policy = AlertPolicy(threshold=m.churn_threshold,
+                                  cooldown_s=max(m.alert_cooldown_days * DAY, 1.0),
+                                  min_labels=m.min_labels_before_alerts)
+        self.lock = asyncio.Lock()
+        self._loaded_once = False
+
+    # ------------------------------------------------------------ batch path
+
+    async def on_batch(self, batch: ActivityBatch) -> list[OutRecord]:
+        """Score every customer active in the batch; persist their scoring state."""
+        if not self._loaded_once:
+            self._loaded_once = True
+            await self.retrier.call("load_model", self.models.refresh)
+        active = [u for u in batch.updates if u.customer_id in batch.activity]
+        if not active:
+            return []
+        async with self.lock:
+            work = []
+            for update in active:
+                cid = update.customer_id
+                st = CustomerScoringState.decode(cid, update.output_state)
+                examples: list[LabelledExample] = []
+                for t in batch.activity[cid]:
+                    st.pending, labelled = on_activity(st.pending, t, self.horizon_s)
+                    examples += labelled
+                as_of = float(update.state.get("lq", max(batch.activity[cid])))
+                st.last_activity = max(st.last_activity or as_of, as_of)
+                work.append((cid, st, ProfileView(cid, as_of, update.state), examples))
+            out, states, schedule = self._decide(work, snapshot_gap=MIN_SNAPSHOT_GAP_S)
+            await self._persist(states, schedule, batch.partitions)
+        return out
+
+    # ------------------------------------------------------------ idle path
+
+    async def sweep(self, partition: int, watermark: float) -> list[OutRecord]:
+        """Re-score idle customers of one partition whose check fell due by ``watermark``."""
+        ckey = keys.checks_key(self.profiles.prefix, partition)
+        client = self.profiles.client
+        due: list[Any] = await self.retrier.call(
+            "sweep", lambda: client.zrangebyscore(ckey, "-inf", watermark, start=0,
+                                                  num=SWEEP_LIMIT, withscores=True))
+        if not due:
+            return []
+        ids = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in due]
+        async with self.lock:
+            states = await self.retrier.call("sweep", lambda: self.profiles.get_states(ids))
+            outs = await self.retrier.call("sweep", lambda: self.profiles.get_output_states(ids))
+            work: list[tuple[str, CustomerScoringState, ProfileView | None,
+                             list[LabelledExample]]] = []
+            for cid, state, raw in zip(ids, states, outs, strict=True):
+                st = CustomerScoringState.decode(cid, raw)
+                st.pending, examples = on_watermark(st.pending, watermark, self.horizon_s)
+                idle_at = self._next_idle(st)
+                if state is None or idle_at is None or idle_at > watermark:
+                    work.append((cid, st, None, examples))
+                    continue
+                self.metrics.idle_checks.inc()
+                work.append((cid, st, ProfileView(cid, idle_at, state), examples))
+            out, new_states, schedule = self._decide(work, snapshot_gap=0.0)
+            await self._persist(new_states, schedule, dict.fromkeys(ids, partition))
+        return out
+
+    def _next_idle(self, st: CustomerScoringState) -> float | None:
+        if st.last_activity is None:
+            return None
+        after = max(st.last_activity, st.last_snapshot or st.last_activity)
+        return next_idle_check(st.last_activity, after, check_interval_s=self.check_interval_s,
+                               horizon_s=self.horizon_s)
+
+    def _next_due(self, st: CustomerScoringState) -> float | None:
+        candidates = [s.scored_at + self.horizon_s for s in st.pending]
+        idle = self._next_idle(st)
+        if idle is not None:
+            candidates.append(idle)
+        return min(candidates) if candidates else None
+
+    # ------------------------------------------------------------ shared
+
+    def _decide(
+        self,
+        work: Sequence[tuple[str, CustomerScoringState, ProfileView | None,
+                             list[LabelledExample]]],
+        *, snapshot_gap: float,
+    ) -> tuple[list[OutRecord], dict[str, CustomerScoringState], dict[str, float | None]]:
+        bundle = self.models.bundle
+        version = bundle.version if bundle else 0
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        topics = self.settings.topics
+        out: list[OutRecord] = []
+        states: dict[str, CustomerScoringState] = {}
+        schedule: dict[str, float | None] = {}
+        to_score: list[tuple[str, CustomerScoringState, ProfileView, dict[str, float]]] = []
+        for cid, st, view, examples in work:
+            key = cid.encode()
+            for ex in examples:
+                out.append(OutRecord(topics.training_examples, key, _label_record(ex)))
+                self.metrics.churn_labels.labels(str(ex.label)).inc()
+            if view is not None:
+                features = model_features(view)
+                if st.last_snapshot is None or view.as_of - st.last_snapshot >= snapshot_gap:
+                    snap = Snapshot(cid, view.as_of, features, version)
+                    st.pending, added = add_snapshot(st.pending, snap, max_pending=MAX_PENDING,
+                                                     min_gap_s=snapshot_gap)
+                    if added:
+                        st.last_snapshot = view.as_of
+                        out.append(OutRecord(topics.training_examples, key,
+                                             _profile_record(cid, view.as_of, features)))
+                to_score.append((cid, st, view, features))
+            states[cid] = st
+        if bundle is not None and to_score:
+            scores = bundle.score_features_many([f for _, _, _, f in to_score])
+            for (cid, st, view, _), score in zip(to_score, scores, strict=True):
+                out += self._outputs(bundle, cid, st, view, score, now)
+        for cid, st in states.items():
+            schedule[cid] = self._next_due(st)
+        return out, states, schedule
+
+    def _outputs(self, bundle: ModelBundle, cid: str, st: CustomerScoringState,
+                 view: ProfileView, score: Score, now: datetime) -> list[OutRecord]:
+        topics = self.settings.topics
+        out: list[OutRecord] = []
+        event_time = datetime.fromtimestamp(view.as_of, UTC)
+        self.metrics.churn_probability.observe(score.churn_probability)
+        previous = st.segment
+        st.segment, change = decide_segment(st.segment, score.distances, view.as_of,
+                                            hysteresis=self.hysteresis)
+        current = _segment_info(bundle, st.segment.segment_id)
+        if change is not None:
+            prev_info = (None if change.previous_segment_id is None
+                         else _segment_info(bundle, change.previous_segment_id))
+            record = SegmentChanged.build(
+                customer_id=cid, previous=prev_info, current=current, rfm_tier=score.rfm_tier,
+                model_version=bundle.version, event_time=event_time, emitted_at=now)
+            out.append(OutRecord(topics.segment_changes, cid.encode(), record.to_bytes()))
+            self.metrics.segment_changes.inc()
+            if previous is not None:
+                self.metrics.segment_customers.labels(str(previous.segment_id)).dec()
+            self.metrics.segment_customers.labels(str(st.segment.segment_id)).inc()
+        st.alert, decision = decide_alert(
+            st.alert,
+            AlertInput(cid, view.as_of, score.churn_probability, bundle.version,
+                       bundle.labels_seen if bundle.churn_ready else 0),
+            self.policy)
+        if decision is not None:
+            alert = ChurnAlert(
+                alert_id=decision.alert_id, customer_id=cid,
+                churn_probability=decision.churn_probability,
+                threshold=self.policy.threshold, risk_level=decision.risk_level,
+                customer_value=round(view.net_spend, 2), segment=current,
+                reasons=[Reason(feature=f, contribution=c, text=t) for f, c, t in score.reasons],
+                model_version=bundle.version, event_time=event_time, emitted_at=now)
+            out.append(OutRecord(topics.churn_alerts, cid.encode(), alert.to_bytes()))
+            self.metrics.churn_alerts.labels(decision.risk_level).inc()
+        return out
+
+    async def _persist(self, states: Mapping[str, CustomerScoringState],
+                       schedule: Mapping[str, float | None],
+                       partitions: Mapping[str, int]) -> None:
+        prefix = self.profiles.prefix
+        ttl = self.settings.redis.profile_ttl_s
+
+        async def write() -> None:
+            pipe = self.profiles.client.pipeline(transaction=False)
+            for cid, st in states.items():
+                pipe.set(keys.output_state_key(prefix, cid), encode_blob(st.encode()),
+                         ex=ttl or None)
+                ckey = keys.checks_key(prefix, partitions.get(cid, 0))
+                due = schedule.get(cid)
+                if due is None:
+                    pipe.zrem(ckey, cid)
+                else:
+                    pipe.zadd(ckey, {cid: due})
+            await pipe.execute()
+
+        await self.retrier.call("write_scoring_state", write)
+
+
+def _segment_info(bundle: ModelBundle, segment_id: int) -> SegmentInfo:
+    seg = bundle.segments.get(segment_id)
+    if seg is None:
+        return SegmentInfo(segment_id=segment_id, name=f"segment {segment_id}", profile={})
+    return SegmentInfo(segment_id=segment_id, name=seg.name,
+                       profile={k: float(v) for k, v in seg.profile.items()})
+
+
+def _profile_record(cid: str, at: float, features: Mapping[str, float]) -> bytes:
+    return orjson.dumps({"kind": "profile", "customer_id": cid, "at": at,
+                         "features": [features[n] for n in MODEL_FEATURES]})
+
+
+def _label_record(ex: LabelledExample) -> bytes:
+    s = ex.snapshot
+    return orjson.dumps({"kind": "label", "customer_id": s.customer_id, "scored_at": s.scored_at,
+                         "model_version": s.model_version, "label": ex.label,
+                         "labelled_at": ex.labelled_at,
+                         "features": [s.features[n] for n in MODEL_FEATURES]})
+
+
+def parse_training_record(raw: bytes) -> tuple[str, Any]:
+    """Decode a training-topic record into ("profile", (cid, at, features)) or ("label", ex)."""
+    doc = orjson.loads(raw)
+    features = dict(zip(MODEL_FEATURES, (float(v) for v in doc["features"]), strict=True))
+    if doc["kind"] == "profile":
+        return "profile", (doc["customer_id"], float(doc["at"]), features)
+    snap = Snapshot(doc["customer_id"], float(doc["scored_at"]), features,
+                    int(doc["model_version"]))
+    return "label", LabelledExample(snap, int(doc["label"]), float(doc["labelled_at"]))
+
+
+def iter_partitions(assigned: Iterable[Any], topic: str) -> set[int]:
+    """Partition numbers of ``topic`` in a consumer assignment."""
+    return {tp.partition for tp in assigned if tp.topic == topic}

@@ -1,0 +1,87 @@
+"""The single owner of learning: consumes training examples, publishes signed model versions.
+
+The training topic has one partition, so exactly one worker in the group runs
+this at a time; after a rebalance the new owner resumes from the last saved
+trainer state. Versions are cut every N examples (not on a wall-clock timer) so
+the same example sequence gives the same version sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from streamproc.adapters.model_store import ModelStore
+from streamproc.core.modelset import SnapshotRejected, Trainer
+from streamproc.metrics import Metrics
+from streamproc.runtime.scoring import parse_training_record
+from streamproc.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+FIRST_VERSION_AFTER = 200
+
+
+class TrainerService:
+    """Learns from training-topic records and publishes bundles through the model store."""
+
+    def __init__(self, settings: ModelSettings, store: ModelStore, metrics: Metrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.trainer: Trainer | None = None
+        self.since_publish = 0
+
+    def _new_trainer(self) -> Trainer:
+        return Trainer(n_segments=self.settings.segments, seed=42,
+                       churn_threshold=self.settings.churn_threshold,
+                       min_labels=self.settings.min_labels_before_alerts)
+
+    async def _ensure(self) -> Trainer:
+        if self.trainer is None:
+            try:
+                self.trainer = await self.store.load_trainer()
+            except SnapshotRejected as exc:
+                self.metrics.model_rejected_snapshots.labels("trainer_state").inc()
+                log.error("refused saved trainer state (%s); starting a new trainer", exc.reason)
+                self.trainer = None
+            if self.trainer is None:
+                self.trainer = self._new_trainer()
+            else:
+                log.info("trainer resumed at model v%s", self.trainer.version)
+        return self.trainer
+
+    async def learn(self, records: Sequence[bytes]) -> int:
+        """Learn a batch of records; publish a version when enough accumulated. Returns learned."""
+        trainer = await self._ensure()
+        learned = 0
+        for raw in records:
+            try:
+                kind, payload = parse_training_record(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping malformed training record: %s", type(exc).__name__)
+                continue
+            if kind == "profile":
+                cid, at, features = payload
+                trainer.learn_profile_features(cid, features, at)
+            else:
+                trainer.learn_label(payload)
+            self.metrics.training_examples.labels(kind).inc()
+            learned += 1
+        self.since_publish += learned
+        threshold = (self.settings.snapshot_every_examples if trainer.version
+                     else min(FIRST_VERSION_AFTER, self.settings.snapshot_every_examples))
+        if self.since_publish >= threshold:
+            await self.publish()
+        return learned
+
+    async def publish(self) -> None:
+        """Cut a new version and store it (signed) with the trainer state."""
+        trainer = await self._ensure()
+        bundle = trainer.bundle()
+        await self.store.publish(bundle, trainer, self.clock())
+        self.since_publish = 0
+        log.info("published model v%s (labels seen %s, ready %s)", bundle.version,
+                 bundle.labels_seen, bundle.churn_ready)

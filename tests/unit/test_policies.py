@@ -1,0 +1,106 @@
+"""Segment hysteresis and the churn-alert policy as pure transitions."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamproc.core.policies import (
+    DAY,
+    AlertInput,
+    AlertPolicy,
+    AlertState,
+    SegmentState,
+    alert_id,
+    decide_alert,
+    decide_segment,
+)
+
+
+def test_first_assignment_is_immediate() -> None:
+    state, change = decide_segment(None, {0: 2.0, 1: 1.0}, 5.0)
+    assert state == SegmentState(1, 5.0)
+    assert change is not None
+    assert change.previous_segment_id is None
+    assert change.segment_id == 1
+
+
+def test_moves_only_when_clearly_closer() -> None:
+    state = SegmentState(0, 0.0)
+    same, change = decide_segment(state, {0: 1.0, 1: 0.9}, 1.0, hysteresis=0.15)
+    assert same == state
+    assert change is None
+    moved, change = decide_segment(state, {0: 1.0, 1: 0.8}, 2.0, hysteresis=0.15)
+    assert moved == SegmentState(1, 2.0)
+    assert change is not None
+    assert (change.previous_segment_id, change.segment_id, change.previous_since) == (0, 1, 0.0)
+
+
+def test_boundary_oscillation_does_not_flap() -> None:
+    state, _ = decide_segment(None, {0: 1.0, 1: 1.02}, 0.0)
+    changes = 0
+    for i in range(200):
+        wobble = 0.05 if i % 2 else -0.05
+        state, change = decide_segment(state, {0: 1.0 + wobble, 1: 1.0 - wobble}, float(i))
+        changes += change is not None
+    assert changes == 0
+    assert state.segment_id == 0
+
+
+def test_vanished_segment_moves_immediately() -> None:
+    state, change = decide_segment(SegmentState(7, 0.0), {0: 5.0, 1: 4.0}, 1.0)
+    assert state.segment_id == 1
+    assert change is not None
+
+
+POLICY = AlertPolicy(threshold=0.7, cooldown_s=7 * DAY, min_labels=10)
+
+
+def inp(t: float, p: float, labels: int = 100, version: int = 3) -> AlertInput:
+    return AlertInput("c1", t, p, version, labels)
+
+
+def test_alert_needs_threshold_and_ready_model() -> None:
+    _, d = decide_alert(None, inp(0.0, 0.69), POLICY)
+    assert d is None
+    _, d = decide_alert(None, inp(0.0, 0.95, labels=9), POLICY)
+    assert d is None
+    state, d = decide_alert(None, inp(0.0, 0.95), POLICY)
+    assert d is not None
+    assert d.risk_level == "critical"
+    assert state == AlertState(0.0, 0.95)
+
+
+def test_cooldown_suppresses_repeats_and_late_events() -> None:
+    state, first = decide_alert(None, inp(10 * DAY, 0.8), POLICY)
+    assert first is not None
+    for t in (10 * DAY + 1, 16 * DAY, 3 * DAY):
+        state2, d = decide_alert(state, inp(t, 0.9), POLICY)
+        assert d is None
+        assert state2.last_alert_at == 10 * DAY
+        assert state2.last_probability == 0.9
+    _, again = decide_alert(state, inp(17 * DAY, 0.9), POLICY)
+    assert again is not None
+    assert again.alert_id != first.alert_id
+    assert again.previous_probability == 0.8
+
+
+def test_alert_id_is_stable_on_reprocessing() -> None:
+    _, a = decide_alert(None, inp(5 * DAY, 0.8), POLICY)
+    _, b = decide_alert(None, inp(5 * DAY, 0.8), POLICY)
+    assert a is not None
+    assert b is not None
+    assert a.alert_id == b.alert_id
+    assert a.alert_id == alert_id("c1", 3, 5 * DAY, POLICY.cooldown_s)
+    assert alert_id("c2", 3, 5 * DAY, POLICY.cooldown_s) != a.alert_id
+
+
+@pytest.mark.parametrize(
+    ("p", "level"), [(0.7, "medium"), (0.79, "medium"), (0.81, "high"), (0.9, "critical")]
+)
+def test_risk_bands(p: float, level: str) -> None:
+    assert POLICY.risk_level(p) == level
+
+
+def test_invalid_policy_rejected() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        AlertPolicy(threshold=1.0)
