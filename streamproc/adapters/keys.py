@@ -59,6 +59,11 @@ def checks_key(prefix: str, partition: int) -> str:
     return f"{prefix}:checks:{partition}"
 
 
+def deferred_key(prefix: str, partition: int) -> str:
+    """Sorted set of customers whose activity waits for a lagging input, by event time."""
+    return f"{prefix}:deferred:{partition}"
+
+
 def model_key(prefix: str, name: str) -> str:
     """Key of a signed model snapshot (``current``, ``trainer`` or a version number)."""
     return f"{prefix}:model:{name}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,11 +13,17 @@ from typing import Any
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
+from streamproc.core.eventclock import (
+    InputProgress,
+    PartitionClock,
+    partition_clock,
+)
 from streamproc.core.features import FeatureConfig
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.kafka import FaustPublisher, StreamprocApp, faust_credentials
@@ -76,7 +84,13 @@ def _app(settings: Settings) -> faust.App:
         web_bind=settings.metrics.host,
         web_in_thread=False,
         store="memory://",
+        # Faust wants a data directory even without tables; keep it out of the working dir.
+        datadir=tempfile.mkdtemp(prefix="streamproc-faust-"),
         table_standby_replicas=0,
+        # Offsets are acked by hand only after a batch's effects are durable, so shutdown need
+        # not wait for an in-flight batch (which may be retrying an unreachable Redis forever):
+        # it is simply re-delivered, and the event_id dedupe makes that harmless.
+        stream_wait_empty=False,
     )
     app.fetch_max_wait_ms = k.fetch_max_wait_ms
     return app
@@ -139,18 +153,28 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     lateness = settings.ingest.allowed_lateness_s
     topics = settings.topics
 
+    def progress(partition: int) -> dict[str, InputProgress]:
+        out = {}
+        for topic in (topics.clickstream, topics.purchases):
+            tp = TP(topic, partition)
+            high = app.consumer.highwater(tp) if tp in app.consumer.assignment() else 0
+            position = pipeline.positions.get((topic, partition), -1)
+            lag = None if high is None else max(0, int(high) - position - 1)
+            out[topic] = InputProgress(pipeline.watermarks.get((topic, partition)), lag)
+        return out
+
+    def clock_for(partition: int) -> PartitionClock:
+        clock = partition_clock(list(progress(partition).values()), lateness)
+        if clock.watermark > -math.inf:
+            metrics.watermark_seconds.labels(str(partition)).set(clock.watermark)
+        return clock
+
+    scorer.clock_for = clock_for
+
     async def sweep_idle() -> None:
-        # Idle re-scoring and label expiry follow each partition's event-time watermark.
-        assigned = iter_partitions(app.consumer.assignment(), topics.clickstream)
-        for partition in sorted(assigned):
-            marks = [pipeline.watermarks.get((t, partition)) for t in
-                     (topics.clickstream, topics.purchases)]
-            seen = [m for m in marks if m is not None]
-            if not seen:
-                continue
-            watermark = max(seen) - lateness
-            metrics.watermark_seconds.labels(str(partition)).set(watermark)
-            records = await scorer.sweep(partition, watermark)
+        # Deferred activity, idle re-scoring and label expiry follow event time per partition.
+        for partition in sorted(iter_partitions(app.consumer.assignment(), topics.clickstream)):
+            records = await scorer.sweep(partition)
             if records:
                 await publisher.publish(records)
 
@@ -176,6 +200,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         _health_pages(app, state)
 
     async def mark_started() -> None:
+        await retrier.call("ping", client.ping)
         state.started = True
         metrics.ready.set(1 if state.ready else 0)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ import orjson
 from streamproc.adapters import keys
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, encode_blob
+from streamproc.core.eventclock import PartitionClock
 from streamproc.core.features import MODEL_FEATURES, ProfileView, model_features
 from streamproc.core.labels import (
     LabelledExample,
@@ -51,6 +53,13 @@ DAY = 86_400.0
 MIN_SNAPSHOT_GAP_S = 1 * DAY
 MAX_PENDING = 8
 SWEEP_LIMIT = 500
+
+
+_Work = tuple[str, "CustomerScoringState", ProfileView | None, list[LabelledExample]]
+
+
+def _text(member: bytes | str) -> str:
+    return member.decode() if isinstance(member, bytes) else member
 
 
 def pack_features(features: Mapping[str, float]) -> bytes:
@@ -187,6 +196,9 @@ class Scorer:
                                   min_labels=m.min_labels_before_alerts)
         self.lock = asyncio.Lock()
         self._loaded_once = False
+        #: partition -> event-time clock; the Faust layer replaces it with one that knows lag.
+        self.clock_for: Callable[[int], PartitionClock] = \
+            lambda _p: PartitionClock(-math.inf, math.inf)
 
     # ------------------------------------------------------------ batch path
 
@@ -198,50 +210,77 @@ class Scorer:
         active = [u for u in batch.updates if u.customer_id in batch.activity]
         if not active:
             return []
-        async with self.lock:
-            work = []
-            for update in active:
-                cid = update.customer_id
-                st = CustomerScoringState.decode(cid, update.output_state)
-                examples: list[LabelledExample] = []
-                for t in batch.activity[cid]:
-                    st.pending, labelled = on_activity(st.pending, t, self.horizon_s)
-                    examples += labelled
-                as_of = float(update.state.get("lq", max(batch.activity[cid])))
-                st.last_activity = max(st.last_activity or as_of, as_of)
+        # The caller (IngestPipeline.process) holds self.lock around the update and this call.
+        work: list[_Work] = []
+        deferred: dict[str, float] = {}
+        gates = {p: self.clock_for(p).gate for p in set(batch.partitions.values())}
+        for update in active:
+            cid = update.customer_id
+            st = CustomerScoringState.decode(cid, update.output_state)
+            examples: list[LabelledExample] = []
+            for t in batch.activity[cid]:
+                # Activity after a snapshot resolves it whatever order the inputs arrive in.
+                st.pending, labelled = on_activity(st.pending, t, self.horizon_s)
+                examples += labelled
+            as_of = float(update.state.get("lq", max(batch.activity[cid])))
+            st.last_activity = max(st.last_activity or as_of, as_of)
+            if as_of > gates.get(batch.partitions.get(cid, 0), math.inf):
+                # Another input lags behind this customer's latest event: the profile may
+                # still miss events before as_of, so scoring waits for the sweep.
+                deferred[cid] = as_of
+                work.append((cid, st, None, examples))
+            else:
                 work.append((cid, st, ProfileView(cid, as_of, update.state), examples))
-            out, states, schedule = self._decide(work, snapshot_gap=MIN_SNAPSHOT_GAP_S)
-            await self._persist(states, schedule, batch.partitions)
+        out, states, schedule = self._decide(work, snapshot_gap=MIN_SNAPSHOT_GAP_S)
+        await self._persist(states, schedule, batch.partitions, deferred)
         return out
 
     # ------------------------------------------------------------ idle path
 
-    async def sweep(self, partition: int, watermark: float) -> list[OutRecord]:
-        """Re-score idle customers of one partition whose check fell due by ``watermark``."""
-        ckey = keys.checks_key(self.profiles.prefix, partition)
+    async def sweep(self, partition: int) -> list[OutRecord]:
+        """Score deferred activity and idle customers of one partition as event time allows."""
+        clock = self.clock_for(partition)
+        prefix = self.profiles.prefix
         client = self.profiles.client
-        due: list[Any] = await self.retrier.call(
-            "sweep", lambda: client.zrangebyscore(ckey, "-inf", watermark, start=0,
-                                                  num=SWEEP_LIMIT, withscores=True))
-        if not due:
+        if clock.watermark == -math.inf and clock.gate == -math.inf:
             return []
-        ids = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in due]
+
+        def due(key: str, upto: float) -> Callable[[], Awaitable[list[Any]]]:
+            return lambda: client.zrangebyscore(key, "-inf", upto, start=0, num=SWEEP_LIMIT)
+
+        ready = await self.retrier.call(
+            "sweep", due(keys.deferred_key(prefix, partition), clock.gate))
+        idle = await self.retrier.call(
+            "sweep", due(keys.checks_key(prefix, partition), clock.watermark))
+        ids = list(dict.fromkeys(_text(m) for m in [*ready, *idle]))
+        if not ids:
+            return []
+        was_deferred = {_text(m) for m in ready}
         async with self.lock:
             states = await self.retrier.call("sweep", lambda: self.profiles.get_states(ids))
             outs = await self.retrier.call("sweep", lambda: self.profiles.get_output_states(ids))
-            work: list[tuple[str, CustomerScoringState, ProfileView | None,
-                             list[LabelledExample]]] = []
+            work: list[_Work] = []
+            still_deferred: dict[str, float] = {}
             for cid, state, raw in zip(ids, states, outs, strict=True):
                 st = CustomerScoringState.decode(cid, raw)
-                st.pending, examples = on_watermark(st.pending, watermark, self.horizon_s)
-                idle_at = self._next_idle(st)
-                if state is None or idle_at is None or idle_at > watermark:
-                    work.append((cid, st, None, examples))
-                    continue
-                self.metrics.idle_checks.inc()
-                work.append((cid, st, ProfileView(cid, idle_at, state), examples))
-            out, new_states, schedule = self._decide(work, snapshot_gap=0.0)
-            await self._persist(new_states, schedule, dict.fromkeys(ids, partition))
+                st.pending, examples = on_watermark(st.pending, clock.watermark, self.horizon_s)
+                view: ProfileView | None = None
+                if state is not None and cid in was_deferred:
+                    as_of = float(state.get("lq", 0.0))
+                    if as_of <= clock.gate:
+                        view = ProfileView(cid, as_of, state)
+                    else:
+                        still_deferred[cid] = as_of
+                elif state is not None:
+                    idle_at = self._next_idle(st)
+                    if idle_at is not None and idle_at <= clock.watermark:
+                        self.metrics.idle_checks.inc()
+                        view = ProfileView(cid, idle_at, state)
+                work.append((cid, st, view, examples))
+            gap = MIN_SNAPSHOT_GAP_S if was_deferred else 0.0
+            out, new_states, schedule = self._decide(work, snapshot_gap=gap)
+            await self._persist(new_states, schedule, dict.fromkeys(ids, partition),
+                                still_deferred, resolved=was_deferred - set(still_deferred))
         return out
 
     def _next_idle(self, st: CustomerScoringState) -> float | None:
@@ -262,8 +301,7 @@ class Scorer:
 
     def _decide(
         self,
-        work: Sequence[tuple[str, CustomerScoringState, ProfileView | None,
-                             list[LabelledExample]]],
+        work: Sequence[_Work],
         *, snapshot_gap: float,
     ) -> tuple[list[OutRecord], dict[str, CustomerScoringState], dict[str, float | None]]:
         bundle = self.models.bundle
@@ -339,21 +377,28 @@ class Scorer:
 
     async def _persist(self, states: Mapping[str, CustomerScoringState],
                        schedule: Mapping[str, float | None],
-                       partitions: Mapping[str, int]) -> None:
+                       partitions: Mapping[str, int],
+                       deferred: Mapping[str, float] | None = None,
+                       resolved: Iterable[str] = ()) -> None:
         prefix = self.profiles.prefix
         ttl = self.settings.redis.profile_ttl_s
 
         async def write() -> None:
             pipe = self.profiles.client.pipeline(transaction=False)
             for cid, st in states.items():
+                partition = partitions.get(cid, 0)
                 pipe.set(keys.output_state_key(prefix, cid), encode_blob(st.encode()),
                          ex=ttl or None)
-                ckey = keys.checks_key(prefix, partitions.get(cid, 0))
+                ckey = keys.checks_key(prefix, partition)
                 due = schedule.get(cid)
                 if due is None:
                     pipe.zrem(ckey, cid)
                 else:
                     pipe.zadd(ckey, {cid: due})
+            for cid, at in (deferred or {}).items():
+                pipe.zadd(keys.deferred_key(prefix, partitions.get(cid, 0)), {cid: at})
+            for cid in resolved:
+                pipe.zrem(keys.deferred_key(prefix, partitions.get(cid, 0)), cid)
             await pipe.execute()
 
         await self.retrier.call("write_scoring_state", write)

@@ -1,0 +1,1 @@
+"""Load generator, benchmark and profiling helpers for streamproc (not shipped)."""

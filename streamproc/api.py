@@ -1,0 +1,145 @@
+"""Read API: a customer's live profile, segment and churn risk as of an event time.
+
+Used by the CLI and by evaluations. Scores come from the currently published
+model version, so the answer is the same whichever worker owns the customer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from streamproc.adapters.model_store import ModelStore
+from streamproc.adapters.redis_store import RedisProfileStore, make_client
+from streamproc.core.features import FeatureConfig, ProfileView
+from streamproc.core.modelset import ModelBundle, Score
+from streamproc.runtime.scoring import CustomerScoringState
+from streamproc.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerReport:
+    """Everything a person asks about one customer, as of ``as_of`` (event time)."""
+
+    customer_id: str
+    as_of: datetime
+    profile: dict[str, Any]
+    model_version: int | None
+    segment_id: int | None = None
+    segment_name: str | None = None
+    segment_profile: dict[str, float] = field(default_factory=dict)
+    published_segment_id: int | None = None
+    rfm_tier: str | None = None
+    churn_probability: float | None = None
+    churn_model_ready: bool = False
+    reasons: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "customer_id": self.customer_id,
+            "as_of": self.as_of.isoformat(),
+            "model_version": self.model_version,
+            "segment": None if self.segment_id is None else {
+                "segment_id": self.segment_id, "name": self.segment_name,
+                "profile": self.segment_profile},
+            "published_segment_id": self.published_segment_id,
+            "rfm_tier": self.rfm_tier,
+            "churn_probability": self.churn_probability,
+            "churn_model_ready": self.churn_model_ready,
+            "reasons": self.reasons,
+            "profile": self.profile,
+        }
+
+
+class CustomerNotFound(LookupError):
+    """No profile is stored for this customer id."""
+
+
+class AnalyticsReader:
+    """Reads profiles and scores them with the current model version."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.client = client or make_client(settings.redis)
+        self.profiles = RedisProfileStore.from_settings(
+            self.client, settings.redis,
+            FeatureConfig(max_categories=settings.ingest.max_categories))
+        key = settings.models.signing_key
+        self.models = ModelStore(self.client, settings.redis.key_prefix,
+                                 key.get_secret_value().encode() if key else b"")
+        self._bundle: ModelBundle | None = None
+
+    async def close(self) -> None:
+        """Release the Redis connection."""
+        await self.client.aclose()
+
+    async def bundle(self) -> ModelBundle | None:
+        """The current published model version (verified), None before the first."""
+        if self._bundle is None and self.settings.models.signing_key is not None:
+            version = await self.models.current_version()
+            if version:
+                self._bundle = (await self.models.load_bundle(version)).bundle
+        return self._bundle
+
+    async def customer(self, customer_id: str, as_of: datetime | None = None) -> CustomerReport:
+        """One customer's report; ``as_of`` defaults to the customer's last event."""
+        state = await self.profiles.get_state(customer_id)
+        if state is None:
+            raise CustomerNotFound(customer_id)
+        out_state = (await self.profiles.get_output_states([customer_id]))[0]
+        return (await self._reports([customer_id], [state], [out_state], as_of))[0]
+
+    async def all_customers(self, as_of: datetime | None = None,
+                            chunk: int = 500) -> AsyncIterator[CustomerReport]:
+        """Stream a report for every known customer, scored in vectorised chunks."""
+        ids: list[str] = []
+        async for cid in self.profiles.customers():
+            ids.append(cid)
+            if len(ids) >= chunk:
+                for report in await self._chunk(ids, as_of):
+                    yield report
+                ids = []
+        if ids:
+            for report in await self._chunk(ids, as_of):
+                yield report
+
+    async def _chunk(self, ids: list[str], as_of: datetime | None) -> list[CustomerReport]:
+        states = await self.profiles.get_states(ids)
+        outs = await self.profiles.get_output_states(ids)
+        present = [(c, s, o) for c, s, o in zip(ids, states, outs, strict=True) if s is not None]
+        return await self._reports([p[0] for p in present], [p[1] for p in present],
+                                   [p[2] for p in present], as_of)
+
+    async def _reports(self, ids: Sequence[str], states: Sequence[dict[str, Any]],
+                       outs: Sequence[dict[str, Any] | None],
+                       as_of: datetime | None) -> list[CustomerReport]:
+        bundle = await self.bundle()
+        views = [ProfileView(cid, as_of.timestamp() if as_of else float(st.get("la", 0.0)), st)
+                 for cid, st in zip(ids, states, strict=True)]
+        scores: list[Score | None] = list(bundle.score_many(views)) if bundle else \
+            [None] * len(views)
+        reports = []
+        for view, score, out in zip(views, scores, outs, strict=True):
+            published = CustomerScoringState.decode(view.customer_id, out).segment
+            base: dict[str, Any] = {
+                "customer_id": view.customer_id,
+                "as_of": datetime.fromtimestamp(view.as_of, UTC),
+                "profile": view.to_dict(),
+                "model_version": bundle.version if bundle else None,
+                "published_segment_id": published.segment_id if published else None,
+            }
+            if score is not None and bundle is not None:
+                base.update(
+                    segment_id=score.segment_id, segment_name=score.segment_name,
+                    segment_profile=score.segment_profile, rfm_tier=score.rfm_tier,
+                    churn_probability=score.churn_probability,
+                    churn_model_ready=bundle.churn_ready,
+                    reasons=[{"feature": f, "contribution": c, "text": t}
+                             for f, c, t in score.reasons])
+            reports.append(CustomerReport(**base))
+        return reports
