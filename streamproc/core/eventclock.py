@@ -39,9 +39,14 @@ class PartitionClock:
     gate: float
 
 
-def partition_clock(inputs: Sequence[InputProgress], lateness_s: float) -> PartitionClock:
-    """The watermark and scoring gate of one partition from its inputs' progress."""
-    behind = [i for i in inputs if i.lag is None or i.lag > 0]
+def partition_clock(inputs: Sequence[InputProgress], lateness_s: float,
+                    backlog: int = 0) -> PartitionClock:
+    """The watermark and scoring gate of one partition from its inputs' progress.
+
+    An input counts as behind only with more than ``backlog`` unread messages: on a
+    live stream a few messages are always in flight, and they must not delay scoring.
+    """
+    behind = [i for i in inputs if i.lag is None or i.lag > backlog]
     if not behind:
         seen = [i.max_event_time for i in inputs if i.max_event_time is not None]
         watermark = max(seen) - lateness_s if seen else -math.inf

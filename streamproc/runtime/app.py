@@ -164,7 +164,8 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         return out
 
     def clock_for(partition: int) -> PartitionClock:
-        clock = partition_clock(list(progress(partition).values()), lateness)
+        clock = partition_clock(list(progress(partition).values()), lateness,
+                                backlog=settings.ingest.batch_max_messages)
         if clock.watermark > -math.inf:
             metrics.watermark_seconds.labels(str(partition)).set(clock.watermark)
         return clock

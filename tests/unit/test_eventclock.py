@@ -29,3 +29,9 @@ def test_no_inputs_seen_at_all() -> None:
     assert clock.watermark == -math.inf
     assert clock.gate == math.inf
 
+
+
+def test_messages_in_flight_on_a_live_stream_are_not_a_backlog() -> None:
+    inputs = [InputProgress(100 * DAY, 3), InputProgress(90 * DAY, 2)]
+    assert partition_clock(inputs, DAY, backlog=500).gate == math.inf
+    assert partition_clock(inputs, DAY, backlog=0).gate == 89 * DAY
