@@ -80,9 +80,9 @@ class AnalyticsReader:
 
     async def bundle(self) -> ModelBundle | None:
         """The current published model version (verified), None before the first."""
-        if self._bundle is None and self.settings.models.signing_key is not None:
+        if self.settings.models.signing_key is not None:
             version = await self.models.current_version()
-            if version:
+            if version and (self._bundle is None or self._bundle.version != version):
                 self._bundle = (await self.models.load_bundle(version)).bundle
         return self._bundle
 

@@ -5,10 +5,48 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
 
 from streamproc.settings import SettingsError, load_settings
 
 Command = Callable[[argparse.Namespace], int]
+
+CONFIG_HELP = (
+    "Configuration comes from STREAMPROC_* environment variables (nested groups use a "
+    "double underscore, e.g. STREAMPROC_KAFKA__BOOTSTRAP_SERVERS, STREAMPROC_REDIS__URL, "
+    "STREAMPROC_MODELS__SIGNING_KEY) and a .env file in the working directory; unknown "
+    "STREAMPROC_* variables are rejected. See README.md for every setting."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _as_of(text: str) -> object:
+    from streamproc.commands import parse_as_of
+
+    try:
+        return parse_as_of(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+        return value
+
+    return parse
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -19,8 +57,6 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from streamproc.schema_export import check_schemas, export_schemas
 
     out = Path(args.out)
@@ -34,16 +70,93 @@ def _schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from streamproc.commands.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(customers=args.customers, days=args.days, rate=args.rate,
+                                seconds=args.seconds, seed=args.seed))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from streamproc.commands.replay import replay
+
+    return replay(load_settings(), Path(args.file), fmt=args.format, rate=args.rate,
+                  topic_map=args.topic_map, as_json=args.json)
+
+
+def _customer(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from streamproc.commands import print_json, run
+    from streamproc.commands.inspect import fetch_customer, print_customer
+
+    report = run(fetch_customer(load_settings(), args.customer_id, args.as_of))
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print_customer(report, Console())
+    return 0
+
+
+def _segments(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from streamproc.commands import CommandError, print_json, run
+    from streamproc.commands.inspect import (
+        collect_segments,
+        print_segments,
+        render_html,
+        segments_document,
+    )
+
+    summaries, version = run(collect_segments(load_settings(), args.as_of))
+    if args.html:
+        try:
+            Path(args.html).write_text(render_html(summaries, version, args.as_of),
+                                       encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.html}: {exc.strerror or exc}") from None
+    if args.json:
+        print_json(segments_document(summaries, version, args.as_of))
+    elif args.html:
+        print(f"wrote {args.html} ({sum(s.size for s in summaries)} customers, "
+              f"{len(summaries)} segments)")
+    else:
+        print_segments(summaries, version, Console())
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from streamproc.commands import run
+    from streamproc.commands.inspect import print_alerts
+
+    settings = load_settings()
+    try:
+        run(print_alerts(settings, follow=args.follow, from_beginning=args.from_beginning,
+                         last=args.last, as_json=args.json))
+    except KeyboardInterrupt:  # the normal way to end --follow
+        if not args.follow:
+            raise
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streamproc",
         description="Real-time customer analytics: live profiles, segments and churn alerts. "
-        "Configuration comes from STREAMPROC_* environment variables (see README).",
+        + CONFIG_HELP,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    worker = sub.add_parser("worker", help="run a stream-processing worker (Faust)")
+    worker = sub.add_parser(
+        "worker", help="run a stream-processing worker (Faust)",
+        description="Run one stream-processing worker: consumes the clickstream and purchases "
+        "topics, keeps per-customer profiles in Redis, learns the segment and churn models and "
+        "publishes segment_changed and churn_alert records. Start several for more throughput; "
+        "partitions are balanced through the consumer group. Stops cleanly on SIGTERM/Ctrl-C. "
+        "Required: STREAMPROC_MODELS__SIGNING_KEY (HMAC key of model snapshots). "
+        + CONFIG_HELP)
     worker.set_defaults(func=_worker)
 
     schemas = sub.add_parser("schemas", help="export the JSON Schemas of every contract")
@@ -51,22 +164,102 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--check", action="store_true",
                          help="exit 1 if the files differ from the models")
     schemas.set_defaults(func=_schemas)
+
+    demo = sub.add_parser(
+        "demo", help="run broker, Redis, a worker and synthetic traffic locally, watched live",
+        description="Start an embedded Tansu broker and a private redis-server on free ports, "
+        "a worker, and seeded persona traffic replayed at --rate events/s (months of event "
+        "time in minutes), with a live view of throughput, segments, churn alerts and model "
+        "quality. Needs no Docker and no configuration (STREAMPROC_* variables are ignored); "
+        "needs 'streamproc[embedded]' and redis-server. Runs until Ctrl-C or --seconds.")
+    demo.add_argument("--customers", type=_positive(int), default=500,
+                      help="synthetic customers (default: 500)")
+    demo.add_argument("--days", type=_positive(float), default=120.0,
+                      help="days of event time to simulate (default: 120)")
+    demo.add_argument("--rate", type=_positive(float), default=2000.0,
+                      help="events per second sent to the broker (default: 2000)")
+    demo.add_argument("--seconds", type=_positive(float), default=None,
+                      help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument("--seed", type=int, default=42, help="traffic seed (default: 42)")
+    demo.set_defaults(func=_demo)
+
+    replay = sub.add_parser(
+        "replay", help="send JSONL or CSV events to the input topics (also for backfills)",
+        description="Send events from FILE to the input topics, keyed by customer_id: "
+        "events with order_id/type go to purchases, events with event_type to clickstream. "
+        "JSONL: one event or batch envelope {\"events\": [...]} per line. CSV: a header of "
+        "event fields, one event per row, empty cells omitted, items as a JSON string. Every "
+        "line is first validated locally with the worker's decoder; rejected lines are "
+        "reported with the reason and NOT sent. Broker from STREAMPROC_KAFKA__* (see README).")
+    replay.add_argument("file", metavar="FILE", help="events file (.jsonl or .csv)")
+    replay.add_argument("--format", choices=["jsonl", "csv"], default=None,
+                        help="file format (default: from the extension; .csv else jsonl)")
+    replay.add_argument("--rate", type=_positive(float), default=None,
+                        help="events per second (default: as fast as the broker takes them)")
+    replay.add_argument("--topic-map", action="append", default=[], metavar="KIND=TOPIC",
+                        help="override a topic: clickstream=TOPIC or purchases=TOPIC "
+                        "(repeatable; default: STREAMPROC_TOPICS__*)")
+    replay.add_argument("--json", action="store_true", help="print the summary as JSON")
+    replay.set_defaults(func=_replay)
+
+    customer = sub.add_parser(
+        "customer", help="one customer's profile, segment, RFM tier and churn risk",
+        description="Profile, segment, RFM tier and churn probability with its top reasons, "
+        "scored with the current model version. Exit 1 if the customer is unknown.")
+    customer.add_argument("customer_id", metavar="ID", help="customer id")
+    customer.add_argument("--as-of", type=_as_of, default=None, metavar="ISO",
+                          help="score as of this event time (default: the customer's last event)")
+    customer.add_argument("--json", action="store_true", help="print JSON")
+    customer.set_defaults(func=_customer)
+
+    segments = sub.add_parser(
+        "segments", help="segment sizes and median profiles",
+        description="Sizes and median profiles of every segment over all stored customers.")
+    segments.add_argument("--as-of", type=_as_of, default=None, metavar="ISO",
+                          help="score as of this event time (default: each customer's last event)")
+    segments.add_argument("--json", action="store_true", help="print JSON")
+    segments.add_argument("--html", default=None, metavar="FILE",
+                          help="also write a self-contained HTML report (SVG chart + table)")
+    segments.set_defaults(func=_segments)
+
+    alerts = sub.add_parser(
+        "alerts", help="tail churn alerts and segment changes",
+        description="Read the churn-alerts and segment-changes topics without a consumer "
+        "group (nothing is committed). Without --follow, prints what is there and exits.")
+    alerts.add_argument("--follow", "-f", action="store_true",
+                        help="keep printing new records until Ctrl-C")
+    alerts.add_argument("--from-beginning", action="store_true",
+                        help="start at the beginning of the topics (default: the last --last)")
+    alerts.add_argument("--last", type=int, default=20, metavar="N",
+                        help="records per partition to show before the end (default: 20)")
+    alerts.add_argument("--json", action="store_true",
+                        help="one JSON object per line: {kind, topic, partition, offset, record}")
+    alerts.set_defaults(func=_alerts)
     return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors are one line on stderr and a non-zero exit code."""
+    from streamproc.commands import CommandError
+
     args = build_parser().parse_args(argv)
     func: Command = args.func
     try:
         return func(args)
+    except CommandError as exc:
+        print(f"streamproc: {_one_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
     except SettingsError as exc:
-        print(f"streamproc: {exc}", file=sys.stderr)
+        print(f"streamproc: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one clear line for operators; tracebacks go to DEBUG logs
-        print(f"streamproc: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"streamproc: error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 1
 
 

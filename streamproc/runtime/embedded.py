@@ -109,6 +109,8 @@ def start_tansu(port: int | None = None, *, timeout: float = 30.0) -> Service:
     proc = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
         [str(tansu_binary()), "broker"], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # Own session: Ctrl-C in the demo's terminal must not kill it before the worker.
+        start_new_session=True,
     )
     service = Service("tansu", port, proc)
     try:
@@ -130,7 +132,7 @@ def start_redis(port: int | None = None, *, password: str | None = None,
     if password:
         args += ["--requirepass", password]
     proc = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     service = Service("redis", port, proc, workdir)
     try:
