@@ -231,8 +231,14 @@ class IngestPipeline:
                                                   lambda: self.store.apply_batch(prepared))
             activity = self._count(prepared, meta, updates, outcome)
             if self.scoring is not None and updates:
-                out += await self.scoring.on_batch(
-                    ActivityBatch(updates, activity, partitions, received))
+                try:
+                    out += await self.scoring.on_batch(
+                        ActivityBatch(updates, activity, partitions, received))
+                except Exception:
+                    # Features are already durable; a scoring bug must not stop ingestion or
+                    # crash-loop the worker on the same batch. Loud in the log, outputs skipped.
+                    log.exception("scoring failed for a batch of %d customers; outputs skipped",
+                                  len(updates))
         self.metrics.batch_events.observe(len(prepared))
         if out:
             await self.publisher.publish(out)
