@@ -53,6 +53,7 @@ DAY = 86_400.0
 MIN_SNAPSHOT_GAP_S = 1 * DAY
 MAX_PENDING = 8
 SWEEP_LIMIT = 500
+REFUSED_RETRY_S = 30.0
 
 
 _Work = tuple[str, "CustomerScoringState", ProfileView | None, list[LabelledExample]]
@@ -127,19 +128,23 @@ class ModelHolder:
         self.clock = clock
         self.bundle: ModelBundle | None = None
         self.published_at = 0.0
-        self._refused: set[int] = set()
+        #: version -> wall time it was refused; retried after REFUSED_RETRY_S in case the
+        #: trainer legitimately republishes that version number (e.g. after a restore).
+        self._refused: dict[int, float] = {}
 
     async def refresh(self) -> bool:
         """Load a newer published version if there is one; True if the model changed."""
         version = await self.store.current_version()
         current = self.bundle.version if self.bundle else 0
-        if version == current or version in self._refused:
+        refused_at = self._refused.get(version)
+        if version == current or (refused_at is not None
+                                  and self.clock() - refused_at < REFUSED_RETRY_S):
             self._report()
             return False
         try:
             loaded = await self.store.load_bundle(version)
         except SnapshotRejected as exc:
-            self._refused.add(version)
+            self._refused[version] = self.clock()
             self.metrics.model_rejected_snapshots.labels(_reason_code(exc.reason)).inc()
             log.error("refused model snapshot v%s: %s; keeping v%s", version, exc.reason, current)
             return False
