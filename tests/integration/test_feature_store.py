@@ -1,0 +1,168 @@
+"""Conformance: the Lua interpreter in Redis and the Python twin give identical profiles.
+
+The same streams (generator traffic and hypothesis-made streams with duplicates and
+shuffles) go through ``RedisProfileStore.apply_batch`` on a real redis-server, in
+batches of random sizes, and through ``InMemoryProfiles``. Decoded states must be
+exactly equal (floats included: both sides do the same IEEE operations in the same
+order, with the same libm ``exp``), and the per-event applied/duplicate flags must match.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamproc.adapters.redis_store import PreparedEvent, RedisProfileStore
+from streamproc.core.features import FeatureConfig, InMemoryProfiles, event_ops
+from streamproc.core.generator import TrafficGenerator
+from streamproc.core.replay import event_namespace, event_time
+from streamproc.runtime.embedded import Service
+from tests.unit.test_features import ops_of, streams, with_duplicates
+
+pytestmark = pytest.mark.integration
+
+
+def _store(client: aioredis.Redis, config: FeatureConfig) -> RedisProfileStore:
+    prefix = "conf-" + uuid.uuid4().hex[:12]
+    return RedisProfileStore(client, prefix=prefix, features=config,
+                             dedupe_ttl_s=3600, profile_ttl_s=0)
+
+
+def _batches(events: Sequence[PreparedEvent], sizes: Sequence[int]) -> list[list[PreparedEvent]]:
+    out, i, k = [], 0, 0
+    while i < len(events):
+        size = sizes[k % len(sizes)] if sizes else len(events)
+        out.append(list(events[i:i + size]))
+        i += size
+        k += 1
+    return out
+
+
+async def _conform(store: RedisProfileStore, events: Sequence[PreparedEvent],
+                   sizes: Sequence[int], config: FeatureConfig) -> InMemoryProfiles:
+    """Apply ``events`` to Redis in batches and to the twin; assert equal flags and states."""
+    twin = InMemoryProfiles.empty(config)
+    for batch in _batches(events, sizes):
+        expected: dict[str, list[bool]] = {}
+        for ev in batch:
+            applied = twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts)
+            expected.setdefault(ev.customer_id, []).append(applied)
+        updates = await store.apply_batch(batch)
+        assert [u.customer_id for u in updates] == list(expected)
+        for update in updates:
+            assert update.applied == expected[update.customer_id], update.customer_id
+            assert update.state == twin.states.get(update.customer_id, {}), update.customer_id
+    customers = sorted(twin.states)
+    stored = await store.get_states(customers)
+    for cid, state in zip(customers, stored, strict=True):
+        assert state == twin.states[cid], cid
+    return twin
+
+
+def _prepare(stream: Sequence[dict[str, Any]]) -> list[PreparedEvent]:
+    out = []
+    for value in stream:
+        ops, ts = ops_of(value)
+        out.append(PreparedEvent(value["customer_id"], value["event_id"], ts, ops))
+    return out
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data(), st.sampled_from([FeatureConfig(), FeatureConfig(max_categories=3)]))
+async def test_lua_matches_the_python_twin_on_messy_streams(
+        redis_server: Service, data: st.DataObject, config: FeatureConfig) -> None:
+    # max_categories=3 (< the 6 generated categories) exercises the top-k eviction too.
+    stream = data.draw(with_duplicates(data.draw(streams())))
+    stream = data.draw(st.permutations(stream))
+    sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        await _conform(_store(client, config), _prepare(stream), sizes, config)
+    finally:
+        await client.aclose()
+
+
+async def test_lua_matches_the_python_twin_on_generator_traffic(redis_server: Service) -> None:
+    gen = TrafficGenerator(customers=30, seed=7, start=datetime(2026, 1, 1, tzinfo=UTC), days=60)
+    events = []
+    for g in gen.events():
+        ts = event_time(g.value)
+        events.append(PreparedEvent(g.key, str(g.value["event_id"]), ts,
+                                    event_ops(event_namespace(g.value), ts)))
+    assert len(events) > 1000
+    rng = random.Random(11)
+    # Redeliveries (duplicates) and local reordering, as a consumer would see after a rebalance.
+    noisy = list(events)
+    for _ in range(len(events) // 10):
+        i = rng.randrange(len(noisy))
+        noisy.insert(min(len(noisy), i + rng.randrange(1, 50)), noisy[i])
+    for start in range(0, len(noisy) - 20, 97):
+        window = noisy[start:start + 20]
+        rng.shuffle(window)
+        noisy[start:start + 20] = window
+    sizes = [rng.randint(1, 300) for _ in range(40)]
+    config = FeatureConfig()
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, config)
+        twin = await _conform(store, noisy, sizes, config)
+        assert len(twin.states) >= 25
+        usage = [await store.memory_usage(cid) for cid in twin.states]
+        assert max(usage) < 1024, sorted(usage)
+    finally:
+        await client.aclose()
+
+
+async def _evalsha_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    entry = stats.get("cmdstat_evalsha", {})
+    return int(entry.get("calls", 0))
+
+
+async def test_one_round_trip_per_batch_and_compact_profiles(redis_server: Service) -> None:
+    config = FeatureConfig()
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, config)
+        start = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+        types = ["session_start", "page_view", "product_view", "search", "add_to_cart",
+                 "remove_from_cart", "session_end"]
+        cats = ["books", "fashion", "garden", "home", "sports", "toys", "beauty", "grocery"]
+        values: list[dict[str, Any]] = []
+        for n in range(500):
+            cid = f"c-{n % 40}"
+            if n % 25 == 24:
+                values.append({"event_id": f"e-{n}", "customer_id": cid, "order_id": f"o-{n}",
+                               "type": "order", "total": 42.5, "session_id": f"s-{n % 60}",
+                               "items": [{"product_id": "p", "category": cats[n % 8],
+                                          "quantity": 2, "unit_price": 21.25}]})
+            else:
+                values.append({"event_id": f"e-{n}", "customer_id": cid,
+                               "event_type": types[n % len(types)], "session_id": f"s-{n % 60}",
+                               "category": cats[n % 8], "quantity": 1})
+        batch = []
+        for n, value in enumerate(values):
+            ts = start + 37.0 * n
+            batch.append(PreparedEvent(value["customer_id"], value["event_id"], ts,
+                                       event_ops(event_namespace(value), ts)))
+        # Warm up: load the script so a NOSCRIPT retry cannot inflate the count.
+        await store.apply_batch(batch[:1])
+        before = await _evalsha_calls(client)
+        updates = await store.apply_batch(batch)
+        after = await _evalsha_calls(client)
+        assert after - before == 1
+        assert len(updates) == 40
+        assert sum(sum(u.applied) for u in updates) == 499  # batch[0] was the warm-up
+        usage = await store.memory_usage("c-0")
+        assert 0 < usage < 1024, usage
+    finally:
+        await client.aclose()

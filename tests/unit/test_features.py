@@ -1,0 +1,276 @@
+"""Property tests of the pure feature update (event -> ops -> ``apply_ops``).
+
+Events are small generated dicts (every clickstream type, orders and refunds) for
+a few customers, sessions and categories over ~60 days; ops are built with
+``clickstream_ops``/``purchase_ops`` on ``event_namespace(...)`` and applied with
+``InMemoryProfiles``. The strategies here are reused by the Redis conformance test.
+
+Order-dependent fields, by design (not checked by the order-insensitivity property):
+
+* ``ls``/``ls@`` (last session): ``ls@`` is a max and commutes, but ``ls`` is the
+  session id at that max time, so two session events with the same timestamp and
+  different session ids are resolved by arrival order.
+* Orders without a session id are attributed to the last session *as seen at
+  arrival*, so ``os``/``cc`` depend on order unless every order carries its
+  session id (the order-insensitivity streams give every order one).
+* Category weights ``k`` once more than ``max_categories`` categories are seen:
+  the space-saving top-k eviction depends on arrival order.
+* ``rv``/``ra`` and the decayed counters are float sums: they commute
+  mathematically but not bit-for-bit, so they are compared with ``math.isclose``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamproc.core.features import (
+    DECAY_TAUS,
+    FeatureConfig,
+    InMemoryProfiles,
+    Op,
+    ProfileView,
+    clickstream_ops,
+    purchase_ops,
+)
+from streamproc.core.replay import event_namespace, event_time
+
+CUSTOMERS = ("c-1", "c-2", "c-3")
+SESSIONS = ("s-1", "s-2", "s-3", "s-4", "s-5")
+# Plain lowercase words: the same order bytewise (Python) and under strcoll (Redis Lua).
+CATEGORIES = ("books", "fashion", "garden", "home", "sports", "toys")
+CLICK_TYPES = (
+    "session_start",
+    "page_view",
+    "product_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "session_end",
+)
+START = datetime(2026, 1, 1, tzinfo=UTC)
+SPAN_MS = 60 * 86_400_000
+
+#: Counters and min/max times: exact under any order.
+EXACT_FIELDS = ("ev", "o", "it", "rf", "fo", "lo", "fs", "la", "lq", "se", "pv", "vv",
+                "sr", "ac", "rc", "cs", "os", "cc", "dt", "ls@")
+#: Float sums: equal up to rounding under reordering.
+SUM_FIELDS = ("rv", "ra", *DECAY_TAUS)
+
+FAST = settings(max_examples=60, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def _stamp(offset_ms: int) -> str:
+    return (START + timedelta(milliseconds=offset_ms)).isoformat(timespec="milliseconds")
+
+
+@st.composite
+def click_events(draw: st.DrawFn) -> dict[str, Any]:
+    """A clickstream event dict (no event id yet)."""
+    kind = draw(st.sampled_from(CLICK_TYPES))
+    value: dict[str, Any] = {
+        "customer_id": draw(st.sampled_from(CUSTOMERS)),
+        "event_type": kind,
+        "timestamp": _stamp(draw(st.integers(0, SPAN_MS))),
+    }
+    sid = draw(st.none() | st.sampled_from(SESSIONS))
+    if sid is not None:
+        value["session_id"] = sid
+    if kind in ("product_view", "add_to_cart", "remove_from_cart", "page_view"):
+        cat = draw(st.none() | st.sampled_from(CATEGORIES))
+        if cat is not None:
+            value["category"] = cat
+    if kind in ("add_to_cart", "remove_from_cart"):
+        value["quantity"] = draw(st.integers(1, 3))
+    return value
+
+
+@st.composite
+def purchase_events(draw: st.DrawFn, order_sid_required: bool = False) -> dict[str, Any]:
+    """An order or refund dict (no event id yet)."""
+    kind = draw(st.sampled_from(("order", "order", "refund")))
+    items = draw(st.lists(
+        st.fixed_dictionaries(
+            {"product_id": st.sampled_from(("p-1", "p-2", "p-3")),
+             "quantity": st.integers(1, 3),
+             "unit_price": st.integers(1, 20_000).map(lambda c: c / 100)},
+            optional={"category": st.sampled_from(CATEGORIES)},
+        ),
+        min_size=1, max_size=3,
+    ))
+    total = round(sum(i["quantity"] * i["unit_price"] for i in items), 2)
+    value: dict[str, Any] = {
+        "customer_id": draw(st.sampled_from(CUSTOMERS)),
+        "order_id": "o-" + str(draw(st.integers(1, 5))),
+        "type": kind,
+        "timestamp": _stamp(draw(st.integers(0, SPAN_MS))),
+        "items": items,
+        "total": total,
+        "currency": "EUR",
+    }
+    needs_sid = order_sid_required and kind == "order"
+    sid = draw(st.sampled_from(SESSIONS) if needs_sid else st.none() | st.sampled_from(SESSIONS))
+    if sid is not None:
+        value["session_id"] = sid
+    return value
+
+
+def streams(order_sid_required: bool = False, max_size: int = 40) -> st.SearchStrategy[
+        list[dict[str, Any]]]:
+    """Lists of distinct events, each with a unique ``event_id``."""
+    one = click_events() | purchase_events(order_sid_required)
+    return st.lists(one, min_size=1, max_size=max_size).map(
+        lambda evs: [{"event_id": f"e-{i}", **ev} for i, ev in enumerate(evs)])
+
+
+@st.composite
+def with_duplicates(draw: st.DrawFn, stream: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``stream`` with extra deep copies of some events inserted at arbitrary later places."""
+    out = [copy.deepcopy(ev) for ev in stream]
+    for _ in range(draw(st.integers(0, len(stream)))):
+        src = draw(st.integers(0, len(out) - 1))
+        dst = draw(st.integers(src + 1, len(out)))
+        out.insert(dst, copy.deepcopy(out[src]))
+    return out
+
+
+def ops_of(value: dict[str, Any]) -> tuple[list[Op], float]:
+    """The ops and event time of an event dict."""
+    ts = event_time(value)
+    event = event_namespace(value)
+    if "order_id" in value:
+        return purchase_ops(event, ts), ts
+    return clickstream_ops(event, ts), ts
+
+
+def prepared(stream: Sequence[dict[str, Any]]) -> Iterator[tuple[str, str, list[Op], float]]:
+    """``(customer, event_id, ops, ts)`` for each event."""
+    for value in stream:
+        ops, ts = ops_of(value)
+        yield value["customer_id"], value["event_id"], ops, ts
+
+
+def run(stream: Sequence[dict[str, Any]], config: FeatureConfig | None = None) -> InMemoryProfiles:
+    """Apply a stream to a fresh in-memory twin."""
+    profiles = InMemoryProfiles.empty(config)
+    for cid, eid, ops, ts in prepared(stream):
+        profiles.apply(cid, eid, ops, ts)
+    return profiles
+
+
+def dedupe(stream: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """First occurrence of each (customer, event_id), in order."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for ev in stream:
+        key = (ev["customer_id"], ev["event_id"])
+        if key not in seen:
+            seen.add(key)
+            out.append(ev)
+    return out
+
+
+# ------------------------------------------------------------------ purity
+
+
+@FAST
+@given(streams())
+def test_ops_are_a_pure_function_and_apply_mutates_no_input(stream: list[dict[str, Any]]) -> None:
+    before = copy.deepcopy(stream)
+    profiles = InMemoryProfiles.empty()
+    for value in stream:
+        ops, ts = ops_of(value)
+        again, ts_again = ops_of(value)
+        assert (ops, ts) == (again, ts_again)
+        frozen = copy.deepcopy(ops)
+        profiles.apply(value["customer_id"], value["event_id"], ops, ts)
+        assert ops == frozen
+    assert stream == before
+
+
+# ------------------------------------------------------------ idempotence
+
+
+@FAST
+@given(st.data())
+def test_duplicates_change_nothing(data: st.DataObject) -> None:
+    stream = data.draw(streams())
+    noisy = data.draw(with_duplicates(stream))
+    assert dedupe(noisy) == stream
+    clean, dirty = run(stream), run(noisy)
+    assert dirty.states == clean.states
+    assert dirty.markers == clean.markers
+    assert dirty.seen == clean.seen
+
+
+# -------------------------------------------------------- order-insensitivity
+
+
+def _last_session_is_unambiguous(stream: Sequence[dict[str, Any]], cid: str) -> bool:
+    """True if the latest session-bearing click of ``cid`` has a unique (ts, session)."""
+    sessions = [(event_time(e), e["session_id"]) for e in stream
+                if e["customer_id"] == cid and "event_type" in e and e.get("session_id")]
+    if not sessions:
+        return True
+    latest = max(t for t, _ in sessions)
+    return len({s for t, s in sessions if t == latest}) == 1
+
+
+@FAST
+@given(st.data())
+def test_order_independent_features_do_not_depend_on_arrival_order(data: st.DataObject) -> None:
+    # Every order carries its session id, and fewer categories than the cap exist.
+    stream = data.draw(with_duplicates(data.draw(streams(order_sid_required=True))))
+    shuffled = data.draw(st.permutations(stream))
+    config = FeatureConfig()
+    assert len(CATEGORIES) < config.max_categories
+    a, b = run(stream, config).states, run(shuffled, config).states
+    assert a.keys() == b.keys()
+    for cid, left in a.items():
+        right = b[cid]
+        assert left.keys() == right.keys()
+        for code in EXACT_FIELDS:
+            assert left.get(code) == right.get(code), code
+        for code in SUM_FIELDS:
+            if code in left:
+                assert math.isclose(left[code], right[code], rel_tol=1e-9, abs_tol=1e-12), code
+        assert left.get("k") == right.get("k")  # integer weights: exact
+        if _last_session_is_unambiguous(stream, cid):
+            assert left.get("ls") == right.get("ls")
+
+
+# ---------------------------------------------------------------- derived
+
+
+@FAST
+@given(streams(), st.integers(0, 90 * 86_400), st.integers(1, 30 * 86_400))
+def test_derived_values_stay_in_range(stream: list[dict[str, Any]], offset: int,
+                                      step: int) -> None:
+    profiles = run(stream)
+    as_of = START.timestamp() + offset
+    for cid, state in profiles.states.items():
+        view = ProfileView(cid, as_of, state)
+        later = ProfileView(cid, as_of + step, state)
+        for rate in (view.conversion_rate, view.cart_abandonment_rate, view.refund_rate,
+                     view.top_category[1]):
+            assert 0.0 <= rate <= 1.0
+        assert view.recency_days >= 0.0
+        assert view.tenure_days >= 0.0
+        last_order = view.days_since_last_order
+        assert last_order is None or last_order >= 0.0
+        gap = view.mean_days_between_orders
+        assert gap is None or gap >= 0.0
+        assert view.average_order_value >= 0.0
+        assert later.recency_days >= view.recency_days
+        for code in DECAY_TAUS:
+            now, then = view.decayed(code), later.decayed(code)
+            assert 0.0 <= then <= now, code
+        out = view.to_dict()
+        assert out["distinct_categories"] <= FeatureConfig().max_categories
