@@ -152,6 +152,12 @@ class IngestSettings(_Group):
     max_categories: int = Field(
         16, ge=1, le=256, description="Categories tracked per customer for affinity."
     )
+    shutdown_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="After SIGTERM, exit at the latest this much later (unacked work is "
+        "re-delivered, so nothing is lost).",
+    )
 
 
 class ModelSettings(_Group):

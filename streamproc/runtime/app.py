@@ -93,6 +93,7 @@ def _app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
     )
     app.fetch_max_wait_ms = k.fetch_max_wait_ms
+    app.shutdown_timeout_s = settings.ingest.shutdown_timeout_s
     return app
 
 

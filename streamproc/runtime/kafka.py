@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import ssl
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +18,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streamproc.runtime.pipeline import OutRecord
 from streamproc.settings import KafkaSettings, Settings
+
+log = logging.getLogger(__name__)
 
 
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
@@ -105,12 +110,34 @@ class _FastFetchTransport(faust_aiokafka.Transport):
 
 
 class StreamprocApp(faust.App):
-    """A Faust app whose consumer honours ``STREAMPROC_KAFKA__FETCH_MAX_WAIT_MS``."""
+    """A Faust app whose consumer honours ``STREAMPROC_KAFKA__FETCH_MAX_WAIT_MS``.
+
+    Its shutdown is bounded: a batch stuck mid-flight (a broker or Redis that stopped
+    answering) must not keep a SIGTERM'd worker alive. Offsets only move after a
+    batch's effects are durable, so the forced exit loses nothing: the batch is
+    re-delivered to the next owner and deduplicated by event id.
+    """
 
     fetch_max_wait_ms: int = 1500
+    shutdown_timeout_s: float = 15.0
 
     def _new_transport(self) -> Any:
         return _FastFetchTransport(self.conf.broker_consumer, self)
+
+    async def on_stop(self) -> None:
+        """Arm the shutdown watchdog, then stop as Faust does."""
+        timer = threading.Timer(self.shutdown_timeout_s, _forced_exit,
+                                args=(self.shutdown_timeout_s,))
+        timer.daemon = True
+        timer.start()
+        await super().on_stop()
+
+
+def _forced_exit(after: float) -> None:
+    log.warning("shutdown did not finish within %.0fs; exiting (unacknowledged work will be "
+                "re-delivered)", after)
+    logging.shutdown()
+    os._exit(0)
 
 
 class FaustPublisher:
