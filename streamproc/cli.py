@@ -140,6 +140,38 @@ def _alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    from streamproc.commands import CommandError, print_json, run
+    from streamproc.commands.model import model_reset, model_rollback, model_status
+
+    settings = load_settings()
+    if args.action == "rollback":
+        if args.version is None:
+            raise CommandError("model rollback needs a VERSION", exit_code=2)
+        run(model_rollback(settings, args.version))
+        print(f"current model version is now v{args.version}")
+        return 0
+    if args.action == "reset":
+        if not args.yes:
+            raise CommandError("model reset deletes every version and the trainer state; "
+                               "add --yes", exit_code=2)
+        removed = run(model_reset(settings))
+        print(f"removed {removed} model keys; workers score with no model until the trainer "
+              "publishes again")
+        return 0
+    status = run(model_status(settings))
+    if args.json:
+        print_json(status)
+    elif status["version"] is None:
+        print("no model version published yet")
+    else:
+        q = status["quality"]
+        print(f"model v{status['version']}: churn ready={status['churn_ready']} "
+              f"labels={status['labels_seen']} roc_auc={q.get('roc_auc', float('nan')):.3f} "
+              f"segments={', '.join(status['segments'].values())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = _Parser(
@@ -235,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--json", action="store_true",
                         help="one JSON object per line: {kind, topic, partition, offset, record}")
     alerts.set_defaults(func=_alerts)
+
+    model = sub.add_parser(
+        "model", help="show, roll back or reset the published model version",
+        description="status: the current version and its quality; rollback VERSION: point "
+        "every worker at an older stored version (the last 20 are kept); reset --yes: delete "
+        "all versions and the trainer state.")
+    model.add_argument("action", choices=["status", "rollback", "reset"], nargs="?",
+                       default="status")
+    model.add_argument("version", type=int, nargs="?", help="version for rollback")
+    model.add_argument("--yes", action="store_true", help="confirm reset")
+    model.add_argument("--json", action="store_true", help="status as JSON")
+    model.set_defaults(func=_model)
     return parser
 
 
