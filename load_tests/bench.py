@@ -28,7 +28,6 @@ import itertools
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,14 @@ from load_tests.stats import (
     validate_result,
 )
 from load_tests.traffic import Record, new_producer, prepare_messages, probe_record, send_records
-from streamproc.runtime.embedded import Service, free_port, spawn_worker, start_redis, start_tansu
+from streamproc.runtime.embedded import (
+    Service,
+    free_port,
+    spawn_worker,
+    start_redis,
+    start_tansu,
+    stop_process,
+)
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
 
@@ -162,17 +168,6 @@ class Bench:
             log.close()
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """SIGTERM one process we started, then SIGKILL it if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
 # -- measurements --------------------------------------------------------------------------
 
 
@@ -240,7 +235,7 @@ async def noop_rate(bench: Bench, settings: Settings, mode: str, expect: int,
         span = doc["last"] - doc["first"]
         return (doc["messages"] - 1) / span if span > 0 else None
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 #: families read from the worker after each run, to say what the run exercised
@@ -322,7 +317,7 @@ async def pipeline_run(bench: Bench, settings_list: Sequence[Settings], expect: 
                         k.removeprefix("streamproc_"), 0.0) + v
     finally:
         for p in procs:
-            stop(p)
+            stop_process(p)
         if spy is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)
@@ -623,7 +618,7 @@ async def latency(bench: Bench, plan: Plan, seed: int) -> dict[str, Any]:
         finally:
             await producer.stop()
             await consumer.stop()
-            stop(worker)
+            stop_process(worker)
     return {"measured": "produce() call of an invalid probe event -> its dead letter consumed "
                         "(fetch_max_wait 5 ms) from the dead-letter topic; probes are "
                         f"{plan.probes_per_s:g}/s of the load (half of them valid first "

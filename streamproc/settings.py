@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamproc.core.events import ValidationLimits
+
 ENV_PREFIX = "STREAMPROC_"
 NESTED_DELIMITER = "__"
 
@@ -152,6 +154,19 @@ class IngestSettings(_Group):
     max_categories: int = Field(
         16, ge=1, le=256, description="Categories tracked per customer for affinity."
     )
+    def validation_limits(self) -> ValidationLimits:
+        """The contract validation limits these settings configure."""
+        return ValidationLimits(
+            max_payload_bytes=self.max_payload_bytes,
+            max_id_length=self.max_id_length,
+            max_events_per_message=self.max_events_per_message,
+            max_items_per_order=self.max_items_per_order,
+            max_amount=self.max_amount,
+            max_quantity=self.max_quantity,
+            total_tolerance=self.total_tolerance,
+            max_future_skew_s=self.max_future_skew_s,
+        )
+
     shutdown_timeout_s: float = Field(
         15.0,
         gt=0,

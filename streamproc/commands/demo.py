@@ -323,16 +323,6 @@ async def _watch(settings: Settings, opts: DemoOptions, state: DemoState,
     return exited
 
 
-def _stop_worker(worker: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout)
-
-
 @contextlib.contextmanager
 def _display(console: Console, state: DemoState) -> Iterator[Callable[[float], None]]:
     if console.is_terminal:
@@ -352,7 +342,13 @@ def _display(console: Console, state: DemoState) -> Iterator[Callable[[float], N
 
 def run_demo(opts: DemoOptions) -> int:
     """The ``demo`` command: start everything, watch, stop everything, summarise."""
-    from streamproc.runtime.embedded import ServiceError, spawn_worker, start_redis, start_tansu
+    from streamproc.runtime.embedded import (
+        ServiceError,
+        spawn_worker,
+        start_redis,
+        start_tansu,
+        stop_process,
+    )
     from streamproc.runtime.kafka import ensure_topics
     from streamproc.settings import to_env
 
@@ -387,7 +383,7 @@ def run_demo(opts: DemoOptions) -> int:
     finally:
         elapsed = time.monotonic() - started
         if worker is not None:
-            _stop_worker(worker)
+            stop_process(worker)
             stopped.append("worker")
         if redis is not None:
             redis.stop()

@@ -285,14 +285,7 @@ def replay(settings: Settings, path: Path, *, fmt: str | None, rate: float | Non
         raise CommandError(f"no such file: {path}")
     kind = detect_format(path, fmt)
     topics = parse_topic_map(topic_map, settings)
-    limits = ValidationLimits(
-        max_payload_bytes=settings.ingest.max_payload_bytes,
-        max_id_length=settings.ingest.max_id_length,
-        max_events_per_message=settings.ingest.max_events_per_message,
-        max_items_per_order=settings.ingest.max_items_per_order,
-        max_amount=settings.ingest.max_amount, max_quantity=settings.ingest.max_quantity,
-        total_tolerance=settings.ingest.total_tolerance,
-        max_future_skew_s=settings.ingest.max_future_skew_s)
+    limits = settings.ingest.validation_limits()
     summary = ReplaySummary()
     total = _count_lines(path)
     if total is not None and kind == "csv":

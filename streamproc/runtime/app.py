@@ -8,7 +8,7 @@ import math
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -42,7 +42,6 @@ class WorkerState:
     started: bool = False
     redis_ok: bool = True
     batches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

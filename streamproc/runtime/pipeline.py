@@ -14,7 +14,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol, TypeVar
 
@@ -23,11 +23,11 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamproc.adapters.redis_store import CustomerUpdate, PreparedEvent, RedisProfileStore
-from streamproc.core.events import ClickstreamEvent, ValidationLimits, decode_message
+from streamproc.core.events import ClickstreamEvent, decode_message
 from streamproc.core.features import clickstream_ops, purchase_ops
 from streamproc.core.outputs import DeadLetter
 from streamproc.metrics import Metrics
-from streamproc.settings import IngestSettings, Settings
+from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,24 +91,9 @@ class BatchOutcome:
     duplicates: int = 0
     dead_letters: int = 0
     outputs: int = 0
-    watermarks: dict[tuple[str, int], float] = field(default_factory=dict)
 
 
 _NO_LOCK = contextlib.nullcontext()
-
-
-def limits_from(ingest: IngestSettings) -> ValidationLimits:
-    """Validation limits from settings."""
-    return ValidationLimits(
-        max_payload_bytes=ingest.max_payload_bytes,
-        max_id_length=ingest.max_id_length,
-        max_events_per_message=ingest.max_events_per_message,
-        max_items_per_order=ingest.max_items_per_order,
-        max_amount=ingest.max_amount,
-        max_quantity=ingest.max_quantity,
-        total_tolerance=ingest.total_tolerance,
-        max_future_skew_s=ingest.max_future_skew_s,
-    )
 
 
 class Retrier:
@@ -175,7 +160,7 @@ class IngestPipeline:
         self.retrier = retrier
         self.scoring = scoring
         self.clock = clock
-        self.limits = limits_from(settings.ingest)
+        self.limits = settings.ingest.validation_limits()
         topics = settings.topics
         self._sources: dict[str, Literal["clickstream", "purchases"]] = {
             topics.clickstream: "clickstream",
@@ -249,7 +234,6 @@ class IngestPipeline:
             self.metrics.ingest_to_publish_seconds.observe(done - received)
         for ev in prepared:
             self.metrics.event_age_seconds.observe(max(0.0, done - ev.ts))
-        outcome.watermarks = dict(self.watermarks)
         return outcome
 
     def _count(self, prepared: Sequence[PreparedEvent], meta: Sequence[tuple[str, str, bool]],
