@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
-from streamproc.core.features import FeatureConfig, ProfileView
+from streamproc.core.features import ProfileView
 from streamproc.core.modelset import ModelBundle, Score
 from streamproc.runtime.scoring import CustomerScoringState
 from streamproc.settings import Settings
@@ -68,7 +68,7 @@ class AnalyticsReader:
         self.client = client or make_client(settings.redis)
         self.profiles = RedisProfileStore.from_settings(
             self.client, settings.redis,
-            FeatureConfig(max_categories=settings.ingest.max_categories))
+            settings.ingest.feature_config())
         key = settings.models.signing_key
         self.models = ModelStore(self.client, settings.redis.key_prefix,
                                  key.get_secret_value().encode() if key else b"")

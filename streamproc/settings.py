@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamproc.core.events import ValidationLimits
+from streamproc.core.features import FeatureConfig
 
 ENV_PREFIX = "STREAMPROC_"
 NESTED_DELIMITER = "__"
@@ -104,11 +105,6 @@ class RedisSettings(_Group):
     username: str | None = Field(None, description="Redis ACL user name.")
     ssl_ca_certs: str | None = Field(None, description="CA bundle for rediss:// URLs.")
     key_prefix: str = Field("sp", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Key prefix.")
-    dedupe_ttl_s: int = Field(
-        7 * 86_400,
-        ge=60,
-        description="How long an event_id is remembered to suppress redelivered duplicates.",
-    )
     profile_ttl_s: int = Field(
         400 * 86_400,
         ge=0,
@@ -154,6 +150,31 @@ class IngestSettings(_Group):
     max_categories: int = Field(
         16, ge=1, le=256, description="Categories tracked per customer for affinity."
     )
+    dedupe_events: int = Field(
+        20,
+        ge=1,
+        le=4096,
+        description=(
+            "Clickstream event ids remembered per customer (14 bytes each, in the profile). "
+            "A duplicate of a remembered id is skipped; an unknown event older than every "
+            "remembered one is dead-lettered as late_event, never counted twice."
+        ),
+    )
+    dedupe_purchases: int = Field(
+        8, ge=1, le=4096,
+        description="Purchase event ids remembered per customer (as DEDUPE_EVENTS, for orders).",
+    )
+    sessions: int = Field(
+        4, ge=1, le=1024,
+        description="Most recent sessions remembered per customer, for exact session counts.",
+    )
+
+    def feature_config(self) -> FeatureConfig:
+        """The feature-update tunables these settings configure."""
+        return FeatureConfig(max_categories=self.max_categories,
+                             dedupe_events=self.dedupe_events,
+                             dedupe_purchases=self.dedupe_purchases, sessions=self.sessions)
+
     def validation_limits(self) -> ValidationLimits:
         """The contract validation limits these settings configure."""
         return ValidationLimits(

@@ -1,23 +1,73 @@
 -- Atomic, idempotent batch update of customer profiles.
 --
--- KEYS[i]  profile key of customer i ("<prefix>:{<customer_id>}:p"); its dedupe,
---          marker and output-state keys share the hash tag, so each customer's
---          keys live in one Redis Cluster slot.
--- ARGV[1]  msgpack config: taus (decayed field -> tau seconds), maxcat, mttl
---          (marker TTL), dttl (dedupe TTL), pttl (profile TTL, 0 = none)
--- ARGV[2]  msgpack list, one entry per KEYS[i]: list of {event_id, ts, ops}
+-- KEYS[i]  profile key of customer i ("<prefix>:{<customer_id>}:p"); its marker
+--          and output-state keys share the hash tag, so each customer's keys live
+--          in one Redis Cluster slot.
+-- ARGV[1]  msgpack config: taus (decayed field -> tau seconds), maxcat, icap (lane ->
+--          event ids kept), scap (sessions kept), mttl (marker TTL), pttl (profile
+--          TTL, 0 = none)
+-- ARGV[2]  msgpack list, one entry per KEYS[i]: list of {event_digest, ts, ops, lane}
 --
--- The op codes and their meaning mirror streamproc/core/features.py:apply_ops;
--- tests run the same streams through both and compare. This file holds no
--- business rules: which ops an event produces is decided in Python.
+-- The op codes and their meaning mirror streamproc/core/features.py:apply_event;
+-- the id and session rings mirror streamproc/core/seen.py. Tests run the same
+-- streams through both and compare bytes. This file holds no business rules:
+-- which ops an event produces is decided in Python.
 --
--- Returns, per customer: {profile_blob, output_state_blob|false, {1|0 per event}}.
+-- Returns, per customer: {profile_blob, output_state_blob|false,
+--                         {1 applied | 0 duplicate | 2 late, per event}}.
 
 local cfg = cmsgpack.unpack(ARGV[1])
 local groups = cmsgpack.unpack(ARGV[2])
-local taus, maxcat, mttl, dttl, pttl = cfg.taus, cfg.maxcat, cfg.mttl, cfg.dttl, cfg.pttl
-local exp = math.exp
+local taus, maxcat, icap, scap, mttl, pttl = cfg.taus, cfg.maxcat, cfg.icap, cfg.scap,
+  cfg.mttl, cfg.pttl
+local exp, mfloor, find, sub = math.exp, math.floor, string.find, string.sub
 local window = 4 * 3600
+local IDREC, SESREC = 14, 9
+
+-- Byte position (1-based) of the record of `size` bytes that starts with `key`, or nil.
+local function find_record(ring, key, size)
+  local at = find(ring, key, 1, true)
+  while at do
+    if (at - 1) % size == 0 then return at end
+    at = find(ring, key, at + 1, true)
+  end
+  return nil
+end
+
+-- seen.admit_event: returns 1 applied, 0 duplicate, 2 late; updates st[lane], st[lane..'f'].
+local function admit(st, lane, key, ts)
+  local ring = st[lane] or ''
+  if find_record(ring, key, IDREC) then return 0 end
+  local ms = mfloor(ts * 1000 + 0.5)
+  if ms < 0 then ms = 0 elseif ms > 281474976710655 then ms = 281474976710655 end
+  local fl = st[lane .. 'f']
+  if fl ~= nil and ms <= fl then return 2 end
+  local at = #ring
+  while at > 0 and struct.unpack('>I6', ring, at - 5) > ms do at = at - IDREC end
+  ring = sub(ring, 1, at) .. key .. struct.pack('>I6', ms) .. sub(ring, at + 1)
+  if #ring > icap[lane] * IDREC then
+    local evicted = struct.unpack('>I6', ring, 9)
+    if fl == nil or evicted > fl then st[lane .. 'f'] = evicted end
+    ring = sub(ring, IDREC + 1)
+  end
+  st[lane] = ring
+  return 1
+end
+
+-- seen.touch_session: returns the session's flags before, makes it the most recent.
+local function touch_session(st, key, flag)
+  local ring = st.ss or ''
+  local at = find_record(ring, key, SESREC)
+  local before = 0
+  if at then
+    before = string.byte(ring, at + 8)
+    ring = sub(ring, 1, at - 1) .. sub(ring, at + SESREC)
+  end
+  ring = ring .. key .. string.char(bit.bor(before, flag))
+  if #ring > scap * SESREC then ring = sub(ring, SESREC + 1) end
+  st.ss = ring
+  return before
+end
 
 local function decay_add(st, field, value, ts)
   local ref = st.dt
@@ -52,16 +102,22 @@ local function category_add(st, cat, weight)
 end
 
 local function mark(st, base, op, ts)
-  local name, field, value, other, ofield, ovalue = op[2], op[3], op[4], op[5], op[6], op[7]
-  if string.sub(name, -1) == ':' then
-    local last = st.ls
-    if last == nil or ts - (st['ls@'] or -1e300) > window then return end
-    name = name .. last
-    other = other .. last
+  local key, flag, field, value, other, ofield, ovalue = op[2], op[3], op[4], op[5], op[6],
+    op[7], op[8]
+  if key == '' then
+    key = st.lsd
+    if key == nil or ts - (st['ls@'] or -1e300) > window then return end
   end
-  if redis.call('SET', base .. 'm:' .. name, 1, 'NX', 'EX', mttl) then
+  if flag == 1 then
+    -- Session counting reads one topic, in order: a small ring of recent sessions is exact.
+    local before = touch_session(st, key, flag)
+    if bit.band(before, flag) == 0 then st[field] = (st[field] or 0) + value end
+    return
+  end
+  -- Cart/order markers join the two topics: TTL'd keys, one per session with a cart or order.
+  if redis.call('SET', base .. 'm:' .. flag .. ':' .. key, 1, 'NX', 'EX', mttl) then
     st[field] = (st[field] or 0) + value
-    if other ~= '' and redis.call('EXISTS', base .. 'm:' .. other) == 1 then
+    if other ~= 0 and redis.call('EXISTS', base .. 'm:' .. other .. ':' .. key) == 1 then
       st[ofield] = (st[ofield] or 0) + ovalue
     end
   end
@@ -69,17 +125,18 @@ end
 
 local result = {}
 for i, key in ipairs(KEYS) do
-  local base = string.sub(key, 1, -2)
+  local base = sub(key, 1, -2)
   local blob = redis.call('GET', key)
   local st = {}
   if blob then st = cmsgpack.unpack(blob) end
   local flags = {}
   local changed = false
   for j, ev in ipairs(groups[i]) do
-    local eid, ts, ops = ev[1], ev[2], ev[3]
-    if redis.call('SET', base .. 'e:' .. eid, 1, 'NX', 'EX', dttl) then
+    local ts, ops = ev[2], ev[3]
+    local status = admit(st, ev[4], ev[1], ts)
+    flags[j] = status
+    if status == 1 then
       changed = true
-      flags[j] = 1
       for _, op in ipairs(ops) do
         local code = op[1]
         if code == 1 then
@@ -101,11 +158,10 @@ for i, key in ipairs(KEYS) do
           if ts >= (st[at] or -1e300) then
             st[op[2]] = op[3]
             st[at] = ts
+            if op[4] ~= nil then st[op[4]] = op[5] end
           end
         end
       end
-    else
-      flags[j] = 0
     end
   end
   if changed then

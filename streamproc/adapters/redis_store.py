@@ -17,7 +17,8 @@ import msgpack
 import redis.asyncio as aioredis
 
 from streamproc.adapters import keys
-from streamproc.core.features import FeatureConfig, Op
+from streamproc.core import seen
+from streamproc.core.features import BINARY_FIELDS, LANE_CLICKSTREAM, FeatureConfig, Op
 from streamproc.settings import RedisSettings
 
 _SCRIPT = resources.files("streamproc.adapters").joinpath("profile_update.lua").read_text()
@@ -31,6 +32,8 @@ class PreparedEvent:
     event_id: str
     ts: float
     ops: Sequence[Op]
+    #: The id ring the event is deduplicated in (one per input topic).
+    lane: str = LANE_CLICKSTREAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +43,40 @@ class CustomerUpdate:
     customer_id: str
     state: dict[str, Any]
     output_state: dict[str, Any] | None
-    applied: list[bool]
+    #: Per event of the customer, in batch order: seen.APPLIED, DUPLICATE or LATE.
+    statuses: list[int]
+
+    @property
+    def applied(self) -> list[bool]:
+        """Per event: was it counted."""
+        return [s == seen.APPLIED for s in self.statuses]
 
 
 def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
-    """Decode a msgpack blob written by Lua (an empty Lua table packs as a list)."""
+    """Decode a msgpack blob written by Lua (an empty Lua table packs as a list).
+
+    Lua's cmsgpack has no binary type: the byte-string fields come back as msgpack
+    strings, decoded losslessly with ``surrogateescape`` and turned back into bytes.
+    """
     if not blob:
         return {}
     if isinstance(blob, str):
         blob = blob.encode()
-    value = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    return value if isinstance(value, dict) else {}
+    value = msgpack.unpackb(blob, raw=False, strict_map_key=False,
+                            unicode_errors="surrogateescape")
+    if not isinstance(value, dict):
+        return {}
+    for name in BINARY_FIELDS:
+        field = value.get(name)
+        if isinstance(field, str):
+            value[name] = field.encode("utf-8", "surrogateescape")
+    return value
+
+
+def encode_for_lua(value: Any) -> bytes:
+    """Encode a script argument: bytes as msgpack str, the only string type cmsgpack reads."""
+    packed: bytes = msgpack.packb(value, use_bin_type=False)
+    return packed
 
 
 def encode_blob(value: Any) -> bytes:
@@ -82,32 +108,33 @@ class RedisProfileStore:
         *,
         prefix: str,
         features: FeatureConfig,
-        dedupe_ttl_s: int,
         profile_ttl_s: int,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self._script = client.register_script(_SCRIPT)
         wire = features.as_wire()
-        wire.update(dttl=dedupe_ttl_s, pttl=profile_ttl_s)
-        self._config = encode_blob(wire)
+        wire.update(pttl=profile_ttl_s)
+        self._config = encode_for_lua(wire)
 
     @classmethod
     def from_settings(cls, client: aioredis.Redis, settings: RedisSettings,
                       features: FeatureConfig) -> RedisProfileStore:
         """A store configured from :class:`RedisSettings`."""
         return cls(client, prefix=settings.key_prefix, features=features,
-                   dedupe_ttl_s=settings.dedupe_ttl_s, profile_ttl_s=settings.profile_ttl_s)
+                   profile_ttl_s=settings.profile_ttl_s)
 
     async def apply_batch(self, events: Sequence[PreparedEvent]) -> list[CustomerUpdate]:
         """Apply a batch in one round trip; returns each touched customer's new state."""
         if not events:
             return []
-        groups: dict[str, list[tuple[str, float, Sequence[Op]]]] = {}
+        groups: dict[str, list[tuple[bytes, float, Sequence[Op], str]]] = {}
+        digest = seen.digest
         for ev in events:
-            groups.setdefault(ev.customer_id, []).append((ev.event_id, ev.ts, ev.ops))
+            groups.setdefault(ev.customer_id, []).append(
+                (digest(ev.event_id), ev.ts, ev.ops, ev.lane))
         customers = list(groups)
-        argv = [self._config, encode_blob(list(groups.values()))]
+        argv = [self._config, encode_for_lua(list(groups.values()))]
         reply = await self._script(
             keys=[keys.profile_key(self.prefix, c) for c in customers], args=argv
         )
@@ -118,7 +145,7 @@ class RedisProfileStore:
                     customer_id=customer_id,
                     state=decode_blob(blob or None),
                     output_state=decode_blob(out_blob) if out_blob else None,
-                    applied=[bool(f) for f in flags],
+                    statuses=[int(f) for f in flags],
                 )
             )
         return updates

@@ -98,6 +98,9 @@ RejectReason: TypeAlias = Literal[
     "schema",  # any other field-level violation; detail names the field path and the rule
     "customer_mismatch",  # event customer_id differs from the Kafka message key
     "internal_error",  # a validator raised something unexpected; a bug, never the producer's
+    # Valid, but older than every event id the bounded dedupe remembers for the customer
+    # and topic, so it cannot be told from a duplicate (decided in Redis, not by the decoder).
+    "late_event",
 ]
 REJECT_REASONS: Final[frozenset[str]] = frozenset(RejectReason.__args__)  # type: ignore[attr-defined]
 

@@ -11,8 +11,9 @@ so the final profile does not depend on arrival order; markers make session
 counting idempotent and order-independent too.
 
 State per customer is a flat mapping of short field codes (see ``FIELDS``) to
-numbers, plus ``k`` (a bounded category map) and ``ls`` (last session id). It
-is O(1) in the number of events.
+numbers, plus ``k`` (a bounded category map), ``ls`` (last session id) and the
+bounded dedupe and session rings of :mod:`streamproc.core.seen`. It is O(1) in
+the number of events.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import math
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
+
+from streamproc.core import seen
+from streamproc.core.seen import SESSION_CART, SESSION_ORDER, SESSION_SEEN
 
 DAY: Final = 86_400.0
 TAU_7D: Final = 7 * DAY
@@ -36,6 +40,12 @@ OP_MARK: Final = 6
 OP_LAST: Final = 7
 
 Op = tuple[Any, ...]
+
+#: Profile fields holding event-id rings, one per input topic (floors: ``<lane>f``).
+LANE_CLICKSTREAM: Final = "ic"
+LANE_PURCHASES: Final = "ip"
+#: Profile fields that hold raw bytes (msgpack str from Lua; see ``adapters.redis_store``).
+BINARY_FIELDS: Final = ("ic", "ip", "ss", "lsd")
 
 #: Storage code -> readable feature name. Short codes keep a profile well under 1 KB.
 FIELDS: Final[dict[str, str]] = {
@@ -111,11 +121,25 @@ class FeatureConfig:
     """Tunables of the feature update that both interpreters need."""
 
     max_categories: int = 16
+    #: Clickstream event ids remembered per customer (14 bytes each).
+    dedupe_events: int = 20
+    #: Purchase event ids remembered per customer (orders are rarer and arrive in order).
+    dedupe_purchases: int = 8
+    #: Most recently touched sessions remembered per customer for session counts (9 bytes each).
+    sessions: int = 4
+    #: How long (wall clock) a session's cart/order marker waits for the other topic's event.
     marker_ttl_s: int = 3 * 86_400
+
+    def capacity(self, lane: str) -> int:
+        """How many event ids the ring of ``lane`` keeps."""
+        return self.dedupe_purchases if lane == LANE_PURCHASES else self.dedupe_events
 
     def as_wire(self) -> dict[str, Any]:
         """The config as sent to the Lua interpreter."""
-        return {"taus": DECAY_TAUS, "maxcat": self.max_categories, "mttl": self.marker_ttl_s}
+        return {"taus": DECAY_TAUS, "maxcat": self.max_categories, "scap": self.sessions,
+                "mttl": self.marker_ttl_s,
+                "icap": {LANE_CLICKSTREAM: self.dedupe_events,
+                         LANE_PURCHASES: self.dedupe_purchases}}
 
 
 def clickstream_ops(event: Any, ts: float) -> list[Op]:
@@ -128,9 +152,10 @@ def clickstream_ops(event: Any, ts: float) -> list[Op]:
         (OP_MAX, "lq", ts),
     ]
     sid: str | None = event.session_id
+    session = seen.digest(sid) if sid else b""
     if sid:
-        ops.append((OP_MARK, "s:" + sid, "se", 1.0, "", "", 0.0))
-        ops.append((OP_LAST, "ls", sid))
+        ops.append((OP_MARK, session, SESSION_SEEN, "se", 1.0, 0, "", 0.0))
+        ops.append((OP_LAST, "ls", sid, "lsd", session))
     if kind in VIEW_TYPES:
         ops.append((OP_ADD, "pv" if kind == "page_view" else "vv", 1.0))
         ops.append((OP_DECAY, "v7", 1.0))
@@ -144,7 +169,7 @@ def clickstream_ops(event: Any, ts: float) -> list[Op]:
         ops.append((OP_DECAY, "c7", 1.0))
         ops.append((OP_DECAY, "c30", 1.0))
         if sid:
-            ops.append((OP_MARK, "c:" + sid, "cs", 1.0, "o:" + sid, "cc", 1.0))
+            ops.append((OP_MARK, session, SESSION_CART, "cs", 1.0, SESSION_ORDER, "cc", 1.0))
         if event.category:
             ops.append((OP_CATEGORY, event.category, CATEGORY_WEIGHT_CART))
     elif kind == "remove_from_cart":
@@ -177,27 +202,27 @@ def purchase_ops(event: Any, ts: float) -> list[Op]:
         if item.category:
             ops.append((OP_CATEGORY, item.category, CATEGORY_WEIGHT_ORDER))
     ops.append((OP_ADD, "it", float(items)))
-    # An empty session id means "the customer's last session" (resolved where the state is).
-    sid = event.session_id or ""
-    ops.append((OP_MARK, "o:" + sid, "os", 1.0, "c:" + sid, "cc", 1.0))
+    # An empty session means "the customer's last session" (resolved where the state is).
+    session = seen.digest(event.session_id) if event.session_id else b""
+    ops.append((OP_MARK, session, SESSION_ORDER, "os", 1.0, SESSION_CART, "cc", 1.0))
     return ops
 
 
 class MarkerStore(Protocol):
-    """Set-once markers (per customer, TTL'd in Redis): ``add`` returns True the first time."""
+    """Set-once cart/order markers of sessions (TTL'd keys in Redis): ``add`` is True once."""
 
-    def add(self, name: str) -> bool: ...
-    def __contains__(self, name: object) -> bool: ...
+    def add(self, marker: tuple[int, bytes]) -> bool: ...
+    def __contains__(self, marker: object) -> bool: ...
 
 
-class SetMarkers(set[str]):
+class SetMarkers(set[tuple[int, bytes]]):
     """In-memory :class:`MarkerStore` for the twin and tests."""
 
-    def add(self, name: str) -> bool:  # type: ignore[override]
+    def add(self, marker: tuple[int, bytes]) -> bool:  # type: ignore[override]
         """Add a marker; True if it was not there yet."""
-        if name in self:
+        if marker in self:
             return False
-        super().add(name)
+        super().add(marker)
         return True
 
 
@@ -226,10 +251,12 @@ def apply_ops(
         elif code == OP_CATEGORY:
             _category_add(state, op[1], op[2], config.max_categories)
         elif code == OP_MARK:
-            _mark(state, op, ts, markers)
+            _mark(state, op, ts, markers, config)
         elif code == OP_LAST and ts >= state.get(op[1] + "@", -math.inf):
             state[op[1]] = op[2]
             state[op[1] + "@"] = ts
+            if len(op) > 3:
+                state[op[3]] = op[4]
 
 
 def _decay_add(state: MutableMapping[str, Any], field: str, value: float, ts: float) -> None:
@@ -257,25 +284,53 @@ def _category_add(state: MutableMapping[str, Any], category: str, weight: float,
     cats[category] = floor + weight
 
 
-def _mark(state: MutableMapping[str, Any], op: Op, ts: float, markers: MarkerStore) -> None:
-    _, name, field, value, other, other_field, other_value = op
-    if name.endswith(":"):
-        last = state.get("ls")
-        if last is None or ts - state.get("ls@", -math.inf) > ORDER_SESSION_WINDOW_S:
+def _mark(state: MutableMapping[str, Any], op: Op, ts: float, markers: MarkerStore,
+          config: FeatureConfig) -> None:
+    _, session, flag, field, value, other, other_field, other_value = op
+    if not session:
+        session = state.get("lsd")
+        if session is None or ts - state.get("ls@", -math.inf) > ORDER_SESSION_WINDOW_S:
             return
-        name += last
-        other += last
-    if markers.add(name):
+    if flag == SESSION_SEEN:
+        # Session counting reads one topic, in order: a small ring of recent sessions is exact.
+        before, state["ss"] = seen.touch_session(state.get("ss", b""), session, flag,
+                                                 config.sessions)
+        if not before & flag:
+            state[field] = state.get(field, 0.0) + value
+        return
+    # Cart and order markers join the two topics, which may be far apart during a
+    # catch-up: they are keys with a wall-clock TTL, one per session with a cart or order.
+    if markers.add((flag, session)):
         state[field] = state.get(field, 0.0) + value
-        if other and other in markers:
+        if other and (other, session) in markers:
             state[other_field] = state.get(other_field, 0.0) + other_value
+
+
+def _is_purchase(event: Any) -> bool:
+    return getattr(event, "kind", None) == "purchase" or hasattr(event, "order_id")
 
 
 def event_ops(event: Any, ts: float) -> list[Op]:
     """Ops for any input event (dispatches on the event's contract)."""
-    if getattr(event, "kind", None) == "purchase" or hasattr(event, "order_id"):
-        return purchase_ops(event, ts)
-    return clickstream_ops(event, ts)
+    return purchase_ops(event, ts) if _is_purchase(event) else clickstream_ops(event, ts)
+
+
+def event_lane(event: Any) -> str:
+    """The id ring an event is deduplicated in: one per input topic."""
+    return LANE_PURCHASES if _is_purchase(event) else LANE_CLICKSTREAM
+
+
+def apply_event(state: MutableMapping[str, Any], event_key: bytes, lane: str, ops: Iterable[Op],
+                ts: float, markers: MarkerStore, config: FeatureConfig) -> int:
+    """Dedupe one event against its lane's id ring, then apply it: APPLIED, DUPLICATE or LATE."""
+    status, ring, floor = seen.admit_event(state.get(lane, b""), state.get(lane + "f"),
+                                           event_key, ts, config.capacity(lane))
+    if status == seen.APPLIED:
+        state[lane] = ring
+        if floor is not None:
+            state[lane + "f"] = floor
+        apply_ops(state, ops, ts, markers, config)
+    return status
 
 
 @dataclass(slots=True)
@@ -285,22 +340,18 @@ class InMemoryProfiles:
     config: FeatureConfig
     states: dict[str, dict[str, Any]]
     markers: dict[str, SetMarkers]
-    seen: set[tuple[str, str]]
 
     @classmethod
     def empty(cls, config: FeatureConfig | None = None) -> InMemoryProfiles:
         """A store with no customers."""
-        return cls(config or FeatureConfig(), {}, {}, set())
+        return cls(config or FeatureConfig(), {}, {})
 
-    def apply(self, customer_id: str, event_id: str, ops: Sequence[Op], ts: float) -> bool:
-        """Apply one event unless its id was seen; True if applied."""
-        if (customer_id, event_id) in self.seen:
-            return False
-        self.seen.add((customer_id, event_id))
+    def apply(self, customer_id: str, event_id: str, ops: Sequence[Op], ts: float,
+              lane: str = LANE_CLICKSTREAM) -> int:
+        """Apply one event unless it is a duplicate or late: APPLIED, DUPLICATE or LATE."""
         state = self.states.setdefault(customer_id, {})
         markers = self.markers.setdefault(customer_id, SetMarkers())
-        apply_ops(state, ops, ts, markers, self.config)
-        return True
+        return apply_event(state, seen.digest(event_id), lane, ops, ts, markers, self.config)
 
 
 # ---------------------------------------------------------------- reading

@@ -16,7 +16,13 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from streamproc.core.features import InMemoryProfiles, ProfileView, event_ops, model_features
+from streamproc.core.features import (
+    InMemoryProfiles,
+    ProfileView,
+    event_lane,
+    event_ops,
+    model_features,
+)
 from streamproc.core.labels import (
     DAY,
     LabelledExample,
@@ -107,7 +113,8 @@ class Replay:
         ts = event_time(value) if ts is None else ts
         self.advance(ts)
         event = event_namespace(value)
-        self.profiles.apply(customer_id, str(value["event_id"]), event_ops(event, ts), ts)
+        self.profiles.apply(customer_id, str(value["event_id"]), event_ops(event, ts), ts,
+                            event_lane(event))
         if not is_qualifying(value):
             return
         cust = self._customers.setdefault(customer_id, _Customer())

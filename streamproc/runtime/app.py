@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
@@ -24,8 +23,8 @@ from streamproc.core.eventclock import (
     PartitionClock,
     partition_clock,
 )
-from streamproc.core.features import FeatureConfig
 from streamproc.metrics import Metrics, create_metrics
+from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.kafka import FaustPublisher, StreamprocApp, faust_credentials
 from streamproc.runtime.pipeline import IngestPipeline, RawMessage, Retrier
 from streamproc.runtime.scoring import ModelHolder, Scorer, iter_partitions
@@ -109,7 +108,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     client = make_client(settings.redis)
     store = RedisProfileStore.from_settings(
-        client, settings.redis, FeatureConfig(max_categories=settings.ingest.max_categories))
+        client, settings.redis, settings.ingest.feature_config())
     retrier = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis)
     if settings.models.signing_key is None:
         raise ValueError("STREAMPROC_MODELS__SIGNING_KEY is required")
@@ -196,8 +195,8 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     app.timer(5.0)(report_lag)
 
     if settings.metrics.port > 0:
-        setup_prometheus_sensors(app, pattern="/metrics", registry=registry,
-                                 name_prefix="streamproc_faust")
+        setup_lean_prometheus_sensors(app, pattern="/metrics", registry=registry,
+                                      name_prefix="streamproc_faust")
         _health_pages(app, state)
 
     async def mark_started() -> None:

@@ -18,13 +18,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol, TypeVar
 
+import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamproc.adapters.redis_store import CustomerUpdate, PreparedEvent, RedisProfileStore
-from streamproc.core.events import ClickstreamEvent, decode_message
-from streamproc.core.features import clickstream_ops, purchase_ops
+from streamproc.core import seen
+from streamproc.core.events import ClickstreamEvent, Event, Rejection, decode_message
+from streamproc.core.features import (
+    LANE_CLICKSTREAM,
+    LANE_PURCHASES,
+    clickstream_ops,
+    purchase_ops,
+)
 from streamproc.core.outputs import DeadLetter
 from streamproc.metrics import Metrics
 from streamproc.settings import Settings
@@ -43,6 +50,16 @@ class RawMessage:
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where an accepted event came from, to count it and to dead-letter it if late."""
+
+    message: RawMessage
+    index: int | None  # position in its batch envelope; None for a single-event message
+    kind: str
+    qualifying: bool  # counts as activity for recency and churn (everything but a refund)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +106,7 @@ class BatchOutcome:
     messages: int = 0
     applied: int = 0
     duplicates: int = 0
+    late: int = 0
     dead_letters: int = 0
     outputs: int = 0
 
@@ -176,7 +194,7 @@ class IngestPipeline:
         now = datetime.fromtimestamp(received, UTC)
         outcome = BatchOutcome(messages=len(messages))
         prepared: list[PreparedEvent] = []
-        meta: list[tuple[str, str, bool]] = []  # topic, event_type, qualifying activity
+        origins: list[_Origin] = []
         partitions: dict[str, int] = {}
         out: list[OutRecord] = []
         dl_topic = self.settings.topics.dead_letter
@@ -194,17 +212,19 @@ class IngestPipeline:
             wm_key = (msg.topic, msg.partition)
             if msg.offset > self.positions.get(wm_key, -1):
                 self.positions[wm_key] = msg.offset
-            for event in decoded.events:
+            positions = _accepted_positions(len(decoded.events), decoded.rejections)
+            events: list[Event] = list(decoded.events)
+            for event, position in zip(events, positions, strict=True):
                 ts = event.timestamp.timestamp()
                 # Dispatch on the class: event_ops' attribute probes miss on pydantic models
                 # and raise through BaseModel.__getattr__ (3.5 % of worker CPU in a profile).
                 kind: str
                 if isinstance(event, ClickstreamEvent):
-                    kind, ops = event.event_type, clickstream_ops(event, ts)
+                    kind, ops, lane = event.event_type, clickstream_ops(event, ts), LANE_CLICKSTREAM
                 else:
-                    kind, ops = event.type, purchase_ops(event, ts)
-                prepared.append(PreparedEvent(event.customer_id, event.event_id, ts, ops))
-                meta.append((msg.topic, kind, kind != "refund"))
+                    kind, ops, lane = event.type, purchase_ops(event, ts), LANE_PURCHASES
+                prepared.append(PreparedEvent(event.customer_id, event.event_id, ts, ops, lane))
+                origins.append(_Origin(msg, position, kind, kind != "refund"))
                 partitions[event.customer_id] = msg.partition
                 if ts > self.watermarks.get(wm_key, float("-inf")):
                     self.watermarks[wm_key] = ts
@@ -214,7 +234,9 @@ class IngestPipeline:
             if prepared:
                 updates = await self.retrier.call("apply_batch",
                                                   lambda: self.store.apply_batch(prepared))
-            activity = self._count(prepared, meta, updates, outcome)
+            activity, late = self._count(prepared, origins, updates, outcome)
+            for i in late:
+                out.append(self._late_letter(prepared[i], origins[i], now))
             if self.scoring is not None and updates:
                 try:
                     out += await self.scoring.on_batch(
@@ -227,7 +249,7 @@ class IngestPipeline:
         self.metrics.batch_events.observe(len(prepared))
         if out:
             await self.publisher.publish(out)
-        outcome.outputs = len(out) - outcome.dead_letters
+        outcome.outputs = len(out) - outcome.dead_letters - outcome.late
         done = self.clock()
         self.metrics.batch_seconds.observe(done - received)
         if out:
@@ -236,30 +258,79 @@ class IngestPipeline:
             self.metrics.event_age_seconds.observe(max(0.0, done - ev.ts))
         return outcome
 
-    def _count(self, prepared: Sequence[PreparedEvent], meta: Sequence[tuple[str, str, bool]],
-               updates: Sequence[CustomerUpdate], outcome: BatchOutcome) -> dict[str, list[float]]:
-        flags: dict[str, list[bool]] = {u.customer_id: list(u.applied) for u in updates}
+    def _count(self, prepared: Sequence[PreparedEvent], origins: Sequence[_Origin],
+               updates: Sequence[CustomerUpdate], outcome: BatchOutcome,
+               ) -> tuple[dict[str, list[float]], list[int]]:
+        """Count each event's fate; returns activity per customer and the late events."""
+        statuses: dict[str, list[int]] = {u.customer_id: u.statuses for u in updates}
         cursor: dict[str, int] = {}
         activity: dict[str, list[float]] = {}
+        late: list[int] = []
         counts: Counter[tuple[str, str, str]] = Counter()
         dupes: Counter[str] = Counter()
-        for ev, (topic, kind, qualifying) in zip(prepared, meta, strict=True):
+        for n, (ev, origin) in enumerate(zip(prepared, origins, strict=True)):
             i = cursor.get(ev.customer_id, 0)
             cursor[ev.customer_id] = i + 1
-            applied = flags[ev.customer_id][i]
-            counts[topic, kind, "applied" if applied else "duplicate"] += 1
-            if applied:
+            status = statuses[ev.customer_id][i]
+            topic = origin.message.topic
+            if status == seen.APPLIED:
+                counts[topic, origin.kind, "applied"] += 1
                 outcome.applied += 1
-                if qualifying:
+                if origin.qualifying:
                     activity.setdefault(ev.customer_id, []).append(ev.ts)
-            else:
+            elif status == seen.DUPLICATE:
+                counts[topic, origin.kind, "duplicate"] += 1
                 outcome.duplicates += 1
                 dupes[topic] += 1
+            else:
+                counts[topic, origin.kind, "rejected"] += 1
+                outcome.late += 1
+                late.append(n)
         # One labels() lookup per label set and batch, not per event (5-7 % of worker CPU).
-        for labels, n in counts.items():
-            self.metrics.events.labels(*labels).inc(n)
-        for topic, n in dupes.items():
-            self.metrics.duplicates.labels(topic).inc(n)
+        for labels, count in counts.items():
+            self.metrics.events.labels(*labels).inc(count)
+        for topic, count in dupes.items():
+            self.metrics.duplicates.labels(topic).inc(count)
         for times in activity.values():
             times.sort()
-        return activity
+        return activity, late
+
+    def _late_letter(self, event: PreparedEvent, origin: _Origin, now: datetime) -> OutRecord:
+        """A dead letter for an event the bounded dedupe cannot tell from a duplicate."""
+        msg = origin.message
+        raw = msg.value or b""
+        if origin.index is not None:
+            element = _envelope_element(raw, origin.index)
+            raw = element if element is not None else raw
+        detail = (f"event time {datetime.fromtimestamp(event.ts, UTC).isoformat()} is at or "
+                  "before the oldest event id remembered for this customer on this topic: it "
+                  "may be a duplicate, so it was not counted (raise STREAMPROC_INGEST__"
+                  "DEDUPE_EVENTS or __DEDUPE_PURCHASES to accept events this late)")
+        record = DeadLetter.from_rejection(
+            Rejection("late_event", detail, origin.index, raw), key=msg.key, topic=msg.topic,
+            partition=msg.partition, offset=msg.offset, received_at=now)
+        self.metrics.dead_letters.labels(msg.topic, "late_event").inc()
+        return OutRecord(self.settings.topics.dead_letter, msg.key, record.to_bytes())
+
+
+def _accepted_positions(accepted: int, rejections: Sequence[Rejection]) -> list[int | None]:
+    """Envelope positions of a message's accepted events (None for a single-event message)."""
+    rejected = {r.index for r in rejections if r.index is not None}
+    if accepted == 1 and not rejected:
+        return [None]
+    positions: list[int | None] = []
+    i = 0
+    while len(positions) < accepted:
+        if i not in rejected:
+            positions.append(i)
+        i += 1
+    return positions
+
+
+def _envelope_element(raw: bytes, index: int) -> bytes | None:
+    """One element of a batch envelope, re-serialised (as decoder rejections carry it)."""
+    try:
+        events = orjson.loads(raw)["events"]
+        return orjson.dumps(events[index])
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None

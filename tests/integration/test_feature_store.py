@@ -21,19 +21,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproc.adapters.redis_store import PreparedEvent, RedisProfileStore
-from streamproc.core.features import FeatureConfig, InMemoryProfiles, event_ops
+from streamproc.core.features import FeatureConfig, InMemoryProfiles, event_lane, event_ops
 from streamproc.core.generator import TrafficGenerator
 from streamproc.core.replay import event_namespace, event_time
 from streamproc.runtime.embedded import Service
-from tests.unit.test_features import ops_of, streams, with_duplicates
+from tests.unit.test_features import lane_of, ops_of, streams, with_duplicates
 
 pytestmark = pytest.mark.integration
 
 
 def _store(client: aioredis.Redis, config: FeatureConfig) -> RedisProfileStore:
     prefix = "conf-" + uuid.uuid4().hex[:12]
-    return RedisProfileStore(client, prefix=prefix, features=config,
-                             dedupe_ttl_s=3600, profile_ttl_s=0)
+    return RedisProfileStore(client, prefix=prefix, features=config, profile_ttl_s=0)
 
 
 def _batches(events: Sequence[PreparedEvent], sizes: Sequence[int]) -> list[list[PreparedEvent]]:
@@ -51,14 +50,14 @@ async def _conform(store: RedisProfileStore, events: Sequence[PreparedEvent],
     """Apply ``events`` to Redis in batches and to the twin; assert equal flags and states."""
     twin = InMemoryProfiles.empty(config)
     for batch in _batches(events, sizes):
-        expected: dict[str, list[bool]] = {}
+        expected: dict[str, list[int]] = {}
         for ev in batch:
-            applied = twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts)
-            expected.setdefault(ev.customer_id, []).append(applied)
+            status = twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
+            expected.setdefault(ev.customer_id, []).append(status)
         updates = await store.apply_batch(batch)
         assert [u.customer_id for u in updates] == list(expected)
         for update in updates:
-            assert update.applied == expected[update.customer_id], update.customer_id
+            assert update.statuses == expected[update.customer_id], update.customer_id
             assert update.state == twin.states.get(update.customer_id, {}), update.customer_id
     customers = sorted(twin.states)
     stored = await store.get_states(customers)
@@ -71,13 +70,19 @@ def _prepare(stream: Sequence[dict[str, Any]]) -> list[PreparedEvent]:
     out = []
     for value in stream:
         ops, ts = ops_of(value)
-        out.append(PreparedEvent(value["customer_id"], value["event_id"], ts, ops))
+        out.append(PreparedEvent(value["customer_id"], value["event_id"], ts, ops,
+                                 lane_of(value)))
     return out
 
 
 @settings(max_examples=40, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(st.data(), st.sampled_from([FeatureConfig(), FeatureConfig(max_categories=3)]))
+@given(st.data(), st.sampled_from([
+    FeatureConfig(), FeatureConfig(max_categories=3),
+    # Tiny rings: evictions, floors and late events on almost every stream.
+    FeatureConfig(dedupe_events=2, dedupe_purchases=1, sessions=2),
+    FeatureConfig(dedupe_events=5, dedupe_purchases=3, sessions=1),
+]))
 async def test_lua_matches_the_python_twin_on_messy_streams(
         redis_server: Service, data: st.DataObject, config: FeatureConfig) -> None:
     # max_categories=3 (< the 6 generated categories) exercises the top-k eviction too.
@@ -96,8 +101,9 @@ async def test_lua_matches_the_python_twin_on_generator_traffic(redis_server: Se
     events = []
     for g in gen.events():
         ts = event_time(g.value)
-        events.append(PreparedEvent(g.key, str(g.value["event_id"]), ts,
-                                    event_ops(event_namespace(g.value), ts)))
+        ns = event_namespace(g.value)
+        events.append(PreparedEvent(g.key, str(g.value["event_id"]), ts, event_ops(ns, ts),
+                                    event_lane(ns)))
     assert len(events) > 1000
     rng = random.Random(11)
     # Redeliveries (duplicates) and local reordering, as a consumer would see after a rebalance.
@@ -152,8 +158,9 @@ async def test_one_round_trip_per_batch_and_compact_profiles(redis_server: Servi
         batch = []
         for n, value in enumerate(values):
             ts = start + 37.0 * n
+            ns = event_namespace(value)
             batch.append(PreparedEvent(value["customer_id"], value["event_id"], ts,
-                                       event_ops(event_namespace(value), ts)))
+                                       event_ops(ns, ts), event_lane(ns)))
         # Warm up: load the script so a NOSCRIPT retry cannot inflate the count.
         await store.apply_batch(batch[:1])
         before = await _evalsha_calls(client)

@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
 from streamproc.core.features import FeatureConfig, ProfileView
@@ -187,20 +186,18 @@ async def wait_profiles(settings: Settings, reference: Mapping[str, dict[str, An
 
 
 async def applied_events(settings: Settings) -> int:
-    """Event ids remembered by the dedupe (= distinct valid events applied so far)."""
-    r = aioredis.Redis.from_url(settings.redis.url, password=_password(settings))
+    """Distinct valid events applied so far: the sum of every profile's event counter."""
+    client = make_client(settings.redis)
+    store = RedisProfileStore.from_settings(client, settings.redis,
+                                            settings.ingest.feature_config())
     try:
         n = 0
-        async for _ in r.scan_iter(match=f"{settings.redis.key_prefix}:{{*}}:e:*", count=5000):
-            n += 1
+        async for cid in store.customers():
+            state = await store.get_state(cid)
+            n += int((state or {}).get("ev", 0))
         return n
     finally:
-        await r.aclose()
-
-
-def _password(settings: Settings) -> str | None:
-    pw = settings.redis.password
-    return None if pw is None else pw.get_secret_value()
+        await client.aclose()
 
 
 async def check_dead_letters(settings: Settings, expected_unique: int, *,
@@ -219,6 +216,10 @@ async def check_dead_letters(settings: Settings, expected_unique: int, *,
         for _, value in dead:
             d = orjson.loads(value)
             assert d["reason"], d
+            if d["reason"] == "late_event":
+                # A redelivered duplicate the bounded dedupe had forgotten: refused, not
+                # counted (the profiles equal the reference). Not one of the invalid inputs.
+                continue
             ident = (d["source_topic"], d["source_partition"], d["source_offset"],
                      d["batch_index"])
             body = (d["original"], d["key"], d["reason"])
