@@ -378,8 +378,9 @@ async def redis_memory(url: str, prefix: str) -> dict[str, Any]:
     """Bytes per customer: profile keys alone (MEMORY USAGE) and every key of the prefix."""
     client = aioredis.Redis.from_url(url)
     try:
-        profiles = dedupe = markers = other = 0
+        profiles = scoring = other = 0
         profile_bytes: list[int] = []
+        scoring_bytes: list[int] = []
         all_bytes = 0
         batch: list[bytes] = []
 
@@ -392,15 +393,15 @@ async def redis_memory(url: str, prefix: str) -> dict[str, Any]:
                 all_bytes += int(used or 0)
                 if k.endswith(b":p"):
                     profile_bytes.append(int(used or 0))
+                elif k.endswith(b":s"):
+                    scoring_bytes.append(int(used or 0))
             batch.clear()
 
         async for key in client.scan_iter(match=f"{prefix}:*", count=2000):
             if key.endswith(b":p"):
                 profiles += 1
-            elif b":e:" in key:
-                dedupe += 1
-            elif b":m:" in key:
-                markers += 1
+            elif key.endswith(b":s"):
+                scoring += 1
             else:
                 other += 1
             batch.append(key)
@@ -411,8 +412,9 @@ async def redis_memory(url: str, prefix: str) -> dict[str, Any]:
         info = await client.info("memory")
         return {
             "customers": profiles,
-            "dedupe_keys": dedupe,
-            "marker_keys": markers,
+            "scoring_state_keys": scoring,
+            "scoring_state_bytes_median": median(scoring_bytes) if scoring_bytes else None,
+            # Watermarks and the per-partition idle-check sets (one entry per customer).
             "other_keys": other,
             "profile_bytes_median": median(profile_bytes),
             "profile_bytes_mean": round(sum(profile_bytes) / profiles, 1) if profiles else None,
@@ -684,10 +686,13 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 if lv["target_events_per_s"] == 1000 and lv["shape"] == 1), None)
     rows.append(target_row("p99 produce->output at 1000 events/s (dead-letter probe)",
                            "<= 200 ms", p99, p99 is not None and p99 <= 200))
+    for shape, m in doc["memory"].items():
+        keys = m.get("all_keys_bytes_per_customer")
+        rows.append(target_row(
+            f"Redis per customer, all keys (shape {shape}, "
+            f"{_fmt(m.get('events_per_customer'))} events/customer)",
+            "<= 1024 B", keys, keys is not None and keys <= 1024))
     mem = doc["memory"].get("1", {})
-    prof = mem.get("profile_bytes_median")
-    rows.append(target_row("Redis per customer (profile key)", "<= 1024 B", prof,
-                           prof is not None and prof <= 1024))
     total = mem.get("used_memory_delta_per_customer")
     rows.append(target_row("Redis per customer (used_memory delta, incl. dedupe)",
                            "<= 1024 B", total, total is not None and total <= 1024))
@@ -724,12 +729,13 @@ def print_report(doc: dict[str, Any]) -> None:
                    _fmt(seg.get("p50_ms")), _fmt(seg.get("p99_ms")))
     console.print(lt)
     mt = Table(title="Redis memory")
-    for col in ("shape", "customers", "events/cust", "profile B (median)", "all keys B/cust",
-                "used_memory delta B/cust"):
+    for col in ("shape", "customers", "events/cust", "profile B (median)",
+                "scoring state B (median)", "all keys B/cust", "used_memory delta B/cust"):
         mt.add_column(col, justify="right")
     for shape, m in doc["memory"].items():
         mt.add_row(shape, str(m["customers"]), _fmt(m["events_per_customer"]),
-                   _fmt(m["profile_bytes_median"]), _fmt(m["all_keys_bytes_per_customer"]),
+                   _fmt(m["profile_bytes_median"]), _fmt(m.get("scoring_state_bytes_median")),
+                   _fmt(m["all_keys_bytes_per_customer"]),
                    _fmt(m["used_memory_delta_per_customer"]))
     console.print(mt)
     sc = doc["scaling"]

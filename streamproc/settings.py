@@ -168,12 +168,21 @@ class IngestSettings(_Group):
         4, ge=1, le=1024,
         description="Most recent sessions remembered per customer, for exact session counts.",
     )
+    linked_sessions: int = Field(
+        32, ge=1, le=1024,
+        description=(
+            "Sessions with a cart or an order remembered per customer (17 bytes each) until "
+            "both topics have moved a day past them, so an order counts its cart session "
+            "as converted even when one topic runs ahead of the other."
+        ),
+    )
 
     def feature_config(self) -> FeatureConfig:
         """The feature-update tunables these settings configure."""
         return FeatureConfig(max_categories=self.max_categories,
                              dedupe_events=self.dedupe_events,
-                             dedupe_purchases=self.dedupe_purchases, sessions=self.sessions)
+                             dedupe_purchases=self.dedupe_purchases, sessions=self.sessions,
+                             links=self.linked_sessions)
 
     def validation_limits(self) -> ValidationLimits:
         """The contract validation limits these settings configure."""

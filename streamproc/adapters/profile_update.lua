@@ -1,15 +1,17 @@
 -- Atomic, idempotent batch update of customer profiles.
 --
--- KEYS[i]  profile key of customer i ("<prefix>:{<customer_id>}:p"); its marker
---          and output-state keys share the hash tag, so each customer's keys live
---          in one Redis Cluster slot.
+-- KEYS[i]  profile key of customer i ("<prefix>:{<customer_id>}:p"); its output-state
+--          key shares the hash tag, so each customer's keys live in one Redis Cluster
+--          slot.
 -- ARGV[1]  msgpack config: taus (decayed field -> tau seconds), maxcat, icap (lane ->
---          event ids kept), scap (sessions kept), mttl (marker TTL), pttl (profile
---          TTL, 0 = none)
+--          event ids kept), scap (sessions kept), lcap (cart/order links kept), lwin
+--          (link window, s), lttl (link wall-clock TTL, s), pttl (profile TTL, 0 = none)
 -- ARGV[2]  msgpack list, one entry per KEYS[i]: list of {event_digest, ts, ops, lane}
+-- ARGV[3]  the client's wall clock, whole seconds (link expiry; passed in so both
+--          interpreters see the same clock)
 --
 -- The op codes and their meaning mirror streamproc/core/features.py:apply_event;
--- the id and session rings mirror streamproc/core/seen.py. Tests run the same
+-- the id, session and link rings mirror streamproc/core/seen.py. Tests run the same
 -- streams through both and compare bytes. This file holds no business rules:
 -- which ops an event produces is decided in Python.
 --
@@ -18,11 +20,13 @@
 
 local cfg = cmsgpack.unpack(ARGV[1])
 local groups = cmsgpack.unpack(ARGV[2])
-local taus, maxcat, icap, scap, mttl, pttl = cfg.taus, cfg.maxcat, cfg.icap, cfg.scap,
-  cfg.mttl, cfg.pttl
+local now = tonumber(ARGV[3])
+local taus, maxcat, icap, scap, pttl = cfg.taus, cfg.maxcat, cfg.icap, cfg.scap, cfg.pttl
+local lcap, lwin, lttl = cfg.lcap, cfg.lwin, cfg.lttl
 local exp, mfloor, find, sub = math.exp, math.floor, string.find, string.sub
 local window = 4 * 3600
-local IDREC, SESREC = 14, 9
+local IDREC, SESREC, LINKREC = 14, 9, 17
+local U32 = 4294967295
 
 -- Byte position (1-based) of the record of `size` bytes that starts with `key`, or nil.
 local function find_record(ring, key, size)
@@ -69,6 +73,49 @@ local function touch_session(st, key, flag)
   return before
 end
 
+local function u32(v)
+  v = mfloor(v)
+  if v < 0 then return 0 elseif v > U32 then return U32 end
+  return v
+end
+
+local function newest_ms(ring)
+  if ring == nil or #ring == 0 then return nil end
+  return struct.unpack('>I6', ring, #ring - 5)
+end
+
+-- seen.touch_link: drops settled and expired links, then sets `flag` on the session's
+-- link; returns the session's flags before.
+local function touch_link(st, key, flag, ts)
+  local clicks, orders = newest_ms(st.ic), newest_ms(st.ip)
+  local low = nil
+  if clicks ~= nil and orders ~= nil then
+    low = mfloor(math.min(clicks, orders) / 1000) - lwin
+  end
+  local ring = st.lk or ''
+  local kept, before, t, expiry = {}, 0, u32(ts), u32(now + lttl)
+  for at = 1, #ring, LINKREC do
+    local rec = sub(ring, at, at + LINKREC - 1)
+    local rec_t, rec_exp = struct.unpack('>I4>I4', rec, 10)
+    if rec_exp > now and (low == nil or rec_t >= low) then
+      if sub(rec, 1, 8) == key then
+        before = string.byte(rec, 9)
+        if rec_t > t then t = rec_t end
+        if rec_exp > expiry then expiry = rec_exp end
+      else
+        kept[#kept + 1] = rec
+      end
+    end
+  end
+  local at = #kept
+  while at > 0 and struct.unpack('>I4', kept[at], 10) > t do at = at - 1 end
+  table.insert(kept, at + 1, key .. string.char(bit.bor(before, flag)) ..
+    struct.pack('>I4>I4', t, expiry))
+  if #kept > lcap then table.remove(kept, 1) end
+  st.lk = table.concat(kept)
+  return before
+end
+
 local function decay_add(st, field, value, ts)
   local ref = st.dt
   if ref == nil then
@@ -101,7 +148,7 @@ local function category_add(st, cat, weight)
   cats[cat] = floor + weight
 end
 
-local function mark(st, base, op, ts)
+local function mark(st, op, ts)
   local key, flag, field, value, other, ofield, ovalue = op[2], op[3], op[4], op[5], op[6],
     op[7], op[8]
   if key == '' then
@@ -114,12 +161,11 @@ local function mark(st, base, op, ts)
     if bit.band(before, flag) == 0 then st[field] = (st[field] or 0) + value end
     return
   end
-  -- Cart/order markers join the two topics: TTL'd keys, one per session with a cart or order.
-  if redis.call('SET', base .. 'm:' .. flag .. ':' .. key, 1, 'NX', 'EX', mttl) then
+  -- Cart/order links join the two topics: kept until both have moved past them.
+  local before = touch_link(st, key, flag, ts)
+  if bit.band(before, flag) == 0 then
     st[field] = (st[field] or 0) + value
-    if other ~= 0 and redis.call('EXISTS', base .. 'm:' .. other .. ':' .. key) == 1 then
-      st[ofield] = (st[ofield] or 0) + ovalue
-    end
+    if bit.band(before, other) ~= 0 then st[ofield] = (st[ofield] or 0) + ovalue end
   end
 end
 
@@ -152,7 +198,7 @@ for i, key in ipairs(KEYS) do
         elseif code == 5 then
           category_add(st, op[2], op[3])
         elseif code == 6 then
-          mark(st, base, op, ts)
+          mark(st, op, ts)
         elseif code == 7 then
           local at = op[2] .. '@'
           if ts >= (st[at] or -1e300) then

@@ -8,6 +8,7 @@ ships it, and decodes the answer.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -124,8 +125,12 @@ class RedisProfileStore:
         return cls(client, prefix=settings.key_prefix, features=features,
                    profile_ttl_s=settings.profile_ttl_s)
 
-    async def apply_batch(self, events: Sequence[PreparedEvent]) -> list[CustomerUpdate]:
-        """Apply a batch in one round trip; returns each touched customer's new state."""
+    async def apply_batch(self, events: Sequence[PreparedEvent],
+                          now: int | None = None) -> list[CustomerUpdate]:
+        """Apply a batch in one round trip; returns each touched customer's new state.
+
+        ``now`` (wall clock, whole seconds; default: this machine's) expires cart/order links.
+        """
         if not events:
             return []
         groups: dict[str, list[tuple[bytes, float, Sequence[Op], str]]] = {}
@@ -134,7 +139,8 @@ class RedisProfileStore:
             groups.setdefault(ev.customer_id, []).append(
                 (digest(ev.event_id), ev.ts, ev.ops, ev.lane))
         customers = list(groups)
-        argv = [self._config, encode_for_lua(list(groups.values()))]
+        wall = int(time.time()) if now is None else now
+        argv: list[bytes | int] = [self._config, encode_for_lua(list(groups.values())), wall]
         reply = await self._script(
             keys=[keys.profile_key(self.prefix, c) for c in customers], args=argv
         )

@@ -1,25 +1,26 @@
 """Per-customer features as commutative update operations.
 
-An event becomes a short list of *ops* (add, max, min, decayed add, marker-gated
+An event becomes a short list of *ops* (add, max, min, decayed add, session-flag-gated
 add, category count). The ops are applied atomically in Redis by a small Lua
 interpreter (``adapters/profile_update.lua``) and, for tests and the in-memory
 twin, by :func:`apply_ops` here. Keeping the feature semantics in this module
 and the interpreters generic means the Lua side never encodes business rules.
 
 Every op except the category top-k and the last-session attribution commutes,
-so the final profile does not depend on arrival order; markers make session
-counting idempotent and order-independent too.
+so the final profile does not depend on arrival order; session and cart/order
+link records make session counting idempotent and order-independent too.
 
 State per customer is a flat mapping of short field codes (see ``FIELDS``) to
 numbers, plus ``k`` (a bounded category map), ``ls`` (last session id) and the
-bounded dedupe and session rings of :mod:`streamproc.core.seen`. It is O(1) in
-the number of events.
+bounded dedupe, session and link rings of :mod:`streamproc.core.seen`. It is O(1)
+in the number of events, and a customer is one Redis key.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -45,7 +46,7 @@ Op = tuple[Any, ...]
 LANE_CLICKSTREAM: Final = "ic"
 LANE_PURCHASES: Final = "ip"
 #: Profile fields that hold raw bytes (msgpack str from Lua; see ``adapters.redis_store``).
-BINARY_FIELDS: Final = ("ic", "ip", "ss", "lsd")
+BINARY_FIELDS: Final = ("ic", "ip", "ss", "lk", "lsd")
 
 #: Storage code -> readable feature name. Short codes keep a profile well under 1 KB.
 FIELDS: Final[dict[str, str]] = {
@@ -127,8 +128,13 @@ class FeatureConfig:
     dedupe_purchases: int = 8
     #: Most recently touched sessions remembered per customer for session counts (9 bytes each).
     sessions: int = 4
-    #: How long (wall clock) a session's cart/order marker waits for the other topic's event.
-    marker_ttl_s: int = 3 * 86_400
+    #: Sessions with a cart or an order remembered per customer (17 bytes each).
+    links: int = 32
+    #: Event time both topics must move past a cart/order link before it is forgotten.
+    link_window_s: int = 86_400
+    #: Wall-clock lifetime of a link whose other topic never catches up (a customer who
+    #: never orders has no purchase time to settle against).
+    link_ttl_s: int = 3 * 86_400
 
     def capacity(self, lane: str) -> int:
         """How many event ids the ring of ``lane`` keeps."""
@@ -137,7 +143,7 @@ class FeatureConfig:
     def as_wire(self) -> dict[str, Any]:
         """The config as sent to the Lua interpreter."""
         return {"taus": DECAY_TAUS, "maxcat": self.max_categories, "scap": self.sessions,
-                "mttl": self.marker_ttl_s,
+                "lcap": self.links, "lwin": self.link_window_s, "lttl": self.link_ttl_s,
                 "icap": {LANE_CLICKSTREAM: self.dedupe_events,
                          LANE_PURCHASES: self.dedupe_purchases}}
 
@@ -208,32 +214,17 @@ def purchase_ops(event: Any, ts: float) -> list[Op]:
     return ops
 
 
-class MarkerStore(Protocol):
-    """Set-once cart/order markers of sessions (TTL'd keys in Redis): ``add`` is True once."""
-
-    def add(self, marker: tuple[int, bytes]) -> bool: ...
-    def __contains__(self, marker: object) -> bool: ...
-
-
-class SetMarkers(set[tuple[int, bytes]]):
-    """In-memory :class:`MarkerStore` for the twin and tests."""
-
-    def add(self, marker: tuple[int, bytes]) -> bool:  # type: ignore[override]
-        """Add a marker; True if it was not there yet."""
-        if marker in self:
-            return False
-        super().add(marker)
-        return True
-
-
 def apply_ops(
     state: MutableMapping[str, Any],
     ops: Iterable[Op],
     ts: float,
-    markers: MarkerStore,
+    now: int,
     config: FeatureConfig,
 ) -> None:
-    """Apply one event's ops to ``state`` in place (the Python twin of the Lua interpreter)."""
+    """Apply one event's ops to ``state`` in place (the Python twin of the Lua interpreter).
+
+    ``now`` is the wall clock in whole seconds, for the expiry of cart/order links.
+    """
     for op in ops:
         code = op[0]
         if code == OP_ADD:
@@ -251,7 +242,7 @@ def apply_ops(
         elif code == OP_CATEGORY:
             _category_add(state, op[1], op[2], config.max_categories)
         elif code == OP_MARK:
-            _mark(state, op, ts, markers, config)
+            _mark(state, op, ts, now, config)
         elif code == OP_LAST and ts >= state.get(op[1] + "@", -math.inf):
             state[op[1]] = op[2]
             state[op[1] + "@"] = ts
@@ -284,7 +275,7 @@ def _category_add(state: MutableMapping[str, Any], category: str, weight: float,
     cats[category] = floor + weight
 
 
-def _mark(state: MutableMapping[str, Any], op: Op, ts: float, markers: MarkerStore,
+def _mark(state: MutableMapping[str, Any], op: Op, ts: float, now: int,
           config: FeatureConfig) -> None:
     _, session, flag, field, value, other, other_field, other_value = op
     if not session:
@@ -298,11 +289,18 @@ def _mark(state: MutableMapping[str, Any], op: Op, ts: float, markers: MarkerSto
         if not before & flag:
             state[field] = state.get(field, 0.0) + value
         return
-    # Cart and order markers join the two topics, which may be far apart during a
-    # catch-up: they are keys with a wall-clock TTL, one per session with a cart or order.
-    if markers.add((flag, session)):
+    # Cart and order links join the two topics, which may be far apart during a
+    # catch-up: a link waits until both topics have moved past it (seen.touch_link).
+    clicks = seen.newest_ms(state.get(LANE_CLICKSTREAM, b""))
+    orders = seen.newest_ms(state.get(LANE_PURCHASES, b""))
+    settled = None if clicks is None or orders is None else min(clicks, orders)
+    before, state["lk"] = seen.touch_link(state.get("lk", b""), session, flag, ts, now=now,
+                                          ttl=config.link_ttl_s, settled_ms=settled,
+                                          window=config.link_window_s,
+                                          capacity=config.links)
+    if not before & flag:
         state[field] = state.get(field, 0.0) + value
-        if other and (other, session) in markers:
+        if before & other:
             state[other_field] = state.get(other_field, 0.0) + other_value
 
 
@@ -321,7 +319,7 @@ def event_lane(event: Any) -> str:
 
 
 def apply_event(state: MutableMapping[str, Any], event_key: bytes, lane: str, ops: Iterable[Op],
-                ts: float, markers: MarkerStore, config: FeatureConfig) -> int:
+                ts: float, now: int, config: FeatureConfig) -> int:
     """Dedupe one event against its lane's id ring, then apply it: APPLIED, DUPLICATE or LATE."""
     status, ring, floor = seen.admit_event(state.get(lane, b""), state.get(lane + "f"),
                                            event_key, ts, config.capacity(lane))
@@ -329,7 +327,7 @@ def apply_event(state: MutableMapping[str, Any], event_key: bytes, lane: str, op
         state[lane] = ring
         if floor is not None:
             state[lane + "f"] = floor
-        apply_ops(state, ops, ts, markers, config)
+        apply_ops(state, ops, ts, now, config)
     return status
 
 
@@ -339,19 +337,21 @@ class InMemoryProfiles:
 
     config: FeatureConfig
     states: dict[str, dict[str, Any]]
-    markers: dict[str, SetMarkers]
+    #: Wall clock for link expiry (the Redis store passes the client's clock the same way).
+    clock: Callable[[], float] = time.time
 
     @classmethod
-    def empty(cls, config: FeatureConfig | None = None) -> InMemoryProfiles:
+    def empty(cls, config: FeatureConfig | None = None,
+              clock: Callable[[], float] = time.time) -> InMemoryProfiles:
         """A store with no customers."""
-        return cls(config or FeatureConfig(), {}, {})
+        return cls(config or FeatureConfig(), {}, clock)
 
     def apply(self, customer_id: str, event_id: str, ops: Sequence[Op], ts: float,
               lane: str = LANE_CLICKSTREAM) -> int:
         """Apply one event unless it is a duplicate or late: APPLIED, DUPLICATE or LATE."""
         state = self.states.setdefault(customer_id, {})
-        markers = self.markers.setdefault(customer_id, SetMarkers())
-        return apply_event(state, seen.digest(event_id), lane, ops, ts, markers, self.config)
+        return apply_event(state, seen.digest(event_id), lane, ops, ts, int(self.clock()),
+                           self.config)
 
 
 # ---------------------------------------------------------------- reading

@@ -17,6 +17,15 @@ its own and a customer's memory stays O(1) in the number of events:
   (session counted, had a cart, had an order), the ``capacity`` most recently
   touched sessions. Session counts are exact while a customer has no more than
   that many sessions open at once.
+* **Cart/order links**: records of the session digest, a byte of flags, the
+  session's newest event time (whole seconds) and a wall-clock expiry (seconds),
+  sorted by event time. They join the two topics (an order counts a cart session
+  as converted), which may be far apart during a catch-up, so a link is forgotten
+  only once *both* topics have moved ``window`` seconds of event time past it for
+  this customer, or its wall-clock expiry passed, or the ring overflows (the oldest
+  session goes). While each topic arrives in event-time order per customer and an
+  order comes within ``window`` of its cart, the counts do not depend on how the
+  two topics interleave.
 
 Both interpreters (``adapters/profile_update.lua`` and :mod:`streamproc.core.features`)
 implement these rules; the Redis conformance test checks they write identical bytes.
@@ -30,8 +39,10 @@ from typing import Final
 
 ID_RECORD: Final = 14
 SESSION_RECORD: Final = 9
+LINK_RECORD: Final = 17
 _TIME_BYTES: Final = 6
 _MAX_MS: Final = 2**48 - 1
+_MAX_U32: Final = 2**32 - 1
 
 APPLIED: Final = 1
 DUPLICATE: Final = 0
@@ -101,3 +112,47 @@ def touch_session(ring: bytes, key: bytes, flag: int, capacity: int) -> tuple[in
     if len(ring) > capacity * SESSION_RECORD:
         ring = ring[SESSION_RECORD:]
     return before, ring
+
+
+def newest_ms(ring: bytes) -> int | None:
+    """The newest event time (``record_ms``) in an id ring, None when it is empty."""
+    if not ring:
+        return None
+    return int.from_bytes(ring[-_TIME_BYTES:], "big")
+
+
+def _u32(value: float) -> int:
+    return min(_MAX_U32, max(0, math.floor(value)))
+
+
+def touch_link(ring: bytes, key: bytes, flag: int, ts: float, *, now: int, ttl: int,
+               settled_ms: int | None, window: int, capacity: int) -> tuple[int, bytes]:
+    """Set ``flag`` on a session's cart/order link: ``(flags before, ring)``.
+
+    ``settled_ms`` is the event time both topics have reached for this customer (the
+    older of the two rings' newest times; None while one topic has none): links more
+    than ``window`` seconds older than it, and links past their wall-clock expiry, are
+    dropped first.
+    """
+    low = None if settled_ms is None else settled_ms // 1000 - window
+    kept, before, t, expiry = [], 0, _u32(ts), _u32(now + ttl)
+    for at in range(0, len(ring), LINK_RECORD):
+        rec = ring[at:at + LINK_RECORD]
+        rec_t = int.from_bytes(rec[9:13], "big")
+        rec_exp = int.from_bytes(rec[13:17], "big")
+        if rec_exp <= now or (low is not None and rec_t < low):
+            continue
+        if rec[:8] == key:
+            before = rec[8]
+            t, expiry = max(t, rec_t), max(expiry, rec_exp)
+        else:
+            kept.append(rec)
+    # Sorted by event time, ties in arrival order, so overflow evicts the oldest session.
+    at = len(kept)
+    while at > 0 and int.from_bytes(kept[at - 1][9:13], "big") > t:
+        at -= 1
+    kept.insert(at, key + bytes([before | flag]) + t.to_bytes(4, "big")
+                + expiry.to_bytes(4, "big"))
+    if len(kept) > capacity:
+        del kept[0]
+    return before, b"".join(kept)

@@ -45,16 +45,25 @@ def _batches(events: Sequence[PreparedEvent], sizes: Sequence[int]) -> list[list
     return out
 
 
+WALL = 1_800_000_000
+
+
 async def _conform(store: RedisProfileStore, events: Sequence[PreparedEvent],
-                   sizes: Sequence[int], config: FeatureConfig) -> InMemoryProfiles:
-    """Apply ``events`` to Redis in batches and to the twin; assert equal flags and states."""
-    twin = InMemoryProfiles.empty(config)
+                   sizes: Sequence[int], config: FeatureConfig,
+                   tick: int = 0) -> InMemoryProfiles:
+    """Apply ``events`` to Redis in batches and to the twin; assert equal flags and states.
+
+    Both sides read the same wall clock, which moves ``tick`` seconds per batch.
+    """
+    now = WALL
+    twin = InMemoryProfiles.empty(config, clock=lambda: now)
     for batch in _batches(events, sizes):
+        now += tick
         expected: dict[str, list[int]] = {}
         for ev in batch:
             status = twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
             expected.setdefault(ev.customer_id, []).append(status)
-        updates = await store.apply_batch(batch)
+        updates = await store.apply_batch(batch, now=now)
         assert [u.customer_id for u in updates] == list(expected)
         for update in updates:
             assert update.statuses == expected[update.customer_id], update.customer_id
@@ -82,6 +91,9 @@ def _prepare(stream: Sequence[dict[str, Any]]) -> list[PreparedEvent]:
     # Tiny rings: evictions, floors and late events on almost every stream.
     FeatureConfig(dedupe_events=2, dedupe_purchases=1, sessions=2),
     FeatureConfig(dedupe_events=5, dedupe_purchases=3, sessions=1),
+    # Cart/order links that overflow, settle within minutes and expire within batches.
+    FeatureConfig(links=1, link_window_s=60, link_ttl_s=5),
+    FeatureConfig(links=3, link_window_s=0, link_ttl_s=10**9),
 ]))
 async def test_lua_matches_the_python_twin_on_messy_streams(
         redis_server: Service, data: st.DataObject, config: FeatureConfig) -> None:
@@ -91,7 +103,8 @@ async def test_lua_matches_the_python_twin_on_messy_streams(
     sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))
     client = aioredis.Redis(port=redis_server.port)
     try:
-        await _conform(_store(client, config), _prepare(stream), sizes, config)
+        await _conform(_store(client, config), _prepare(stream), sizes, config,
+                       tick=data.draw(st.integers(0, 3)))
     finally:
         await client.aclose()
 
@@ -122,8 +135,10 @@ async def test_lua_matches_the_python_twin_on_generator_traffic(redis_server: Se
         store = _store(client, config)
         twin = await _conform(store, noisy, sizes, config)
         assert len(twin.states) >= 25
-        usage = [await store.memory_usage(cid) for cid in twin.states]
-        assert max(usage) < 1024, sorted(usage)
+        usage = sorted([await store.memory_usage(cid) for cid in twin.states])
+        # Heavy customers also hold the cart sessions no order has settled yet (17 B each).
+        assert usage[len(usage) // 2] < 1024, usage
+        assert usage[-1] < 1280, usage
     finally:
         await client.aclose()
 

@@ -13,6 +13,10 @@ Order-dependent fields, by design (not checked by the order-insensitivity proper
 * Orders without a session id are attributed to the last session *as seen at
   arrival*, so ``os``/``cc`` depend on order unless every order carries its
   session id (the order-insensitivity streams give every order one).
+* Session and cart/order counts (``se``, ``cs``, ``os``, ``cc``) with bounded rings:
+  they are exact for any interleaving of the two topics as long as each topic
+  arrives in event-time order per customer and a session lasts less than the link
+  window (checked below); under an arbitrary shuffle only with unbounded rings.
 * Category weights ``k`` once more than ``max_categories`` categories are seen:
   the space-saving top-k eviction depends on arrival order.
 * ``rv``/``ra`` and the decayed counters are float sums: they commute
@@ -30,6 +34,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamproc.core import seen
 from streamproc.core.features import (
     DECAY_TAUS,
     LANE_CLICKSTREAM,
@@ -228,13 +233,40 @@ def _last_session_is_unambiguous(stream: Sequence[dict[str, Any]], cid: str) -> 
     return len({s for t, s in sessions if t == latest}) == 1
 
 
+#: Rings so large nothing is ever evicted or settled: the set semantics every bounded
+#: configuration is measured against.
+UNBOUNDED = FeatureConfig(dedupe_events=10_000, dedupe_purchases=10_000, sessions=10_000,
+                          links=10_000, link_window_s=10**9)
+
+
+def time_local_sessions(stream: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``stream`` with each session id scoped to a UTC day (real sessions last minutes)."""
+    out = []
+    for ev in stream:
+        if ev.get("session_id"):
+            ev = {**ev, "session_id": f"{ev['session_id']}@{ev['timestamp'][:10]}"}
+        out.append(ev)
+    return out
+
+
+@st.composite
+def interleavings(draw: st.DrawFn, stream: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each topic of ``stream`` in event-time order, the two merged in an arbitrary way."""
+    clicks = sorted((e for e in stream if "order_id" not in e), key=event_time)
+    orders = sorted((e for e in stream if "order_id" in e), key=event_time)
+    out = []
+    while clicks and orders:
+        out.append((clicks if draw(st.booleans()) else orders).pop(0))
+    return out + clicks + orders
+
+
 @FAST
 @given(st.data())
 def test_order_independent_features_do_not_depend_on_arrival_order(data: st.DataObject) -> None:
     # Every order carries its session id, and fewer categories than the cap exist.
     stream = data.draw(with_duplicates(data.draw(streams(order_sid_required=True))))
     shuffled = data.draw(st.permutations(stream))
-    config = FeatureConfig()
+    config = UNBOUNDED
     assert len(CATEGORIES) < config.max_categories
     a, b = run(stream, config).states, run(shuffled, config).states
     assert a.keys() == b.keys()
@@ -249,6 +281,52 @@ def test_order_independent_features_do_not_depend_on_arrival_order(data: st.Data
         assert left.get("k") == right.get("k")  # integer weights: exact
         if _last_session_is_unambiguous(stream, cid):
             assert left.get("ls") == right.get("ls")
+
+
+@FAST
+@given(st.data())
+def test_session_counts_are_exact_for_any_interleaving_of_the_topics(
+        data: st.DataObject) -> None:
+    # As during a catch-up, when one topic runs days ahead of the other.
+    stream = time_local_sessions(data.draw(with_duplicates(
+        data.draw(streams(order_sid_required=True)))))
+    merged = data.draw(interleavings(stream))
+    bounded = FeatureConfig(sessions=len(SESSIONS), links=64)
+    got, want = run(merged, bounded).states, run(stream, UNBOUNDED).states
+    assert got.keys() == want.keys()
+    for cid, state in got.items():
+        for code in ("se", "cs", "os", "cc", "ev", "o"):
+            assert state.get(code) == want[cid].get(code), (cid, code)
+
+
+def test_links_are_forgotten_once_both_topics_moved_on() -> None:
+    day = 86_400_000
+    stream = []
+    for n in range(30):
+        at = n * day + 3_600_000
+        stream.append({"event_id": f"c-{n}", "customer_id": "c-1", "event_type": "add_to_cart",
+                       "session_id": f"s-{n}", "timestamp": _stamp(at), "quantity": 1})
+        stream.append({"event_id": f"o-{n}", "customer_id": "c-1", "order_id": f"o-{n}",
+                       "type": "order", "session_id": f"s-{n}", "timestamp": _stamp(at + 60_000),
+                       "items": [{"product_id": "p", "quantity": 1, "unit_price": 5.0}],
+                       "total": 5.0, "currency": "EUR"})
+    state = run(stream).states["c-1"]
+    assert (state["cs"], state["os"], state["cc"]) == (30.0, 30.0, 30.0)
+    # Only sessions within a day of the latest event time are still linked.
+    assert len(state["lk"]) <= 2 * seen.LINK_RECORD
+
+
+def test_a_link_expires_on_the_wall_clock_when_the_other_topic_never_comes() -> None:
+    wall = [1_800_000_000.0]
+    profiles = InMemoryProfiles.empty(FeatureConfig(link_ttl_s=3_600), clock=lambda: wall[0])
+    for n, hours in enumerate((0, 2)):
+        value = {"event_id": f"c-{n}", "customer_id": "c-1", "event_type": "add_to_cart",
+                 "session_id": f"s-{n}", "timestamp": _stamp(n * 60_000), "quantity": 1}
+        ops, ts = ops_of(value)
+        wall[0] += hours * 3_600
+        profiles.apply("c-1", value["event_id"], ops, ts, lane_of(value))
+    # The first cart's link went when the second cart came two wall-clock hours later.
+    assert len(profiles.states["c-1"]["lk"]) == seen.LINK_RECORD
 
 
 # ---------------------------------------------------------------- derived
