@@ -55,6 +55,7 @@ from load_tests.stats import (
     latency_summary,
     median,
     metric_sums,
+    next_poll_s,
     ratio,
     steady_rate,
     target_row,
@@ -75,6 +76,8 @@ from streamproc.settings import Settings, to_env
 console = Console()
 SIGNING_KEY = "bench-signing-key-not-a-secret"
 POLL_S = 0.1
+#: Longest wait between scrapes while the end of a run is still far (see next_poll_s).
+SLOW_POLL_S = 1.0
 #: a run whose counter has not moved for this long (after it started) is reported stalled
 STALL_S = 30.0
 
@@ -307,7 +310,8 @@ async def pipeline_run(bench: Bench, settings_list: Sequence[Settings], expect: 
                 if any(p.poll() is not None for p in procs):
                     console.print(f"[red]worker exited; see {bench.workdir}")
                     break
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(next_poll_s(samples, expect, fast=POLL_S,
+                                                slow=SLOW_POLL_S))
             else:
                 console.print(f"[red]{name}: timed out at {samples[-1:]} of {expect}")
             for s in settings_list:
@@ -816,7 +820,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "load_avg_at_end": os.getloadavg(), "platform": platform.platform()},
         "config": {"plan": plan.__dict__, "seed": args.seed, "partitions": 4,
-                   "poll_s": POLL_S, "worker_logs": str(workdir)},
+                   "poll_s": POLL_S, "slow_poll_s": SLOW_POLL_S, "worker_logs": str(workdir)},
         "throughput": tp, "latency": lat, "memory": mem, "scaling": scaling,
     }
     doc["config"]["plan"] = {k: (v if not isinstance(v, dict) else {str(a): b

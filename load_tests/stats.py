@@ -150,6 +150,24 @@ def first_to_last_rate(samples: Sequence[tuple[float, float]]) -> float | None:
     return (total - c0) / (t1 - t0)
 
 
+def next_poll_s(samples: Sequence[tuple[float, float]], expect: float, *, fast: float,
+                slow: float) -> float:
+    """How long to wait before sampling a worker's counter again.
+
+    Each scrape renders the worker's whole /metrics page, which costs the worker CPU
+    it would otherwise spend on events (4 % of its samples at 10 Hz, 1 event/message).
+    Poll slowly while the end is far and fast when it is near, so the end time stays
+    within ``fast`` seconds and the measured worker pays for a few scrapes only.
+    """
+    if len(samples) < 2:
+        return fast
+    (t0, c0), (t1, c1) = samples[-2], samples[-1]
+    if t1 <= t0 or c1 <= c0:
+        return fast
+    remaining = (expect - c1) / ((c1 - c0) / (t1 - t0))
+    return min(slow, max(fast, remaining / 2))
+
+
 def last_change(samples: Sequence[tuple[float, float]]) -> float:
     """Time of the last sample whose count differed from the one before (else the first)."""
     for i in range(len(samples) - 1, 0, -1):

@@ -17,6 +17,7 @@ from load_tests.stats import (
     last_change,
     latency_summary,
     metric_sums,
+    next_poll_s,
     percentile,
     ratio,
     steady_rate,
@@ -267,3 +268,15 @@ def test_validate_result_names_what_is_missing() -> None:
 def test_target_row_without_a_measurement_is_not_met_or_failed() -> None:
     assert target_row("x", "<= 1", None, False)["met"] is None
     assert math.isclose(target_row("x", "<= 1", 0.5, True)["measured"], 0.5)
+
+
+def test_polling_slows_down_while_the_end_is_far_and_speeds_up_near_it() -> None:
+    assert next_poll_s([], 1000, fast=0.1, slow=1.0) == 0.1
+    # 100 events/s with 900 to go: wait the slow interval.
+    assert next_poll_s([(0.0, 0.0), (1.0, 100.0)], 1000, fast=0.1, slow=1.0) == 1.0
+    # 100 events to go at 900/s: half the remaining time, never below the fast interval.
+    assert math.isclose(next_poll_s([(0.0, 0.0), (1.0, 900.0)], 1000, fast=0.01, slow=1.0),
+                        100 / 900 / 2)
+    assert next_poll_s([(0.0, 0.0), (1.0, 999.0)], 1000, fast=0.1, slow=1.0) == 0.1
+    # No progress since the last sample (a stall or a rebalance): keep looking closely.
+    assert next_poll_s([(0.0, 5.0), (1.0, 5.0)], 1000, fast=0.1, slow=1.0) == 0.1
