@@ -25,9 +25,13 @@ from streamproc.settings import RedisSettings
 _SCRIPT = resources.files("streamproc.adapters").joinpath("profile_update.lua").read_text()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedEvent:
-    """A validated event reduced to what the store needs."""
+    """A validated event reduced to what the store needs.
+
+    Not frozen: one is built per event, and a frozen dataclass pays
+    ``object.__setattr__`` for each field.
+    """
 
     customer_id: str
     event_id: str

@@ -52,7 +52,9 @@ class RawMessage:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass pays object.__setattr__ per field, and one is built per
+# event (the event's line was 4.5 % of worker samples at 50 events/message).
+@dataclass(slots=True)
 class _Origin:
     """Where an accepted event came from, to count it and to dead-letter it if late."""
 

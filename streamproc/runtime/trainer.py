@@ -57,19 +57,23 @@ class TrainerService:
         """Learn a batch of records; publish a version when enough accumulated. Returns learned."""
         trainer = await self._ensure()
         learned = 0
+        counts: dict[str, int] = {}
         for raw in records:
             try:
-                kind, payload = parse_training_record(raw)
+                examples = parse_training_record(raw)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("skipping malformed training record: %s", type(exc).__name__)
                 continue
-            if kind == "profile":
-                cid, at, features = payload
-                trainer.learn_profile_features(cid, features, at)
-            else:
-                trainer.learn_label(payload)
-            self.metrics.training_examples.labels(kind).inc()
-            learned += 1
+            for kind, payload in examples:
+                if kind == "profile":
+                    cid, at, features = payload
+                    trainer.learn_profile_features(cid, features, at)
+                else:
+                    trainer.learn_label(payload)
+                counts[kind] = counts.get(kind, 0) + 1
+                learned += 1
+        for kind, n in counts.items():
+            self.metrics.training_examples.labels(kind).inc(n)
         self.since_publish += learned
         threshold = (self.settings.snapshot_every_examples if trainer.version
                      else min(FIRST_VERSION_AFTER, self.settings.snapshot_every_examples))
