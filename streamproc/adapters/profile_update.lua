@@ -132,6 +132,16 @@ local function decay_add(st, field, value, ts)
   st[field] = (st[field] or 0) + value * exp(-(ref - ts) / taus[field])
 end
 
+-- Byte-wise a < b, as Python compares str: Lua's `<` on strings uses strcoll, which
+-- orders mixed-case names differently under a UTF-8 locale. Only used to break ties.
+local function bytes_lt(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
 local function category_add(st, cat, weight)
   local cats = st.k
   if type(cats) ~= 'table' then cats = {}; st.k = cats end
@@ -139,7 +149,7 @@ local function category_add(st, cat, weight)
   local n, weakest, floor = 0, nil, nil
   for name, w in pairs(cats) do
     n = n + 1
-    if floor == nil or w < floor or (w == floor and name < weakest) then
+    if floor == nil or w < floor or (w == floor and bytes_lt(name, weakest)) then
       weakest, floor = name, w
     end
   end

@@ -97,7 +97,7 @@ def _prepare(stream: Sequence[dict[str, Any]]) -> list[PreparedEvent]:
 ]))
 async def test_lua_matches_the_python_twin_on_messy_streams(
         redis_server: Service, data: st.DataObject, config: FeatureConfig) -> None:
-    # max_categories=3 (< the 6 generated categories) exercises the top-k eviction too.
+    # max_categories=3 (< the 8 generated categories) exercises the top-k eviction too.
     stream = data.draw(with_duplicates(data.draw(streams())))
     stream = data.draw(st.permutations(stream))
     sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))

@@ -50,8 +50,9 @@ from streamproc.core.replay import event_namespace, event_time
 
 CUSTOMERS = ("c-1", "c-2", "c-3")
 SESSIONS = ("s-1", "s-2", "s-3", "s-4", "s-5")
-# Plain lowercase words: the same order bytewise (Python) and under strcoll (Redis Lua).
-CATEGORIES = ("books", "fashion", "garden", "home", "sports", "toys")
+# Mixed case and non-ASCII on purpose: the top-k tie-break must order names byte-wise in
+# Lua as Python does, whatever the Redis server's locale (strcoll would not).
+CATEGORIES = ("books", "Books", "fashion", "garden", "home", "Home", "sports", "spörts")
 CLICK_TYPES = (
     "session_start",
     "page_view",
