@@ -26,6 +26,7 @@ from load_tests.bench import (
     pipeline_run,
     produce_all,
     used_memory,
+    warm_models,
 )
 from load_tests.stats import Measured, median, ratio
 from load_tests.traffic import prepare_messages
@@ -39,6 +40,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"variant": args.variant, "repeats": args.repeats, "shapes": {}}
     try:
         bench = Bench(broker, redis_svc, workdir, None)
+        if not args.cold_models:
+            bench.models = warm_models(bench.settings("warm"), args.seed)
         for shape, n in zip(args.shapes, args.events, strict=True):
             tag = f"ab{shape}-{uuid.uuid4().hex[:6]}"
             base = bench.settings(tag)
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--limit-s", type=float, default=120.0, help="give up on a run after this")
     p.add_argument("--out", default="load_tests/results/ab-overlap.json")
+    p.add_argument("--cold-models", action="store_true",
+                   help="start every worker without a model (default: a warm, trained one)")
     args = p.parse_args(argv)
     doc = asyncio.run(run(args))
     Path(args.out).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))

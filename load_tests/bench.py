@@ -41,6 +41,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
@@ -62,6 +63,11 @@ from load_tests.stats import (
     validate_result,
 )
 from load_tests.traffic import Record, new_producer, prepare_messages, probe_record, send_records
+from streamproc.adapters.keys import model_key
+from streamproc.adapters.model_store import published_items
+from streamproc.core.generator import TrafficGenerator
+from streamproc.core.modelset import ModelBundle, Trainer
+from streamproc.core.replay import Replay, ReplayConfig
 from streamproc.runtime.embedded import (
     Service,
     free_port,
@@ -124,16 +130,27 @@ class Bench:
         self.bootstrap = f"127.0.0.1:{broker.port}"
         self.redis_url = f"redis://127.0.0.1:{redis_svc.port}/0"
         self._n = itertools.count()
+        #: A trained model every worker starts with (see warm_models); None = cold start.
+        self.models: tuple[ModelBundle, Trainer] | None = None
 
-    def settings(self, topic_tag: str, **groups: dict[str, Any]) -> Settings:
-        """Settings with this run's topics (by tag), a fresh group and a fresh key prefix."""
+    def settings(self, topic_tag: str, *, outputs: str | None = None,
+                 **groups: dict[str, Any]) -> Settings:
+        """Settings with the tag's input topics, a fresh group and a fresh key prefix.
+
+        Output topics are the run's own (``outputs`` names them when workers share
+        a run): a worker's trainer reads its training topic from the start, so
+        sharing it would make every repetition relearn the earlier ones' examples.
+        """
         run = f"{next(self._n)}{uuid.uuid4().hex[:6]}"
+        out = outputs or run
         base: dict[str, dict[str, Any]] = {
             "kafka": {"bootstrap_servers": self.bootstrap, "consumer_group": f"bench-{run}",
                       "topic_partitions": 4},
-            "topics": {name: f"{name}-{topic_tag}" for name in (
-                "clickstream", "purchases", "segment_changes", "churn_alerts",
-                "dead_letter", "training_examples")},
+            "topics": {
+                **{name: f"{name}-{topic_tag}" for name in ("clickstream", "purchases")},
+                **{name: f"{name}-{topic_tag}-{out}" for name in (
+                    "segment_changes", "churn_alerts", "dead_letter", "training_examples")},
+            },
             "redis": {"url": self.redis_url, "key_prefix": f"b{run}"},
             "models": {"signing_key": SIGNING_KEY},
             "metrics": {"port": free_port(), "host": "127.0.0.1"},
@@ -142,8 +159,23 @@ class Bench:
             base.setdefault(group, {}).update(values)
         return Settings(**base)  # type: ignore[arg-type]
 
+    def seed_models(self, settings: Settings) -> None:
+        """Publish the warm model under the run's prefix unless a version is already there."""
+        if self.models is None:
+            return
+        bundle, trainer = self.models
+        prefix = settings.redis.key_prefix
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            if not client.exists(model_key(prefix, "current")):
+                client.mset(published_items(prefix, SIGNING_KEY.encode(), bundle, trainer,
+                                            time.time()))
+        finally:
+            client.close()
+
     def spawn(self, settings: Settings, name: str) -> subprocess.Popen[bytes]:
-        """A real worker process, logging to the scratch directory."""
+        """A real worker process, logging to the scratch directory (warm model seeded first)."""
+        self.seed_models(settings)
         if self.worker_module is None:
             return spawn_worker(to_env(settings), log_path=self.workdir / f"{name}.log")
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
@@ -169,6 +201,25 @@ class Bench:
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
+
+
+def warm_models(settings: Settings, seed: int, customers: int = 200,
+                days: float = 90.0) -> tuple[ModelBundle, Trainer]:
+    """A trainer that learned ``days`` of generator traffic in event time, as in production.
+
+    A deployment that has run for a while always scores with a model; a worker that
+    starts cold skips segment and churn scoring until its trainer publishes a first
+    version, and how soon that happens depends on how fast the trainer keeps up. Runs
+    that start warm do the same scoring work whatever the code under test.
+    """
+    m = settings.models
+    trainer = Trainer(n_segments=m.segments, seed=42, churn_threshold=m.churn_threshold,
+                      min_labels=m.min_labels_before_alerts)
+    replay = Replay(trainer, ReplayConfig(horizon_s=m.churn_horizon_days * 86_400.0))
+    gen = TrafficGenerator(customers=customers, seed=seed + 7,
+                           start=datetime(2025, 9, 1, tzinfo=UTC), days=days)
+    replay.feed_all((e.key, e.value) for e in gen.events())
+    return trainer.bundle(), trainer
 
 
 # -- measurements --------------------------------------------------------------------------
@@ -385,15 +436,19 @@ async def redis_memory(url: str, prefix: str) -> dict[str, Any]:
         profiles = scoring = other = 0
         profile_bytes: list[int] = []
         scoring_bytes: list[int] = []
-        all_bytes = 0
+        all_bytes = model_bytes = 0
         batch: list[bytes] = []
 
         async def flush() -> None:
-            nonlocal all_bytes
+            nonlocal all_bytes, model_bytes
             pipe = client.pipeline(transaction=False)
             for k in batch:
                 pipe.memory_usage(k, samples=0)
             for k, used in zip(batch, await pipe.execute(), strict=True):
+                if b":model:" in k:
+                    # Model versions are shared by all customers, not per-customer memory.
+                    model_bytes += int(used or 0)
+                    continue
                 all_bytes += int(used or 0)
                 if k.endswith(b":p"):
                     profile_bytes.append(int(used or 0))
@@ -406,7 +461,7 @@ async def redis_memory(url: str, prefix: str) -> dict[str, Any]:
                 profiles += 1
             elif key.endswith(b":s"):
                 scoring += 1
-            else:
+            elif b":model:" not in key:
                 other += 1
             batch.append(key)
             if len(batch) >= 1000:
@@ -424,6 +479,7 @@ async def redis_memory(url: str, prefix: str) -> dict[str, Any]:
             "profile_bytes_mean": round(sum(profile_bytes) / profiles, 1) if profiles else None,
             "profile_bytes_max": max(profile_bytes) if profile_bytes else None,
             "all_keys_bytes_per_customer": round(all_bytes / profiles, 1) if profiles else None,
+            "model_keys_bytes": model_bytes,
             "used_memory": int(info["used_memory"]),
         }
     finally:
@@ -489,7 +545,8 @@ async def throughput(bench: Bench, plan: Plan, seed: int) -> tuple[dict[str, Any
             if rep == 0:
                 mem = await redis_memory(bench.redis_url, s.redis.key_prefix)
                 mem["used_memory_delta_per_customer"] = (
-                    round((mem.pop("used_memory") - before) / mem["customers"], 1)
+                    round((mem.pop("used_memory") - before - mem["model_keys_bytes"])
+                          / mem["customers"], 1)
                     if mem["customers"] else None)
                 mem["events_per_customer"] = round(n / max(mem["customers"], 1), 1)
                 memory[str(shape)] = mem
@@ -538,7 +595,7 @@ async def scale(bench: Bench, plan: Plan, tag: str, n: int,
             await used_memory(bench.redis_url)
             group = f"scale-{uuid.uuid4().hex[:8]}"
             prefix = f"sc{uuid.uuid4().hex[:8]}"
-            settings = [bench.settings(tag, kafka={"consumer_group": group},
+            settings = [bench.settings(tag, outputs=group, kafka={"consumer_group": group},
                                        redis={"key_prefix": prefix}) for _ in range(count)]
             result = await pipeline_run(bench, settings, n, f"scale{count}-r{rep}")
             rebalances.append(assignments(bench, f"scale{count}-r{rep}", count))
@@ -773,6 +830,8 @@ async def profile_only(args: argparse.Namespace) -> int:
     broker, redis_svc = start_tansu(), start_redis()
     try:
         bench = Bench(broker, redis_svc, workdir, profile_dir)
+        if not args.cold_models:
+            bench.models = warm_models(bench.settings("warm"), args.seed)
         shape, n = args.profile_shape, args.profile_events
         tag = f"prof{shape}-{uuid.uuid4().hex[:6]}"
         s = bench.settings(tag)
@@ -805,6 +864,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     redis_svc = start_redis()
     try:
         bench = Bench(broker, redis_svc, workdir, profile_dir)
+        if not args.cold_models:
+            console.print("training the warm model (generator traffic, in memory)...")
+            bench.models = warm_models(bench.settings("warm"), args.seed)
         tp, mem, scaling = await throughput(bench, plan, args.seed)
         lat = await latency(bench, plan, args.seed)
     finally:
@@ -823,6 +885,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                    "poll_s": POLL_S, "slow_poll_s": SLOW_POLL_S, "worker_logs": str(workdir)},
         "throughput": tp, "latency": lat, "memory": mem, "scaling": scaling,
     }
+    if bench.models is not None:
+        bundle = bench.models[0]
+        doc["config"]["warm_model"] = {"version": bundle.version,
+                                       "labels_seen": bundle.labels_seen,
+                                       "churn_ready": bundle.churn_ready}
     doc["config"]["plan"] = {k: (v if not isinstance(v, dict) else {str(a): b
                                                                        for a, b in v.items()})
                              for k, v in plan.__dict__.items()}
@@ -856,6 +923,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile-shape", type=int, default=0,
                    help="only profile one worker on this shape (needs py-spy)")
     p.add_argument("--profile-events", type=int, default=200_000)
+    p.add_argument("--cold-models", action="store_true",
+                   help="start every worker without a model (default: a warm, trained one)")
     args = p.parse_args(argv)
     if args.profile_dir:
         Path(args.profile_dir).mkdir(parents=True, exist_ok=True)

@@ -47,12 +47,10 @@ class ModelStore:
 
     async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:
         """Store the bundle and the trainer state, then move ``current`` to the new version."""
-        blob = sign(_pickle(bundle), self._key)
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(self._k(f"bundle:{bundle.version}"), blob)
-        pipe.set(self._k(f"published:{bundle.version}"), repr(published_at))
-        pipe.set(self._k("trainer"), trainer.state_bytes(self._key))
-        pipe.set(self._k("current"), bundle.version)
+        for name, value in published_items(self.prefix, self._key, bundle, trainer,
+                                           published_at).items():
+            pipe.set(name, value)
         old = bundle.version - KEEP_VERSIONS
         if old > 0:
             pipe.delete(self._k(f"bundle:{old}"), self._k(f"published:{old}"))
@@ -85,6 +83,20 @@ class ModelStore:
         """Delete every model key (workers go cold); returns how many keys were removed."""
         names = [k async for k in self.client.scan_iter(match=self._k("*"))]
         return int(await self.client.delete(*names)) if names else 0
+
+
+def published_items(prefix: str, key: bytes, bundle: ModelBundle, trainer: Trainer,
+                    published_at: float) -> dict[str, bytes | str | int]:
+    """The keys and values publishing a version writes, ``current`` last.
+
+    Also used to seed a store synchronously (the benchmark starts workers with a model).
+    """
+    return {
+        keys.model_key(prefix, f"bundle:{bundle.version}"): sign(_pickle(bundle), key),
+        keys.model_key(prefix, f"published:{bundle.version}"): repr(published_at),
+        keys.model_key(prefix, "trainer"): trainer.state_bytes(key),
+        keys.model_key(prefix, "current"): bundle.version,
+    }
 
 
 def _pickle(bundle: ModelBundle) -> bytes:
