@@ -169,7 +169,7 @@ class IngestSettings(_Group):
         description="Most recent sessions remembered per customer, for exact session counts.",
     )
     linked_sessions: int = Field(
-        32, ge=1, le=1024,
+        64, ge=1, le=1024,
         description=(
             "Sessions with a cart or an order remembered per customer (17 bytes each) until "
             "both topics have moved a day past them, so an order counts its cart session "

@@ -129,7 +129,7 @@ class FeatureConfig:
     #: Most recently touched sessions remembered per customer for session counts (9 bytes each).
     sessions: int = 4
     #: Sessions with a cart or an order remembered per customer (17 bytes each).
-    links: int = 32
+    links: int = 64
     #: Event time both topics must move past a cart/order link before it is forgotten.
     link_window_s: int = 86_400
     #: Wall-clock lifetime of a link whose other topic never catches up (a customer who
