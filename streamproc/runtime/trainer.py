@@ -54,7 +54,7 @@ class TrainerService:
         return self.trainer
 
     async def learn(self, records: Sequence[bytes]) -> int:
-        """Learn a batch of records; publish a version when enough accumulated. Returns learned."""
+        """Learn a batch of records, cutting a version every N examples. Returns learned."""
         trainer = await self._ensure()
         learned = 0
         counts: dict[str, int] = {}
@@ -72,14 +72,19 @@ class TrainerService:
                     trainer.learn_label(payload)
                 counts[kind] = counts.get(kind, 0) + 1
                 learned += 1
+                self.since_publish += 1
+                # Inside the loop: one record holds a whole batch's examples, and a take
+                # of records can hold thousands; a version per call would come late.
+                if self.since_publish >= self._threshold(trainer):
+                    await self.publish()
         for kind, n in counts.items():
             self.metrics.training_examples.labels(kind).inc(n)
-        self.since_publish += learned
-        threshold = (self.settings.snapshot_every_examples if trainer.version
-                     else min(FIRST_VERSION_AFTER, self.settings.snapshot_every_examples))
-        if self.since_publish >= threshold:
-            await self.publish()
         return learned
+
+    def _threshold(self, trainer: Trainer) -> int:
+        if trainer.version:
+            return self.settings.snapshot_every_examples
+        return min(FIRST_VERSION_AFTER, self.settings.snapshot_every_examples)
 
     async def publish(self) -> None:
         """Cut a new version and store it (signed) with the trainer state."""
