@@ -432,46 +432,44 @@ def _start_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
 async def redis_memory(url: str, prefix: str) -> dict[str, Any]:
     """Bytes per customer: profile keys alone (MEMORY USAGE) and every key of the prefix."""
     client = aioredis.Redis.from_url(url)
+    # Model versions are shared by all customers, not per-customer memory.
+    models = model_key(prefix, "").encode()
     try:
-        profiles = scoring = other = 0
         profile_bytes: list[int] = []
         scoring_bytes: list[int] = []
-        all_bytes = model_bytes = 0
+        other = all_bytes = model_bytes = 0
         batch: list[bytes] = []
 
         async def flush() -> None:
-            nonlocal all_bytes, model_bytes
+            nonlocal other, all_bytes, model_bytes
             pipe = client.pipeline(transaction=False)
             for k in batch:
                 pipe.memory_usage(k, samples=0)
             for k, used in zip(batch, await pipe.execute(), strict=True):
-                if b":model:" in k:
-                    # Model versions are shared by all customers, not per-customer memory.
-                    model_bytes += int(used or 0)
+                size = int(used or 0)
+                if k.startswith(models):
+                    model_bytes += size
                     continue
-                all_bytes += int(used or 0)
+                all_bytes += size
                 if k.endswith(b":p"):
-                    profile_bytes.append(int(used or 0))
+                    profile_bytes.append(size)
                 elif k.endswith(b":s"):
-                    scoring_bytes.append(int(used or 0))
+                    scoring_bytes.append(size)
+                else:
+                    other += 1
             batch.clear()
 
         async for key in client.scan_iter(match=f"{prefix}:*", count=2000):
-            if key.endswith(b":p"):
-                profiles += 1
-            elif key.endswith(b":s"):
-                scoring += 1
-            elif b":model:" not in key:
-                other += 1
             batch.append(key)
             if len(batch) >= 1000:
                 await flush()
         if batch:
             await flush()
+        profiles = len(profile_bytes)
         info = await client.info("memory")
         return {
             "customers": profiles,
-            "scoring_state_keys": scoring,
+            "scoring_state_keys": len(scoring_bytes),
             "scoring_state_bytes_median": median(scoring_bytes) if scoring_bytes else None,
             # Watermarks and the per-partition idle-check sets (one entry per customer).
             "other_keys": other,
