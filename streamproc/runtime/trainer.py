@@ -56,7 +56,6 @@ class TrainerService:
     async def learn(self, records: Sequence[bytes]) -> int:
         """Learn a batch of records, cutting a version every N examples. Returns learned."""
         trainer = await self._ensure()
-        learned = 0
         counts: dict[str, int] = {}
         for raw in records:
             try:
@@ -71,7 +70,6 @@ class TrainerService:
                 else:
                     trainer.learn_label(payload)
                 counts[kind] = counts.get(kind, 0) + 1
-                learned += 1
                 self.since_publish += 1
                 # Inside the loop: one record holds a whole batch's examples, and a take
                 # of records can hold thousands; a version per call would come late.
@@ -79,7 +77,7 @@ class TrainerService:
                     await self.publish()
         for kind, n in counts.items():
             self.metrics.training_examples.labels(kind).inc(n)
-        return learned
+        return sum(counts.values())
 
     def _threshold(self, trainer: Trainer) -> int:
         if trainer.version:
