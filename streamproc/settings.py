@@ -124,6 +124,15 @@ class IngestSettings(_Group):
     batch_within_s: float = Field(
         0.02, gt=0, le=10, description="Longest a partial batch waits for more messages."
     )
+    inflight_batches: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description=(
+            "Most batches whose Redis call, scoring and publishing run at once, while the "
+            "next batch is collected and decoded; offsets are still committed in order."
+        ),
+    )
     max_payload_bytes: int = Field(
         1_048_576, ge=256, description="Larger Kafka messages are dead-lettered."
     )

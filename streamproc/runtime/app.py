@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,7 @@ from streamproc.core.eventclock import (
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.kafka import FaustPublisher, StreamprocApp, faust_credentials
-from streamproc.runtime.pipeline import IngestPipeline, RawMessage, Retrier
+from streamproc.runtime.pipeline import IngestPipeline, PreparedBatch, RawMessage, Retrier
 from streamproc.runtime.scoring import ModelHolder, Scorer, iter_partitions
 from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import Settings
@@ -129,13 +131,35 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     @app.agent(inputs, name="ingest")
     async def ingest_agent(stream: Any) -> None:
-        # noack_take hands us the events and leaves acking to us: offsets move only
-        # after process() returned, i.e. after Redis and the output topics have the effects.
-        async for events in stream.noack_take(ingest.batch_max_messages, ingest.batch_within_s):
-            await pipeline.process(_raw_messages(events))
+        # noack_take hands us the events and leaves acking to us: offsets move only after
+        # a batch's effects are in Redis and acknowledged by the broker. noack_take stops
+        # collecting while this body runs, so the body only decodes; Redis, scoring and
+        # publishing run in a task per batch, overlapping the next batch's decode.
+        inflight: deque[asyncio.Task[None]] = deque()
+
+        async def complete(batch: PreparedBatch, events: Sequence[Any],
+                           previous: asyncio.Task[None] | None) -> None:
+            acks = await pipeline.stage(batch)
+            await acks
+            if previous is not None:
+                await previous  # offsets are acked in order
+            pipeline.finish(batch)
             for event in events:
                 await stream.ack(event)
             state.batches += 1
+
+        try:
+            async for events in stream.noack_take(ingest.batch_max_messages,
+                                                  ingest.batch_within_s):
+                batch = pipeline.prepare(_raw_messages(events))
+                while inflight and (inflight[0].done()
+                                    or len(inflight) >= ingest.inflight_batches):
+                    await inflight.popleft()  # re-raises a failed batch in the agent
+                previous = inflight[-1] if inflight else None
+                inflight.append(asyncio.ensure_future(complete(batch, events, previous)))
+        finally:
+            for task in inflight:
+                task.cancel()
 
     training = app.topic(settings.topics.training_examples, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")

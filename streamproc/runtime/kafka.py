@@ -8,7 +8,7 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
@@ -146,9 +146,17 @@ class FaustPublisher:
     def __init__(self, app: faust.App) -> None:
         self.app = app
 
-    async def publish(self, records: Sequence[OutRecord]) -> None:
-        """Send all records, then wait until the broker acknowledged each one."""
+    async def send(self, records: Sequence[OutRecord]) -> Awaitable[None]:
+        """Hand every record to the producer, in order; the result completes on their acks."""
         producer = self.app.producer
         pending = [await producer.send(r.topic, r.key, r.value, None, None, None)
                    for r in records]
-        await asyncio.gather(*pending)
+        return _all_acked(pending)
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        """Send all records, then wait until the broker acknowledged each one."""
+        await (await self.send(records))
+
+
+async def _all_acked(pending: Sequence[Awaitable[Any]]) -> None:
+    await asyncio.gather(*pending)

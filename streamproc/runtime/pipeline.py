@@ -14,7 +14,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Protocol, TypeVar, cast
 
@@ -74,9 +74,15 @@ class OutRecord:
 
 
 class Publisher(Protocol):
-    """Sends records and returns once the broker acknowledged all of them."""
+    """Sends records to the broker."""
 
-    async def publish(self, records: Sequence[OutRecord]) -> None: ...
+    async def send(self, records: Sequence[OutRecord]) -> Awaitable[None]:
+        """Hand every record to the producer, in order; the result completes on their acks."""
+        ...
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        """Send all records and return once the broker acknowledged each one."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,32 @@ class BatchOutcome:
     outputs: int = 0
 
 
+@dataclass
+class PreparedBatch:
+    """A decoded batch waiting for its Redis call (see :meth:`IngestPipeline.prepare`)."""
+
+    received: float
+    now: datetime
+    outcome: BatchOutcome
+    events: list[PreparedEvent] = field(default_factory=list)
+    origins: list[_Origin] = field(default_factory=list)
+    #: customer -> input partition the customer's events arrived on
+    partitions: dict[str, int] = field(default_factory=dict)
+    #: dead letters so far, then every output of the batch
+    out: list[OutRecord] = field(default_factory=list)
+    #: (topic, partition) -> (newest event time, last offset) in this batch
+    marks: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
+
+
 _NO_LOCK = contextlib.nullcontext()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _done() -> Awaitable[None]:
+    return _nothing()
 
 
 class Retrier:
@@ -192,13 +223,22 @@ class IngestPipeline:
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
         """Process one batch; returns once all its effects are durable."""
+        batch = self.prepare(messages)
+        acks = await self.stage(batch)
+        await acks
+        return self.finish(batch)
+
+    def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
+        """Decode and validate a batch and compute its feature ops: CPU only, no I/O.
+
+        Nothing shared changes here, so the next batch can be prepared while the one
+        before it waits for Redis and the broker (see :meth:`stage`).
+        """
         received = self.clock()
         now = datetime.fromtimestamp(received, UTC)
-        outcome = BatchOutcome(messages=len(messages))
-        prepared: list[PreparedEvent] = []
-        origins: list[_Origin] = []
-        partitions: dict[str, int] = {}
-        out: list[OutRecord] = []
+        batch = PreparedBatch(received, now, BatchOutcome(messages=len(messages)))
+        prepared, origins, partitions = batch.events, batch.origins, batch.partitions
+        out, marks, outcome = batch.out, batch.marks, batch.outcome
         dl_topic = self.settings.topics.dead_letter
         for msg in messages:
             source = self._sources.get(msg.topic, "clickstream")
@@ -212,8 +252,7 @@ class IngestPipeline:
                 self.metrics.events.labels(msg.topic, "unknown", "rejected").inc()
                 outcome.dead_letters += 1
             wm_key = (msg.topic, msg.partition)
-            if msg.offset > self.positions.get(wm_key, -1):
-                self.positions[wm_key] = msg.offset
+            newest, offset = marks.get(wm_key, (float("-inf"), -1))
             positions = _accepted_positions(len(decoded.events), decoded.rejections)
             # A cast, not a copy: decode_message's union of Decoded types zips to BaseModel.
             events = cast(list[Event], decoded.events)
@@ -229,37 +268,57 @@ class IngestPipeline:
                 prepared.append(PreparedEvent(event.customer_id, event.event_id, ts, ops, lane))
                 origins.append(_Origin(msg, position, kind, kind != "refund"))
                 partitions[event.customer_id] = msg.partition
-                if ts > self.watermarks.get(wm_key, float("-inf")):
-                    self.watermarks[wm_key] = ts
+                if ts > newest:
+                    newest = ts
+            marks[wm_key] = (newest, max(offset, msg.offset))
+        return batch
 
+    async def stage(self, batch: PreparedBatch) -> Awaitable[None]:
+        """Apply a prepared batch to Redis, score it and send its outputs, in batch order.
+
+        Returns an awaitable of the broker's acknowledgements: once it completes, every
+        effect of the batch is durable. The scoring lock is the first thing awaited, so
+        batches staged in order are applied in order, and their outputs are sent (not yet
+        acknowledged) before the next batch's Redis call.
+        """
+        outcome, prepared, origins, out = batch.outcome, batch.events, batch.origins, batch.out
         async with self.scoring.lock if self.scoring is not None else _NO_LOCK:
+            # The event-time clock moves only when the events behind it are applied.
+            for key, (newest, offset) in batch.marks.items():
+                if offset > self.positions.get(key, -1):
+                    self.positions[key] = offset
+                if newest > self.watermarks.get(key, float("-inf")):
+                    self.watermarks[key] = newest
             updates: list[CustomerUpdate] = []
             if prepared:
                 updates = await self.retrier.call("apply_batch",
                                                   lambda: self.store.apply_batch(prepared))
             activity, late = self._count(prepared, origins, updates, outcome)
             for i in late:
-                out.append(self._late_letter(prepared[i], origins[i], now))
+                out.append(self._late_letter(prepared[i], origins[i], batch.now))
             if self.scoring is not None and updates:
                 try:
                     out += await self.scoring.on_batch(
-                        ActivityBatch(updates, activity, partitions, received))
+                        ActivityBatch(updates, activity, batch.partitions, batch.received))
                 except Exception:
                     # Features are already durable; a scoring bug must not stop ingestion or
                     # crash-loop the worker on the same batch. Loud in the log, outputs skipped.
                     log.exception("scoring failed for a batch of %d customers; outputs skipped",
                                   len(updates))
-        self.metrics.batch_events.observe(len(prepared))
-        if out:
-            await self.publisher.publish(out)
+            acks = await self.publisher.send(out) if out else _done()
         outcome.outputs = len(out) - outcome.dead_letters - outcome.late
+        return acks
+
+    def finish(self, batch: PreparedBatch) -> BatchOutcome:
+        """Record a batch's timings once its outputs are acknowledged; returns its counts."""
+        self.metrics.batch_events.observe(len(batch.events))
         done = self.clock()
-        self.metrics.batch_seconds.observe(done - received)
-        if out:
-            self.metrics.ingest_to_publish_seconds.observe(done - received)
-        for ev in prepared:
+        self.metrics.batch_seconds.observe(done - batch.received)
+        if batch.out:
+            self.metrics.ingest_to_publish_seconds.observe(done - batch.received)
+        for ev in batch.events:
             self.metrics.event_age_seconds.observe(max(0.0, done - ev.ts))
-        return outcome
+        return batch.outcome
 
     def _count(self, prepared: Sequence[PreparedEvent], origins: Sequence[_Origin],
                updates: Sequence[CustomerUpdate], outcome: BatchOutcome,
