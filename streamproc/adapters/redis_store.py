@@ -23,6 +23,7 @@ from streamproc.core.features import BINARY_FIELDS, LANE_CLICKSTREAM, FeatureCon
 from streamproc.settings import RedisSettings
 
 _SCRIPT = resources.files("streamproc.adapters").joinpath("profile_update.lua").read_text()
+_SCORING_WRITE = resources.files("streamproc.adapters").joinpath("scoring_write.lua").read_text()
 
 
 @dataclass(slots=True)
@@ -118,6 +119,7 @@ class RedisProfileStore:
         self.client = client
         self.prefix = prefix
         self._script = client.register_script(_SCRIPT)
+        self._scoring_write = client.register_script(_SCORING_WRITE)
         wire = features.as_wire()
         wire.update(pttl=profile_ttl_s)
         self._config = encode_for_lua(wire)
@@ -184,16 +186,32 @@ class RedisProfileStore:
         return [decode_blob(b) if b else None for b in blobs]
 
     async def put_output_states(
-        self, states: Mapping[str, Mapping[str, Any]], ttl_s: int
+        self,
+        states: Mapping[str, Mapping[str, Any]],
+        ttl_s: int,
+        *,
+        add: Mapping[str, Mapping[str, float]] | None = None,
+        remove: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        """Write scoring states in one pipelined round trip."""
-        if not states:
+        """Write scoring states and update schedule sorted sets atomically, in one command.
+
+        ``add`` maps a sorted-set key to members and scores, ``remove`` to members.
+        Like :meth:`apply_batch`, the call names every key it touches; on Redis Cluster
+        the keys of one call must share a slot.
+        """
+        sets = sorted({*(add or {}), *(remove or {})})
+        if not states and not sets:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for customer_id, state in states.items():
-            key = keys.output_state_key(self.prefix, customer_id)
-            pipe.set(key, encode_blob(state), ex=ttl_s or None)
-        await pipe.execute()
+        ops = []
+        for key in sets:
+            flat: list[float | str] = []
+            for member, score in (add or {}).get(key, {}).items():
+                flat += [score, member]
+            ops.append([flat, list((remove or {}).get(key, ()))])
+        names = [keys.output_state_key(self.prefix, c) for c in states]
+        blobs = [encode_blob(state) for state in states.values()]
+        await self._scoring_write(keys=[*names, *sets],
+                                  args=[ttl_s, len(names), *blobs, encode_for_lua(ops)])
 
     async def customers(self, count: int = 1000) -> AsyncIterator[str]:
         """Every customer with a stored profile (SCAN; safe on a live server)."""

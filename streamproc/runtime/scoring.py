@@ -23,7 +23,7 @@ import orjson
 
 from streamproc.adapters import keys
 from streamproc.adapters.model_store import ModelStore
-from streamproc.adapters.redis_store import RedisProfileStore, encode_blob
+from streamproc.adapters.redis_store import RedisProfileStore
 from streamproc.core.eventclock import PartitionClock
 from streamproc.core.features import MODEL_FEATURES, ProfileView, model_features
 from streamproc.core.labels import (
@@ -389,25 +389,24 @@ class Scorer:
                        deferred: Mapping[str, float] | None = None,
                        resolved: Iterable[str] = ()) -> None:
         prefix = self.profiles.prefix
-        ttl = self.settings.redis.profile_ttl_s
+        add: dict[str, dict[str, float]] = {}
+        remove: dict[str, list[str]] = {}
+        for cid in states:
+            ckey = keys.checks_key(prefix, partitions.get(cid, 0))
+            due = schedule.get(cid)
+            if due is None:
+                remove.setdefault(ckey, []).append(cid)
+            else:
+                add.setdefault(ckey, {})[cid] = due
+        for cid, at in (deferred or {}).items():
+            add.setdefault(keys.deferred_key(prefix, partitions.get(cid, 0)), {})[cid] = at
+        for cid in resolved:
+            remove.setdefault(keys.deferred_key(prefix, partitions.get(cid, 0)), []).append(cid)
+        encoded = {cid: st.encode() for cid, st in states.items()}
 
         async def write() -> None:
-            pipe = self.profiles.client.pipeline(transaction=False)
-            for cid, st in states.items():
-                partition = partitions.get(cid, 0)
-                pipe.set(keys.output_state_key(prefix, cid), encode_blob(st.encode()),
-                         ex=ttl or None)
-                ckey = keys.checks_key(prefix, partition)
-                due = schedule.get(cid)
-                if due is None:
-                    pipe.zrem(ckey, cid)
-                else:
-                    pipe.zadd(ckey, {cid: due})
-            for cid, at in (deferred or {}).items():
-                pipe.zadd(keys.deferred_key(prefix, partitions.get(cid, 0)), {cid: at})
-            for cid in resolved:
-                pipe.zrem(keys.deferred_key(prefix, partitions.get(cid, 0)), cid)
-            await pipe.execute()
+            await self.profiles.put_output_states(
+                encoded, self.settings.redis.profile_ttl_s, add=add, remove=remove)
 
         await self.retrier.call("write_scoring_state", write)
 

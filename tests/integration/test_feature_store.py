@@ -188,3 +188,35 @@ async def test_one_round_trip_per_batch_and_compact_profiles(redis_server: Servi
         assert 0 < usage < 1024, usage
     finally:
         await client.aclose()
+
+
+async def test_scoring_states_and_schedules_are_written_in_one_command(
+        redis_server: Service) -> None:
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, FeatureConfig())
+        # More members than one ZADD/ZREM chunk of the script, and members to drop.
+        ids = [f"c-{n}" for n in range(2500)]
+        await client.zadd(f"{store.prefix}:checks:1", {"old-a": 1.0, "old-b": 2.0, "keep": 3.0})
+        await store.put_output_states({}, 0)  # nothing to do: no command at all
+        await store.put_output_states({"c-0": {"la": 1.0}}, 0)  # warm up the script cache
+        before = await _evalsha_calls(client)
+        await store.put_output_states(
+            {cid: {"la": float(n), "pend": []} for n, cid in enumerate(ids)}, 3600,
+            add={f"{store.prefix}:checks:0": {cid: n + 0.25 for n, cid in enumerate(ids)},
+                 f"{store.prefix}:deferred:0": {"c-7": 7.5}},
+            remove={f"{store.prefix}:checks:1": ["old-a", "old-b", "never-there"]})
+        assert await _evalsha_calls(client) - before == 1
+        outs = await store.get_output_states(["c-0", "c-2499", "c-unknown"])
+        assert outs == [{"la": 0.0, "pend": []}, {"la": 2499.0, "pend": []}, None]
+        ttl = await client.ttl(f"{store.prefix}:{{c-42}}:s")
+        assert 3500 < ttl <= 3600
+        checks = await client.zrange(f"{store.prefix}:checks:0", 0, -1, withscores=True)
+        assert len(checks) == 2500
+        assert dict(checks)[b"c-1234"] == 1234.25
+        assert await client.zrange(f"{store.prefix}:checks:1", 0, -1) == [b"keep"]
+        assert await client.zscore(f"{store.prefix}:deferred:0", "c-7") == 7.5
+        await store.put_output_states({"c-0": {"la": 5.0}}, 0)
+        assert await client.ttl(f"{store.prefix}:{{c-0}}:s") == -1  # TTL 0: kept forever
+    finally:
+        await client.aclose()
