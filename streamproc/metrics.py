@@ -7,6 +7,9 @@ segment id, risk level); never customer ids or payloads.
 
 from __future__ import annotations
 
+import collections
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -142,3 +145,21 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
 def metric_names(metrics: Metrics) -> list[str]:
     """Every exported metric family name (for the README reference check)."""
     return [getattr(metrics, f.name)._name for f in fields(metrics)]
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every value, with one increment per bucket touched.
+
+    prometheus_client has no bulk observe, and one ``observe`` per event of a 20,000-event
+    batch costs ~0.9 us each. This writes the same state ``observe`` writes (the sum and
+    the per-bucket counts, which the client accumulates when it renders);
+    tests/unit/test_metrics.py checks the two agree on every sample.
+    """
+    if not values:
+        return
+    bounds = histogram._upper_bounds  # ascending, the last one +Inf
+    # NaN compares false with every bound: observe() counts it in no bucket, nor does this.
+    buckets = collections.Counter(bisect_left(bounds, v) for v in values if v == v)
+    for index, count in buckets.items():
+        histogram._buckets[index].inc(count)
+    histogram._sum.inc(sum(values))

@@ -158,7 +158,7 @@ def clickstream_ops(event: Any, ts: float) -> list[Op]:
         (OP_MAX, "lq", ts),
     ]
     sid: str | None = event.session_id
-    session = seen.digest(sid) if sid else b""
+    session = seen.session_digest(sid) if sid else b""
     if sid:
         ops.append((OP_MARK, session, SESSION_SEEN, "se", 1.0, 0, "", 0.0))
         ops.append((OP_LAST, "ls", sid, "lsd", session))
@@ -209,7 +209,7 @@ def purchase_ops(event: Any, ts: float) -> list[Op]:
             ops.append((OP_CATEGORY, item.category, CATEGORY_WEIGHT_ORDER))
     ops.append((OP_ADD, "it", float(items)))
     # An empty session means "the customer's last session" (resolved where the state is).
-    session = seen.digest(event.session_id) if event.session_id else b""
+    session = seen.session_digest(event.session_id) if event.session_id else b""
     ops.append((OP_MARK, session, SESSION_ORDER, "os", 1.0, SESSION_CART, "cc", 1.0))
     return ops
 

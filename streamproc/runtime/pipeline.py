@@ -33,7 +33,7 @@ from streamproc.core.features import (
     purchase_ops,
 )
 from streamproc.core.outputs import DeadLetter
-from streamproc.metrics import Metrics
+from streamproc.metrics import Metrics, observe_many
 from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -316,8 +316,8 @@ class IngestPipeline:
         self.metrics.batch_seconds.observe(done - batch.received)
         if batch.out:
             self.metrics.ingest_to_publish_seconds.observe(done - batch.received)
-        for ev in batch.events:
-            self.metrics.event_age_seconds.observe(max(0.0, done - ev.ts))
+        observe_many(self.metrics.event_age_seconds,
+                     [max(0.0, done - ev.ts) for ev in batch.events])
         return batch.outcome
 
     def _count(self, prepared: Sequence[PreparedEvent], origins: Sequence[_Origin],
