@@ -430,7 +430,11 @@ def _start_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
 
 
 async def redis_memory(url: str, prefix: str) -> dict[str, Any]:
-    """Bytes per customer: profile keys alone (MEMORY USAGE) and every key of the prefix."""
+    """Bytes per customer: customer keys alone (MEMORY USAGE) and every key of the prefix.
+
+    A customer key holds the profile and the scoring state; ``scoring_state_*`` counts
+    the separate state keys of earlier versions (none are written any more).
+    """
     client = aioredis.Redis.from_url(url)
     # Model versions are shared by all customers, not per-customer memory.
     models = model_key(prefix, "").encode()
@@ -788,8 +792,8 @@ def print_report(doc: dict[str, Any]) -> None:
                    _fmt(seg.get("p50_ms")), _fmt(seg.get("p99_ms")))
     console.print(lt)
     mt = Table(title="Redis memory")
-    for col in ("shape", "customers", "events/cust", "profile B (median)",
-                "scoring state B (median)", "all keys B/cust", "used_memory delta B/cust"):
+    for col in ("shape", "customers", "events/cust", "customer key B (median)",
+                "old state keys B (median)", "all keys B/cust", "used_memory delta B/cust"):
         mt.add_column(col, justify="right")
     for shape, m in doc["memory"].items():
         mt.add_row(shape, str(m["customers"]), _fmt(m["events_per_customer"]),

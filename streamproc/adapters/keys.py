@@ -28,12 +28,13 @@ def customer_base(prefix: str, customer_id: str) -> str:
 
 
 def profile_key(prefix: str, customer_id: str) -> str:
-    """Key of the customer's feature profile (a msgpack blob)."""
+    """Key of the customer's feature profile and scoring state (``redis_store.split_value``)."""
     return customer_base(prefix, customer_id) + PROFILE_SUFFIX
 
 
 def output_state_key(prefix: str, customer_id: str) -> str:
-    """Key of the customer's scoring state: segment, alert cooldown, pending snapshots."""
+    """Former key of the customer's scoring state, read only for values written before it
+    moved into the profile key (they expire, or move on the customer's next write)."""
     return customer_base(prefix, customer_id) + OUTPUT_STATE_SUFFIX
 
 

@@ -1,8 +1,9 @@
 -- Atomic, idempotent batch update of customer profiles.
 --
--- KEYS[i]  profile key of customer i ("<prefix>:{<customer_id>}:p"); its output-state
---          key shares the hash tag, so each customer's keys live in one Redis Cluster
---          slot.
+-- KEYS[i]  key of customer i ("<prefix>:{<customer_id>}:p"). Its value holds the profile
+--          and the scoring state (see CUSTOMER VALUE below); a value written before they
+--          shared a key is a bare profile, its state in "<prefix>:{<customer_id>}:s"
+--          (same hash tag, so each customer's keys live in one Redis Cluster slot).
 -- ARGV[1]  msgpack config: taus (decayed field -> tau seconds), maxcat, icap (lane ->
 --          event ids kept), scap (sessions kept), lcap (cart/order links kept), lwin
 --          (link window, s), lttl (link wall-clock TTL, s), pttl (profile TTL, 0 = none)
@@ -17,6 +18,12 @@
 --
 -- Returns, per customer: {profile_blob, output_state_blob|false,
 --                         {1 applied | 0 duplicate | 2 late, per event}}.
+--
+-- CUSTOMER VALUE: "\193" (0xc1, a byte msgpack never uses, so a bare profile is never
+-- mistaken for it), the profile's length (4 bytes, big-endian), the profile (msgpack),
+-- then the scoring state exactly as the scorer wrote it (msgpack; empty if none yet).
+-- One key per customer instead of two saves a key's overhead (~100 B) per customer.
+-- streamproc/adapters/redis_store.py (split_value) and scoring_write.lua read it too.
 
 local cfg = cmsgpack.unpack(ARGV[1])
 local groups = cmsgpack.unpack(ARGV[2])
@@ -183,6 +190,16 @@ local result = {}
 for i, key in ipairs(KEYS) do
   local base = sub(key, 1, -2)
   local blob = redis.call('GET', key)
+  local out = false
+  local legacy = false
+  if blob and string.byte(blob, 1) == 193 then
+    local n = struct.unpack('>I4', blob, 2)
+    if #blob > 5 + n then out = sub(blob, 6 + n) end
+    blob = n > 0 and sub(blob, 6, 5 + n) or false
+  elseif blob then
+    legacy = redis.call('GET', base .. 's') or false
+    out = legacy
+  end
   local st = {}
   if blob then st = cmsgpack.unpack(blob) end
   local flags = {}
@@ -222,12 +239,14 @@ for i, key in ipairs(KEYS) do
   end
   if changed then
     blob = cmsgpack.pack(st)
+    local value = '\193' .. struct.pack('>I4', #blob) .. blob .. (out or '')
     if pttl > 0 then
-      redis.call('SET', key, blob, 'EX', pttl)
+      redis.call('SET', key, value, 'EX', pttl)
     else
-      redis.call('SET', key, blob)
+      redis.call('SET', key, value)
     end
+    if legacy then redis.call('DEL', base .. 's') end
   end
-  result[i] = {blob or false, redis.call('GET', base .. 's') or false, flags}
+  result[i] = {blob or false, out, flags}
 end
 return result

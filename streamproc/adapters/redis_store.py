@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 import redis.asyncio as aioredis
@@ -58,16 +58,43 @@ class CustomerUpdate:
         return [s == seen.APPLIED for s in self.statuses]
 
 
+#: First byte of a customer value holding profile and scoring state (never a msgpack byte).
+VALUE_TAG: Final = 0xC1
+_HEAD: Final = 5
+
+
+def split_value(raw: bytes | str | None) -> tuple[bytes | None, bytes | None, bool]:
+    """A customer key's value as (profile blob, scoring-state blob, legacy).
+
+    The layout (see ``profile_update.lua``): the tag byte, the profile's length (4 bytes,
+    big-endian), the profile, then the scoring state. ``legacy`` marks a bare profile
+    written before the two shared a key: its state is still in the old state key.
+    """
+    if not raw:
+        return None, None, False
+    if isinstance(raw, str):  # a client built with decode_responses; never ours
+        raw = raw.encode("utf-8", "surrogateescape")
+    if raw[0] != VALUE_TAG:
+        return raw, None, True
+    n = int.from_bytes(raw[1:_HEAD], "big")
+    return raw[_HEAD:_HEAD + n] or None, raw[_HEAD + n:] or None, False
+
+
 def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
     """Decode a msgpack blob written by Lua (an empty Lua table packs as a list).
 
     Lua's cmsgpack has no binary type: the byte-string fields come back as msgpack
     strings, decoded losslessly with ``surrogateescape`` and turned back into bytes.
+    A whole customer value decodes to its profile.
     """
     if not blob:
         return {}
     if isinstance(blob, str):
         blob = blob.encode()
+    if blob[0] == VALUE_TAG:
+        blob = split_value(blob)[0]
+        if not blob:
+            return {}
     value = msgpack.unpackb(blob, raw=False, strict_map_key=False,
                             unicode_errors="surrogateescape")
     if not isinstance(value, dict):
@@ -164,25 +191,38 @@ class RedisProfileStore:
 
     async def get_state(self, customer_id: str) -> dict[str, Any] | None:
         """The raw stored profile of one customer, None if unknown."""
-        blob = await self.client.get(keys.profile_key(self.prefix, customer_id))
-        return decode_blob(blob) if blob else None
+        return (await self.get_states([customer_id]))[0]
 
     async def get_states(self, customer_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Raw profiles of many customers in one round trip."""
         if not customer_ids:
             return []
-        blobs = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
-        return [decode_blob(b) if b else None for b in blobs]
+        values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
+        out: list[dict[str, Any] | None] = []
+        for value in values:
+            profile = split_value(value)[0]
+            out.append(decode_blob(profile) if profile else None)
+        return out
 
     async def get_output_states(
         self, customer_ids: Sequence[str]
     ) -> list[dict[str, Any] | None]:
-        """Scoring states (segment, alert cooldown, pending snapshots) in one round trip."""
+        """Scoring states (segment, alert cooldown, pending snapshots), None where absent."""
         if not customer_ids:
             return []
-        blobs = await self.client.mget(
-            [keys.output_state_key(self.prefix, c) for c in customer_ids]
-        )
+        values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
+        blobs: list[bytes | str | None] = []
+        legacy: list[int] = []
+        for i, value in enumerate(values):
+            _, state, old = split_value(value)
+            blobs.append(state)
+            if old:
+                legacy.append(i)
+        if legacy:  # written before profile and state shared a key
+            olds = await self.client.mget(
+                [keys.output_state_key(self.prefix, customer_ids[i]) for i in legacy])
+            for i, blob in zip(legacy, olds, strict=True):
+                blobs[i] = blob
         return [decode_blob(b) if b else None for b in blobs]
 
     async def put_output_states(
@@ -194,6 +234,9 @@ class RedisProfileStore:
         remove: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """Write scoring states and update schedule sorted sets atomically, in one command.
+
+        A state goes into its customer's key after the profile (``scoring_write.lua``),
+        keeping the profile and its TTL; ``ttl_s`` applies to a customer with no profile.
 
         ``add`` maps a sorted-set key to members and scores, ``remove`` to members.
         Like :meth:`apply_batch`, the call names every key it touches; on Redis Cluster
@@ -208,7 +251,7 @@ class RedisProfileStore:
             for member, score in (add or {}).get(key, {}).items():
                 flat += [score, member]
             ops.append([flat, list((remove or {}).get(key, ()))])
-        names = [keys.output_state_key(self.prefix, c) for c in states]
+        names = [keys.profile_key(self.prefix, c) for c in states]
         blobs = [encode_blob(state) for state in states.values()]
         await self._scoring_write(keys=[*names, *sets],
                                   args=[ttl_s, len(names), *blobs, encode_for_lua(ops)])
