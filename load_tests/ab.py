@@ -1,6 +1,6 @@
 """A/B: the real worker versus an experimental variant, alternating on the same topics.
 
-    python -m load_tests.ab [--variant load_tests.overlap_worker] [--repeats 3]
+    AB_TREE=/tmp/old python -m load_tests.ab --variant load_tests.tree_worker [--repeats 3]
 
 Both arms read the same pre-produced topic (fresh consumer group and Redis prefix per
 run) and alternate A, B, A, B... so drift on a shared machine hits both alike.
@@ -78,13 +78,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     p = argparse.ArgumentParser(prog="python -m load_tests.ab")
-    p.add_argument("--variant", default="load_tests.overlap_worker")
+    p.add_argument("--variant", required=True,
+                   help="module run as the variant's worker, e.g. load_tests.tree_worker")
     p.add_argument("--shapes", type=int, nargs="+", default=[1, 50])
     p.add_argument("--events", type=int, nargs="+", default=[30_000, 300_000])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--limit-s", type=float, default=120.0, help="give up on a run after this")
-    p.add_argument("--out", default="load_tests/results/ab-overlap.json")
+    p.add_argument("--out", default="load_tests/results/ab.json")
     p.add_argument("--cold-models", action="store_true",
                    help="start every worker without a model (default: a warm, trained one)")
     args = p.parse_args(argv)
