@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -45,16 +46,24 @@ class ModelStore:
         raw = await self.client.get(self._k("current"))
         return int(raw) if raw else 0
 
-    async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:
-        """Store the bundle and the trainer state, then move ``current`` to the new version."""
+    def snapshot(self, bundle: ModelBundle, trainer: Trainer,
+                 published_at: float) -> dict[str, bytes | str | int]:
+        """What publishing ``bundle`` writes, signed now: later learning cannot leak in."""
+        return published_items(self.prefix, self._key, bundle, trainer, published_at)
+
+    async def store(self, version: int, items: Mapping[str, bytes | str | int]) -> None:
+        """Write a :meth:`snapshot` in one transaction, moving ``current`` to ``version``."""
         pipe = self.client.pipeline(transaction=True)
-        for name, value in published_items(self.prefix, self._key, bundle, trainer,
-                                           published_at).items():
+        for name, value in items.items():
             pipe.set(name, value)
-        old = bundle.version - KEEP_VERSIONS
+        old = version - KEEP_VERSIONS
         if old > 0:
             pipe.delete(self._k(f"bundle:{old}"), self._k(f"published:{old}"))
         await pipe.execute()
+
+    async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:
+        """Store the bundle and the trainer state, then move ``current`` to the new version."""
+        await self.store(bundle.version, self.snapshot(bundle, trainer, published_at))
 
     async def load_bundle(self, version: int) -> PublishedBundle:
         """Load and verify one version; raises SnapshotRejected (counted by the caller)."""

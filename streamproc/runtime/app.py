@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import tempfile
@@ -166,10 +165,13 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     @app.agent(training, name="trainer")
     async def trainer_agent(stream: Any) -> None:
-        # One partition, so one trainer in the group; acked only after learning (and publishing).
+        # One partition, so one trainer in the group; acked only after learning and storing
+        # the versions cut. Only the Redis calls are retried: nothing is learned twice.
         async for events in stream.noack_take(1000, 0.5):
             values: list[bytes] = [e.message.value for e in events if e.message.value]
-            await retrier.call("train", functools.partial(trainer.learn, values))
+            await retrier.call("train", trainer.load)
+            trainer.learn(values)
+            await retrier.call("train", trainer.flush)
             for event in events:
                 await stream.ack(event)
 

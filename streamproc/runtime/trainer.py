@@ -23,7 +23,13 @@ FIRST_VERSION_AFTER = 200
 
 
 class TrainerService:
-    """Learns from training-topic records and publishes bundles through the model store."""
+    """Learns from training-topic records and publishes bundles through the model store.
+
+    Learning and storing are apart so that a store which fails is retried without
+    learning anything twice: :meth:`learn` (CPU only) cuts versions into
+    :attr:`unpublished`, and :meth:`flush` stores them, oldest first, each one
+    removed only once it is written.
+    """
 
     def __init__(self, settings: ModelSettings, store: ModelStore, metrics: Metrics,
                  clock: Callable[[], float] = time.time) -> None:
@@ -33,13 +39,16 @@ class TrainerService:
         self.clock = clock
         self.trainer: Trainer | None = None
         self.since_publish = 0
+        #: Versions cut and not yet stored, oldest first: (version, what storing writes).
+        self.unpublished: list[tuple[int, dict[str, bytes | str | int]]] = []
 
     def _new_trainer(self) -> Trainer:
         return Trainer(n_segments=self.settings.segments, seed=42,
                        churn_threshold=self.settings.churn_threshold,
                        min_labels=self.settings.min_labels_before_alerts)
 
-    async def _ensure(self) -> Trainer:
+    async def load(self) -> Trainer:
+        """The trainer: resumed from its last stored state the first time, else a new one."""
         if self.trainer is None:
             try:
                 self.trainer = await self.store.load_trainer()
@@ -53,9 +62,14 @@ class TrainerService:
                 log.info("trainer resumed at model v%s", self.trainer.version)
         return self.trainer
 
-    async def learn(self, records: Sequence[bytes]) -> int:
-        """Learn a batch of records, cutting a version every N examples. Returns learned."""
-        trainer = await self._ensure()
+    def learn(self, records: Sequence[bytes]) -> int:
+        """Learn a batch of records, cutting a version every N examples. Returns learned.
+
+        Call :meth:`load` first and :meth:`flush` after: this does no I/O.
+        """
+        trainer = self.trainer
+        if trainer is None:
+            raise RuntimeError("TrainerService.learn before load()")
         counts: dict[str, int] = {}
         for raw in records:
             try:
@@ -74,7 +88,7 @@ class TrainerService:
                 # Inside the loop: one record holds a whole batch's examples, and a take
                 # of records can hold thousands; a version per call would come late.
                 if self.since_publish >= self._threshold(trainer):
-                    await self.publish()
+                    self.cut()
         for kind, n in counts.items():
             self.metrics.training_examples.labels(kind).inc(n)
         return sum(counts.values())
@@ -84,11 +98,23 @@ class TrainerService:
             return self.settings.snapshot_every_examples
         return min(FIRST_VERSION_AFTER, self.settings.snapshot_every_examples)
 
-    async def publish(self) -> None:
-        """Cut a new version and store it (signed) with the trainer state."""
-        trainer = await self._ensure()
+    def cut(self) -> int:
+        """Freeze the models into the next version, to be stored by :meth:`flush`."""
+        trainer = self.trainer
+        if trainer is None:
+            raise RuntimeError("TrainerService.cut before load()")
         bundle = trainer.bundle()
-        await self.store.publish(bundle, trainer, self.clock())
+        self.unpublished.append((bundle.version,
+                                 self.store.snapshot(bundle, trainer, self.clock())))
         self.since_publish = 0
-        log.info("published model v%s (labels seen %s, ready %s)", bundle.version,
+        log.info("cut model v%s (labels seen %s, ready %s)", bundle.version,
                  bundle.labels_seen, bundle.churn_ready)
+        return bundle.version
+
+    async def flush(self) -> None:
+        """Store the versions cut so far, oldest first; safe to call again after a failure."""
+        while self.unpublished:
+            version, items = self.unpublished[0]
+            await self.store.store(version, items)
+            self.unpublished.pop(0)
+            log.info("published model v%s", version)
