@@ -196,7 +196,9 @@ for i, key in ipairs(KEYS) do
     local n = struct.unpack('>I4', blob, 2)
     if #blob > 5 + n then out = sub(blob, 6 + n) end
     blob = n > 0 and sub(blob, 6, 5 + n) or false
-  elseif blob then
+  else
+    -- A bare profile, or none: an earlier version may have left the state in its own key
+    -- (it could outlive the profile there).
     legacy = redis.call('GET', base .. 's') or false
     out = legacy
   end

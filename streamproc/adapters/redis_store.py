@@ -68,10 +68,12 @@ def split_value(raw: bytes | str | None) -> tuple[bytes | None, bytes | None, bo
 
     The layout (see ``profile_update.lua``): the tag byte, the profile's length (4 bytes,
     big-endian), the profile, then the scoring state. ``legacy`` marks a bare profile
-    written before the two shared a key: its state is still in the old state key.
+    written before the two shared a key, or no value at all: the state may still be in
+    the old state key.
     """
     if not raw:
-        return None, None, False
+        # No value: an earlier version may still hold this customer's state in its own key.
+        return None, None, True
     if isinstance(raw, str):  # a client built with decode_responses; never ours
         raw = raw.encode("utf-8", "surrogateescape")
     if raw[0] != VALUE_TAG:

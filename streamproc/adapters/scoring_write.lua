@@ -25,7 +25,7 @@ for i = 1, n do
     head = sub(raw, 1, 5 + struct.unpack('>I4', raw, 2))
   else
     head = '\193' .. struct.pack('>I4', raw and #raw or 0) .. (raw or '')
-    if raw then redis.call('DEL', sub(key, 1, -2) .. 's') end
+    redis.call('DEL', sub(key, 1, -2) .. 's')  -- an earlier version's state key, if any
   end
   if raw then
     redis.call('SET', key, head .. ARGV[i + 2], 'KEEPTTL')

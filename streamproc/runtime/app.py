@@ -157,6 +157,11 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                 previous = inflight[-1] if inflight else None
                 inflight.append(asyncio.ensure_future(complete(batch, events, previous)))
         finally:
+            # A batch cancelled between its Redis call and its send would lose its outputs
+            # for good (redelivered events are duplicates and score nothing), so batches
+            # already staging are let finish, within half the shutdown budget.
+            if inflight:
+                await asyncio.wait(inflight, timeout=ingest.shutdown_timeout_s / 2)
             for task in inflight:
                 task.cancel()
 
@@ -166,11 +171,14 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     @app.agent(training, name="trainer")
     async def trainer_agent(stream: Any) -> None:
         # One partition, so one trainer in the group; acked only after learning and storing
-        # the versions cut. Only the Redis calls are retried: nothing is learned twice.
+        # the versions cut. Only the Redis calls are retried, so a retry never relearns.
         async for events in stream.noack_take(1000, 0.5):
-            values: list[bytes] = [e.message.value for e in events if e.message.value]
             await retrier.call("train", trainer.load)
-            trainer.learn(values)
+            for event in events:
+                if event.message.value:
+                    trainer.learn([event.message.value])
+                    # A record holds up to 500 examples: let the ingest agent run between.
+                    await asyncio.sleep(0)
             await retrier.call("train", trainer.flush)
             for event in events:
                 await stream.ack(event)
@@ -190,7 +198,8 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     def clock_for(partition: int) -> PartitionClock:
         clock = partition_clock(list(progress(partition).values()), lateness,
-                                backlog=settings.ingest.batch_max_messages)
+                                # Batches decoded but not staged yet count as lag too.
+                                backlog=(ingest.inflight_batches + 1) * ingest.batch_max_messages)
         if clock.watermark > -math.inf:
             metrics.watermark_seconds.labels(str(partition)).set(clock.watermark)
         return clock

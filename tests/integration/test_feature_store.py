@@ -287,5 +287,12 @@ async def test_values_written_before_the_shared_key_still_read_and_move(
         assert await store.get_state("c-2") == {"ev": 1.0, "la": t0, "fs": t0}
         assert await store.get_output_states(["c-2"]) == [{"la": t0 + 1}]
         assert fresh.state["ev"] == 1.0
+        # A state key that outlived its profile (the old layout allowed it) is found too.
+        await client.set(keys.output_state_key(store.prefix, "c-3"), encode_blob({"la": t0}))
+        assert await store.get_output_states(["c-3"]) == [{"la": t0}]
+        [orphan] = await store.apply_batch([_view("c-3", 0, t0 + 60)], now=WALL)
+        assert orphan.output_state == {"la": t0}
+        assert await client.exists(keys.output_state_key(store.prefix, "c-3")) == 0
+        assert await store.get_output_states(["c-3"]) == [{"la": t0}]
     finally:
         await client.aclose()
