@@ -209,9 +209,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     async def sweep_idle() -> None:
         # Deferred activity, idle re-scoring and label expiry follow event time per partition.
         for partition in sorted(iter_partitions(app.consumer.assignment(), topics.clickstream)):
-            records = await scorer.sweep(partition)
-            if records:
-                await publisher.publish(records)
+            await (await scorer.sweep(partition, publisher.send))
 
     async def refresh_model() -> None:
         await retrier.call("load_model", models.refresh)

@@ -143,8 +143,13 @@ async def _nothing() -> None:
     return None
 
 
-def _done() -> Awaitable[None]:
+def no_acks() -> Awaitable[None]:
+    """What :meth:`Publisher.send` returns for no records: an awaitable done at once."""
     return _nothing()
+
+
+#: ``Publisher.send``: hands records to the producer in order, returns their acks' awaitable.
+Sender = Callable[[Sequence["OutRecord"]], Awaitable[Awaitable[None]]]
 
 
 class Retrier:
@@ -305,7 +310,7 @@ class IngestPipeline:
                     # crash-loop the worker on the same batch. Loud in the log, outputs skipped.
                     log.exception("scoring failed for a batch of %d customers; outputs skipped",
                                   len(updates))
-            acks = await self.publisher.send(out) if out else _done()
+            acks = await self.publisher.send(out) if out else no_acks()
         outcome.outputs = len(out) - outcome.dead_letters - outcome.late
         return acks
 

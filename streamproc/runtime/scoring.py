@@ -45,7 +45,7 @@ from streamproc.core.policies import (
     decide_segment,
 )
 from streamproc.metrics import Metrics
-from streamproc.runtime.pipeline import ActivityBatch, OutRecord, Retrier
+from streamproc.runtime.pipeline import ActivityBatch, OutRecord, Retrier, Sender, no_acks
 from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -244,13 +244,17 @@ class Scorer:
 
     # ------------------------------------------------------------ idle path
 
-    async def sweep(self, partition: int) -> list[OutRecord]:
-        """Score deferred activity and idle customers of one partition as event time allows."""
+    async def sweep(self, partition: int, send: Sender) -> Awaitable[None]:
+        """Score deferred activity and idle customers of one partition as event time allows.
+
+        The outputs are handed to ``send`` before the lock is released, so they reach their
+        topics in order with the batches' outputs; returns the awaitable of their acks.
+        """
         clock = self.clock_for(partition)
         prefix = self.profiles.prefix
         client = self.profiles.client
         if clock.watermark == -math.inf and clock.gate == -math.inf:
-            return []
+            return no_acks()
 
         def due(key: str, upto: float) -> Callable[[], Awaitable[list[Any]]]:
             return lambda: client.zrangebyscore(key, "-inf", upto, start=0, num=SWEEP_LIMIT)
@@ -261,7 +265,7 @@ class Scorer:
             "sweep", due(keys.checks_key(prefix, partition), clock.watermark))
         ids = list(dict.fromkeys(_text(m) for m in [*ready, *idle]))
         if not ids:
-            return []
+            return no_acks()
         was_deferred = {_text(m) for m in ready}
         async with self.lock:
             states = await self.retrier.call("sweep", lambda: self.profiles.get_states(ids))
@@ -288,7 +292,7 @@ class Scorer:
             out, new_states, schedule = self._decide(work, snapshot_gap=gap)
             await self._persist(new_states, schedule, dict.fromkeys(ids, partition),
                                 still_deferred, resolved=was_deferred - set(still_deferred))
-        return out
+            return await send(out) if out else no_acks()
 
     def _next_idle(self, st: CustomerScoringState) -> float | None:
         if st.last_activity is None:
