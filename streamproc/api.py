@@ -88,11 +88,11 @@ class AnalyticsReader:
 
     async def customer(self, customer_id: str, as_of: datetime | None = None) -> CustomerReport:
         """One customer's report; ``as_of`` defaults to the customer's last event."""
-        state = await self.profiles.get_state(customer_id)
+        states, outs = await self.profiles.get_customers([customer_id])
+        state = states[0]
         if state is None:
             raise CustomerNotFound(customer_id)
-        out_state = (await self.profiles.get_output_states([customer_id]))[0]
-        return (await self._reports([customer_id], [state], [out_state], as_of))[0]
+        return (await self._reports([customer_id], [state], outs, as_of))[0]
 
     async def all_customers(self, as_of: datetime | None = None,
                             chunk: int = 500) -> AsyncIterator[CustomerReport]:
@@ -109,8 +109,7 @@ class AnalyticsReader:
                 yield report
 
     async def _chunk(self, ids: list[str], as_of: datetime | None) -> list[CustomerReport]:
-        states = await self.profiles.get_states(ids)
-        outs = await self.profiles.get_output_states(ids)
+        states, outs = await self.profiles.get_customers(ids)
         present = [(c, s, o) for c, s, o in zip(ids, states, outs, strict=True) if s is not None]
         return await self._reports([p[0] for p in present], [p[1] for p in present],
                                    [p[2] for p in present], as_of)

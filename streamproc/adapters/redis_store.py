@@ -206,26 +206,35 @@ class RedisProfileStore:
             out.append(decode_blob(profile) if profile else None)
         return out
 
-    async def get_output_states(
+    async def get_customers(
         self, customer_ids: Sequence[str]
-    ) -> list[dict[str, Any] | None]:
-        """Scoring states (segment, alert cooldown, pending snapshots), None where absent."""
+    ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any] | None]]:
+        """Profiles and scoring states of many customers (one key each), None where absent."""
         if not customer_ids:
-            return []
+            return [], []
         values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
-        blobs: list[bytes | str | None] = []
+        profiles: list[bytes | None] = []
+        states: list[bytes | str | None] = []
         legacy: list[int] = []
         for i, value in enumerate(values):
-            _, state, old = split_value(value)
-            blobs.append(state)
+            profile, state, old = split_value(value)
+            profiles.append(profile)
+            states.append(state)
             if old:
                 legacy.append(i)
         if legacy:  # written before profile and state shared a key
             olds = await self.client.mget(
                 [keys.output_state_key(self.prefix, customer_ids[i]) for i in legacy])
             for i, blob in zip(legacy, olds, strict=True):
-                blobs[i] = blob
-        return [decode_blob(b) if b else None for b in blobs]
+                states[i] = blob
+        return ([decode_blob(p) if p else None for p in profiles],
+                [decode_blob(b) if b else None for b in states])
+
+    async def get_output_states(
+        self, customer_ids: Sequence[str]
+    ) -> list[dict[str, Any] | None]:
+        """Scoring states (segment, alert cooldown, pending snapshots), None where absent."""
+        return (await self.get_customers(customer_ids))[1]
 
     async def put_output_states(
         self,

@@ -268,8 +268,8 @@ class Scorer:
             return no_acks()
         was_deferred = {_text(m) for m in ready}
         async with self.lock:
-            states = await self.retrier.call("sweep", lambda: self.profiles.get_states(ids))
-            outs = await self.retrier.call("sweep", lambda: self.profiles.get_output_states(ids))
+            states, outs = await self.retrier.call("sweep",
+                                                   lambda: self.profiles.get_customers(ids))
             work: list[_Work] = []
             still_deferred: dict[str, float] = {}
             for cid, state, raw in zip(ids, states, outs, strict=True):
