@@ -153,10 +153,6 @@ class FaustPublisher:
                    for r in records]
         return _all_acked(pending)
 
-    async def publish(self, records: Sequence[OutRecord]) -> None:
-        """Send all records, then wait until the broker acknowledged each one."""
-        await (await self.send(records))
-
 
 async def _all_acked(pending: Sequence[Awaitable[Any]]) -> None:
     await asyncio.gather(*pending)

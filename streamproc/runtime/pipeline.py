@@ -1,8 +1,9 @@
 """The ingest pipeline for one batch of Kafka messages, independent of Faust.
 
-decode + validate -> dead letters | one atomic Redis call -> scoring -> publish.
-The caller acknowledges the batch's offsets only after :meth:`process` returns,
-which happens only once every effect (Redis writes, published records) is durable.
+decode + validate (:meth:`IngestPipeline.prepare`) -> dead letters | one atomic Redis
+call -> scoring -> send (:meth:`IngestPipeline.stage`). The caller acknowledges the
+batch's offsets only once the awaitable ``stage`` returns has completed, i.e. once every
+effect (Redis writes, published records) is durable, then calls ``finish``.
 """
 
 from __future__ import annotations
@@ -80,10 +81,6 @@ class Publisher(Protocol):
         """Hand every record to the producer, in order; the result completes on their acks."""
         ...
 
-    async def publish(self, records: Sequence[OutRecord]) -> None:
-        """Send all records and return once the broker acknowledged each one."""
-        ...
-
 
 @dataclass(frozen=True, slots=True)
 class ActivityBatch:
@@ -149,7 +146,7 @@ def no_acks() -> Awaitable[None]:
 
 
 #: ``Publisher.send``: hands records to the producer in order, returns their acks' awaitable.
-Sender = Callable[[Sequence["OutRecord"]], Awaitable[Awaitable[None]]]
+Sender = Callable[[Sequence[OutRecord]], Awaitable[Awaitable[None]]]
 
 
 class Retrier:
@@ -225,13 +222,6 @@ class IngestPipeline:
         #: (topic, partition) -> largest event time / offset processed, for the event-time clock.
         self.watermarks: dict[tuple[str, int], float] = {}
         self.positions: dict[tuple[str, int], int] = {}
-
-    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
-        """Process one batch; returns once all its effects are durable."""
-        batch = self.prepare(messages)
-        acks = await self.stage(batch)
-        await acks
-        return self.finish(batch)
 
     def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
         """Decode and validate a batch and compute its feature ops: CPU only, no I/O.
