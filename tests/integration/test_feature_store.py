@@ -31,9 +31,9 @@ from tests.unit.test_features import lane_of, ops_of, streams, with_duplicates
 pytestmark = pytest.mark.integration
 
 
-def _store(client: aioredis.Redis, config: FeatureConfig) -> RedisProfileStore:
+def _store(client: aioredis.Redis, config: FeatureConfig, ttl_s: int = 0) -> RedisProfileStore:
     prefix = "conf-" + uuid.uuid4().hex[:12]
-    return RedisProfileStore(client, prefix=prefix, features=config, profile_ttl_s=0)
+    return RedisProfileStore(client, prefix=prefix, features=config, profile_ttl_s=ttl_s)
 
 
 def _batches(events: Sequence[PreparedEvent], sizes: Sequence[int]) -> list[list[PreparedEvent]]:
@@ -233,8 +233,7 @@ def _view(cid: str, n: int, ts: float) -> PreparedEvent:
 async def test_profile_and_scoring_state_share_one_key(redis_server: Service) -> None:
     client = aioredis.Redis(port=redis_server.port)
     try:
-        store = RedisProfileStore(client, prefix="one-" + uuid.uuid4().hex[:8],
-                                  features=FeatureConfig(), profile_ttl_s=600)
+        store = _store(client, FeatureConfig(), ttl_s=600)
         t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
         [first] = await store.apply_batch([_view("c-1", 0, t0)], now=WALL)
         assert first.output_state is None
@@ -265,8 +264,7 @@ async def test_values_written_before_the_shared_key_still_read_and_move(
         redis_server: Service) -> None:
     client = aioredis.Redis(port=redis_server.port)
     try:
-        store = RedisProfileStore(client, prefix="old-" + uuid.uuid4().hex[:8],
-                                  features=FeatureConfig(), profile_ttl_s=0)
+        store = _store(client, FeatureConfig())
         t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
         [fresh] = await store.apply_batch([_view("c-1", 0, t0)], now=WALL)
         bare = encode_blob({"ev": 1.0, "la": t0, "fs": t0})
