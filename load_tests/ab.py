@@ -26,7 +26,6 @@ from load_tests.bench import (
     pipeline_run,
     produce_all,
     used_memory,
-    warm_models,
 )
 from load_tests.stats import Measured, median, ratio
 from load_tests.traffic import prepare_messages
@@ -41,7 +40,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bench = Bench(broker, redis_svc, workdir, None)
         if not args.cold_models:
-            bench.models = warm_models(bench.settings("warm"), args.seed)
+            bench.warm_up(args.seed)
         for shape, n in zip(args.shapes, args.events, strict=True):
             tag = f"ab{shape}-{uuid.uuid4().hex[:6]}"
             base = bench.settings(tag)

@@ -159,6 +159,11 @@ class Bench:
             base.setdefault(group, {}).update(values)
         return Settings(**base)  # type: ignore[arg-type]
 
+    def warm_up(self, seed: int) -> None:
+        """Train the model every worker of this bench will start with (see warm_models)."""
+        console.print("training the warm model (generator traffic, in memory)...")
+        self.models = warm_models(self.settings("warm"), seed)
+
     def seed_models(self, settings: Settings) -> None:
         """Publish the warm model under the run's prefix unless a version is already there."""
         if self.models is None:
@@ -833,7 +838,7 @@ async def profile_only(args: argparse.Namespace) -> int:
     try:
         bench = Bench(broker, redis_svc, workdir, profile_dir)
         if not args.cold_models:
-            bench.models = warm_models(bench.settings("warm"), args.seed)
+            bench.warm_up(args.seed)
         shape, n = args.profile_shape, args.profile_events
         tag = f"prof{shape}-{uuid.uuid4().hex[:6]}"
         s = bench.settings(tag)
@@ -867,8 +872,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bench = Bench(broker, redis_svc, workdir, profile_dir)
         if not args.cold_models:
-            console.print("training the warm model (generator traffic, in memory)...")
-            bench.models = warm_models(bench.settings("warm"), args.seed)
+            bench.warm_up(args.seed)
         tp, mem, scaling = await throughput(bench, plan, args.seed)
         lat = await latency(bench, plan, args.seed)
     finally:
