@@ -424,10 +424,15 @@ def assignments(bench: Bench, name: str, workers: int) -> list[int]:
 
 
 def _start_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy record (collapsed stacks) of ``pid`` until it exits."""
+    """py-spy record (collapsed stacks) of ``pid`` until it exits.
+
+    ``--gil``: only the thread holding the GIL is sampled. Without it, Faust's consumer
+    thread waiting for the GIL (inside a socket write, say) counts as busy, and the
+    shares add up to more than the one core the worker can use.
+    """
     try:
         return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw",
-                                 "--rate", "100", "--nonblocking", "-o", str(out)],
+                                 "--rate", "100", "--nonblocking", "--gil", "-o", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except FileNotFoundError:
         console.print("[yellow]py-spy not installed; no profile")
