@@ -868,6 +868,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.repeats:
         plan = Plan(**{**plan.__dict__, "repeats": args.repeats,
                        "scaling_repeats": args.repeats})
+    if args.shapes:
+        # Scaling runs on its shape's topic, so it is skipped unless that shape is kept.
+        plan = Plan(**{**plan.__dict__, "shapes": tuple(args.shapes),
+                       "latency_shapes": tuple(s for s in plan.latency_shapes
+                                               if s in args.shapes)})
+    if args.skip_latency:
+        plan = Plan(**{**plan.__dict__, "latency_shapes": ()})
     workdir = Path(tempfile.mkdtemp(prefix="streamproc-bench-"))
     profile_dir = Path(args.profile_dir) if args.profile_dir else None
     started = datetime.fromtimestamp(time.time(), UTC)
@@ -929,6 +936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="load_tests/results/latest.json")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--repeats", type=int, default=0, help="override repetitions per figure")
+    p.add_argument("--shapes", type=int, nargs="+", choices=(1, 10, 50),
+                   help="only these events/message shapes (a focused run, not the full table)")
+    p.add_argument("--skip-latency", action="store_true", help="throughput and memory only")
     p.add_argument("--profile-dir", default=None,
                    help="py-spy the first pipeline run of each shape (collapsed stacks)")
     p.add_argument("--profile-shape", type=int, default=0,

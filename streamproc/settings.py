@@ -124,6 +124,21 @@ class IngestSettings(_Group):
     batch_within_s: float = Field(
         0.02, gt=0, le=10, description="Longest a partial batch waits for more messages."
     )
+    batch_max_events: int = Field(
+        2000, ge=1, le=100_000,
+        description=(
+            "While the input is backlogged, a batch grows until it holds this many events "
+            "(or BATCH_MAX_MESSAGES messages): one Redis call and one scoring pass for more "
+            "events. A caught-up worker never waits for this."
+        ),
+    )
+    catchup_max_wait_s: float = Field(
+        0.25, ge=0, le=10,
+        description=(
+            "Longest a batch keeps growing while the input is backlogged (0 turns catch-up "
+            "batching off: every BATCH_WITHIN_S window is a batch)."
+        ),
+    )
     inflight_batches: int = Field(
         2,
         ge=1,

@@ -27,7 +27,13 @@ from streamproc.core.eventclock import (
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.kafka import FaustPublisher, StreamprocApp, faust_credentials
-from streamproc.runtime.pipeline import IngestPipeline, PreparedBatch, RawMessage, Retrier
+from streamproc.runtime.pipeline import (
+    IngestPipeline,
+    PreparedBatch,
+    RawMessage,
+    Retrier,
+    keep_collecting,
+)
 from streamproc.runtime.scoring import ModelHolder, Scorer, iter_partitions
 from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import Settings
@@ -147,15 +153,39 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                 await stream.ack(event)
             state.batches += 1
 
+        async def dispatch(batch: PreparedBatch, events: list[Any]) -> None:
+            while inflight and (inflight[0].done()
+                                or len(inflight) >= ingest.inflight_batches):
+                await inflight.popleft()  # re-raises a failed batch in the agent
+            previous = inflight[-1] if inflight else None
+            inflight.append(asyncio.ensure_future(complete(batch, events, previous)))
+
+        # A batch still collecting (catch-up batching, pipeline.keep_collecting); a stop
+        # leaves it unacknowledged, so it is redelivered.
+        held: PreparedBatch | None = None
+        held_events: list[Any] = []
         try:
             async for events in stream.noack_take(ingest.batch_max_messages,
                                                   ingest.batch_within_s):
-                batch = pipeline.prepare(_raw_messages(events))
-                while inflight and (inflight[0].done()
-                                    or len(inflight) >= ingest.inflight_batches):
-                    await inflight.popleft()  # re-raises a failed batch in the agent
-                previous = inflight[-1] if inflight else None
-                inflight.append(asyncio.ensure_future(complete(batch, events, previous)))
+                part = pipeline.prepare(_raw_messages(events))
+                if held is not None and len(held_events) + len(events) > \
+                        ingest.batch_max_messages:
+                    await dispatch(held, held_events)
+                    held = None
+                if held is None:
+                    held, held_events = part, list(events)
+                else:
+                    held.absorb(part)
+                    held_events += events
+                if keep_collecting(messages=len(held_events), events=len(held.events),
+                                   waiting=waiting_behind(held),
+                                   collecting_s=pipeline.clock() - held.received,
+                                   max_messages=ingest.batch_max_messages,
+                                   max_events=ingest.batch_max_events,
+                                   max_wait_s=ingest.catchup_max_wait_s):
+                    continue
+                await dispatch(held, held_events)
+                held, held_events = None, []
         finally:
             # A batch cancelled between its Redis call and its send would lose its outputs
             # for good (redelivered events are duplicates and score nothing), so batches
@@ -164,6 +194,16 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                 await asyncio.wait(inflight, timeout=ingest.shutdown_timeout_s / 2)
             for task in inflight:
                 task.cancel()
+
+    def waiting_behind(batch: PreparedBatch) -> int:
+        # Messages already in Kafka behind the batch's last offsets (its partitions' lag).
+        consumer: Any = app.consumer
+        waiting = 0
+        for (topic, partition), (_, offset) in batch.marks.items():
+            high = consumer.highwater(TP(topic, partition))
+            if high is not None:
+                waiting += max(0, int(high) - offset - 1)
+        return waiting
 
     training = app.topic(settings.topics.training_examples, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")

@@ -132,6 +132,33 @@ class PreparedBatch:
     #: (topic, partition) -> (newest event time, last offset) in this batch
     marks: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
 
+    def absorb(self, later: PreparedBatch) -> None:
+        """Append a batch prepared after this one, as if both had been prepared together."""
+        self.events += later.events
+        self.origins += later.origins
+        self.partitions.update(later.partitions)
+        self.out += later.out
+        for key, (newest, offset) in later.marks.items():
+            old_newest, old_offset = self.marks.get(key, (newest, offset))
+            self.marks[key] = (max(old_newest, newest), max(old_offset, offset))
+        self.outcome.messages += later.outcome.messages
+        self.outcome.dead_letters += later.outcome.dead_letters
+
+
+def keep_collecting(*, messages: int, events: int, waiting: int, collecting_s: float,
+                    max_messages: int, max_events: int, max_wait_s: float) -> bool:
+    """Whether a batch should wait for the next take instead of being staged now.
+
+    Catch-up batching: only while more messages are already waiting in Kafka
+    (``waiting``, the lag behind the batch) than the batch has room for does it
+    grow, so one Redis call and one scoring pass serve more events. A caught-up
+    worker stages every take at once, so waiting never adds latency to a live
+    stream; ``max_wait_s`` bounds the wait should delivery stall.
+    """
+    room = max_messages - messages
+    return (room > 0 and events < max_events and collecting_s < max_wait_s
+            and waiting >= room)
+
 
 _NO_LOCK = contextlib.nullcontext()
 

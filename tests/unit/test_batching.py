@@ -1,0 +1,81 @@
+"""Catch-up batching: when a batch waits for more, and merging prepared batches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamproc.metrics import create_metrics
+from streamproc.runtime.pipeline import IngestPipeline, PreparedBatch, RawMessage, keep_collecting
+from streamproc.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("messages", "events", "waiting", "collecting_s", "expected"),
+    [
+        (80, 80, 10_000, 0.02, True),   # backlogged: grow
+        (80, 80, 420, 0.02, True),      # exactly the room left is waiting
+        (80, 80, 419, 0.02, False),     # caught up (less than the room is waiting): stage now
+        (80, 80, 0, 0.02, False),       # live stream: never wait
+        (500, 500, 10_000, 0.02, False),  # full in messages
+        (40, 2000, 10_000, 0.02, False),  # full in events (envelopes)
+        (80, 80, 10_000, 0.25, False),  # waited long enough (delivery stalled)
+    ],
+)
+def test_keep_collecting(messages: int, events: int, waiting: int, collecting_s: float,
+                         expected: bool) -> None:
+    assert keep_collecting(messages=messages, events=events, waiting=waiting,
+                           collecting_s=collecting_s, max_messages=500, max_events=2000,
+                           max_wait_s=0.25) is expected
+
+
+def test_zero_wait_turns_catch_up_batching_off() -> None:
+    assert not keep_collecting(messages=1, events=1, waiting=10**6, collecting_s=0.0,
+                               max_messages=500, max_events=2000, max_wait_s=0.0)
+
+
+def _messages(settings: Settings) -> list[RawMessage]:
+    topics = settings.topics
+    out = []
+    for i in range(12):
+        customer = f"c-{i % 3}"
+        value: dict[str, object] = {
+            "event_id": f"e-{i}", "customer_id": customer, "event_type": "page_view",
+            "timestamp": f"2026-11-30T10:00:{i:02d}Z", "url": "/"}
+        if i == 5:
+            value["event_type"] = "teleport"  # a dead letter in the first part
+        if i == 9:
+            value = {"customer_id": customer, "events": [value, {**value, "event_id": "e-9b"}]}
+        out.append(RawMessage(topics.clickstream, i % 2, 100 + i, customer.encode(),
+                              orjson.dumps(value)))
+    out.append(RawMessage(topics.purchases, 0, 7, b"c-1", orjson.dumps({
+        "event_id": "o-1", "customer_id": "c-1", "order_id": "o-1", "type": "order",
+        "timestamp": "2026-11-30T09:00:00Z", "total": 5.0, "currency": "EUR",
+        "items": [{"product_id": "p", "quantity": 1, "unit_price": 5.0}]})))
+    return out
+
+
+def _view(batch: PreparedBatch) -> dict[str, object]:
+    return {"events": batch.events, "origins": [(o.message, o.index, o.kind) for o in
+                                                batch.origins],
+            "partitions": batch.partitions, "out": [(r.topic, r.key) for r in batch.out],
+            "marks": batch.marks, "outcome": asdict(batch.outcome)}
+
+
+def test_absorbed_batches_equal_one_batch_prepared_together() -> None:
+    settings = Settings(models={"signing_key": "k" * 32})
+    now = 1796040000.0  # 2026-11-30T12:00Z, after every event below
+    pipeline = IngestPipeline(settings, None, None,  # type: ignore[arg-type]
+                              create_metrics(CollectorRegistry()), retrier=None,  # type: ignore[arg-type]
+                              clock=lambda: now)
+    messages = _messages(settings)
+    whole = pipeline.prepare(messages)
+    merged = pipeline.prepare(messages[:7])
+    merged.absorb(pipeline.prepare(messages[7:]))
+    assert _view(merged) == _view(whole)
+    assert whole.outcome.dead_letters == 1
+    assert whole.outcome.messages == len(messages)
+    assert len(whole.events) == len(messages)  # 13 messages - 1 rejected + 1 extra in the envelope
