@@ -132,6 +132,8 @@ class Bench:
         self._n = itertools.count()
         #: A trained model every worker starts with (see warm_models); None = cold start.
         self.models: tuple[ModelBundle, Trainer] | None = None
+        #: ``--set group.field=value`` overrides applied to every worker's settings.
+        self.overrides: dict[str, dict[str, Any]] = {}
 
     def settings(self, topic_tag: str, *, outputs: str | None = None,
                  **groups: dict[str, Any]) -> Settings:
@@ -155,7 +157,7 @@ class Bench:
             "models": {"signing_key": SIGNING_KEY},
             "metrics": {"port": free_port(), "host": "127.0.0.1"},
         }
-        for group, values in groups.items():
+        for group, values in [*self.overrides.items(), *groups.items()]:
             base.setdefault(group, {}).update(values)
         return Settings(**base)  # type: ignore[arg-type]
 
@@ -667,6 +669,7 @@ async def latency(bench: Bench, plan: Plan, seed: int) -> dict[str, Any]:
             for rate in plan.latency_rates:
                 sent.clear()
                 arrived.clear()
+                before = await _batch_counts(settings.metrics.port)
                 stats = await send_records(
                     producer, source, rate=rate, probe_topic=settings.topics.clickstream,
                     probes_per_s=plan.probes_per_s, on_probe=sent.__setitem__,
@@ -685,7 +688,10 @@ async def latency(bench: Bench, plan: Plan, seed: int) -> dict[str, Any]:
                        # New-customer probes: produce -> first segment_changed (needs a model
                        # version; before the trainer's first snapshot nothing is published).
                        "segment_probes": len(sent) - len(dead),
-                       "segment_change": latency_summary(seg)}
+                       "segment_change": latency_summary(seg),
+                       # How batching adapted to the load: events per staged batch.
+                       "events_per_batch": _per_batch(before, await _batch_counts(
+                           settings.metrics.port))}
                 levels.append(row)
                 console.print(f"  latency b{shape} @ {rate}/s: {row}")
                 await asyncio.sleep(1.0)
@@ -700,6 +706,20 @@ async def latency(bench: Bench, plan: Plan, seed: int) -> dict[str, Any]:
                         "events of new customers, timed to their segment_changed record), "
                         "single-event messages",
             "levels": levels}
+
+
+BATCH_METRICS = ("streamproc_batch_events_count", "streamproc_batch_events_sum")
+
+
+async def _batch_counts(port: int) -> dict[str, float]:
+    async with aiohttp.ClientSession() as session:
+        return metric_sums(await scrape(session, port) or "", BATCH_METRICS)
+
+
+def _per_batch(before: dict[str, float], after: dict[str, float]) -> float | None:
+    batches = after.get(BATCH_METRICS[0], 0.0) - before.get(BATCH_METRICS[0], 0.0)
+    events = after.get(BATCH_METRICS[1], 0.0) - before.get(BATCH_METRICS[1], 0.0)
+    return round(events / batches, 1) if batches > 0 else None
 
 
 async def _read_probes(consumer: AIOKafkaConsumer, dead_letter: str,
@@ -875,6 +895,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                if s in args.shapes)})
     if args.skip_latency:
         plan = Plan(**{**plan.__dict__, "latency_shapes": ()})
+    if args.skip_throughput:
+        plan = Plan(**{**plan.__dict__, "shapes": ()})
     workdir = Path(tempfile.mkdtemp(prefix="streamproc-bench-"))
     profile_dir = Path(args.profile_dir) if args.profile_dir else None
     started = datetime.fromtimestamp(time.time(), UTC)
@@ -883,6 +905,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     redis_svc = start_redis()
     try:
         bench = Bench(broker, redis_svc, workdir, profile_dir)
+        bench.overrides = parse_overrides(args.set)
         if not args.cold_models:
             bench.warm_up(args.seed)
         tp, mem, scaling = await throughput(bench, plan, args.seed)
@@ -900,6 +923,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "load_avg_at_end": os.getloadavg(), "platform": platform.platform()},
         "config": {"plan": plan.__dict__, "seed": args.seed, "partitions": 4,
+                   "overrides": bench.overrides,
                    "poll_s": POLL_S, "slow_poll_s": SLOW_POLL_S, "worker_logs": str(workdir)},
         "throughput": tp, "latency": lat, "memory": mem, "scaling": scaling,
     }
@@ -913,6 +937,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                              for k, v in plan.__dict__.items()}
     doc["targets"] = targets(doc)
     return doc
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["ingest.batch_max_events=500"]`` -> ``{"ingest": {"batch_max_events": "500"}}``.
+
+    Values stay strings: the settings model parses them as it parses the environment.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        group, dot, fld = name.partition(".")
+        if not (sep and dot and group and fld):
+            raise SystemExit(f"--set {item!r}: expected GROUP.FIELD=VALUE")
+        out.setdefault(group, {})[fld] = value
+    return out
 
 
 def _code_state() -> dict[str, Any]:
@@ -939,6 +978,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shapes", type=int, nargs="+", choices=(1, 10, 50),
                    help="only these events/message shapes (a focused run, not the full table)")
     p.add_argument("--skip-latency", action="store_true", help="throughput and memory only")
+    p.add_argument("--skip-throughput", action="store_true",
+                   help="latency only (no throughput, memory or scaling)")
+    p.add_argument("--set", action="append", default=[], metavar="GROUP.FIELD=VALUE",
+                   help="a worker setting for every run, e.g. ingest.catchup_max_wait_s=0")
     p.add_argument("--profile-dir", default=None,
                    help="py-spy the first pipeline run of each shape (collapsed stacks)")
     p.add_argument("--profile-shape", type=int, default=0,

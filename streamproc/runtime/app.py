@@ -238,8 +238,9 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     def clock_for(partition: int) -> PartitionClock:
         clock = partition_clock(list(progress(partition).values()), lateness,
-                                # Batches decoded but not staged yet count as lag too.
-                                backlog=(ingest.inflight_batches + 1) * ingest.batch_max_messages)
+                                # Messages taken but not staged yet count as lag too: the
+                                # in-flight batches, the one collecting and the take buffer.
+                                backlog=(ingest.inflight_batches + 2) * ingest.batch_max_messages)
         if clock.watermark > -math.inf:
             metrics.watermark_seconds.labels(str(partition)).set(clock.watermark)
         return clock

@@ -149,15 +149,16 @@ def keep_collecting(*, messages: int, events: int, waiting: int, collecting_s: f
                     max_messages: int, max_events: int, max_wait_s: float) -> bool:
     """Whether a batch should wait for the next take instead of being staged now.
 
-    Catch-up batching: only while more messages are already waiting in Kafka
-    (``waiting``, the lag behind the batch) than the batch has room for does it
-    grow, so one Redis call and one scoring pass serve more events. A caught-up
-    worker stages every take at once, so waiting never adds latency to a live
-    stream; ``max_wait_s`` bounds the wait should delivery stall.
+    Catch-up batching: while at least as many messages are already waiting in Kafka
+    (``waiting``, the lag behind the batch) as the batch holds, or as it has room for,
+    it grows, so one Redis call and one scoring pass serve more events and a worker
+    that fell behind catches up faster. A caught-up worker stages every take at once,
+    so a live stream waits no longer; ``max_wait_s`` bounds the wait should delivery
+    stall.
     """
     room = max_messages - messages
     return (room > 0 and events < max_events and collecting_s < max_wait_s
-            and waiting >= room)
+            and waiting >= min(room, messages))
 
 
 _NO_LOCK = contextlib.nullcontext()

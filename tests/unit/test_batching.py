@@ -17,8 +17,10 @@ from streamproc.settings import Settings
     ("messages", "events", "waiting", "collecting_s", "expected"),
     [
         (80, 80, 10_000, 0.02, True),   # backlogged: grow
-        (80, 80, 420, 0.02, True),      # exactly the room left is waiting
-        (80, 80, 419, 0.02, False),     # caught up (less than the room is waiting): stage now
+        (80, 80, 80, 0.02, True),       # as many waiting as the batch holds: grow
+        (80, 80, 79, 0.02, False),      # fewer waiting than held: keeping up, stage now
+        (480, 480, 20, 0.02, True),     # nearly full: the room left is waiting
+        (480, 480, 19, 0.02, False),
         (80, 80, 0, 0.02, False),       # live stream: never wait
         (500, 500, 10_000, 0.02, False),  # full in messages
         (40, 2000, 10_000, 0.02, False),  # full in events (envelopes)
