@@ -272,7 +272,13 @@ class Scorer:
                                                    lambda: self.profiles.get_customers(ids))
             work: list[_Work] = []
             still_deferred: dict[str, float] = {}
+            gone: list[str] = []
             for cid, state, raw in zip(ids, states, outs, strict=True):
+                if state is None and raw is None:
+                    # The customer's key expired (profile TTL): nothing to label or score,
+                    # and writing a state would bring back a key with no profile.
+                    gone.append(cid)
+                    continue
                 st = CustomerScoringState.decode(cid, raw)
                 st.pending, examples = on_watermark(st.pending, clock.watermark, self.horizon_s)
                 view: ProfileView | None = None
@@ -291,7 +297,8 @@ class Scorer:
             gap = MIN_SNAPSHOT_GAP_S if was_deferred else 0.0
             out, new_states, schedule = self._decide(work, snapshot_gap=gap)
             await self._persist(new_states, schedule, dict.fromkeys(ids, partition),
-                                still_deferred, resolved=was_deferred - set(still_deferred))
+                                still_deferred, resolved=was_deferred - set(still_deferred),
+                                forget=gone)
             return await send(out) if out else no_acks()
 
     def _next_idle(self, st: CustomerScoringState) -> float | None:
@@ -391,7 +398,8 @@ class Scorer:
                        schedule: Mapping[str, float | None],
                        partitions: Mapping[str, int],
                        deferred: Mapping[str, float] | None = None,
-                       resolved: Iterable[str] = ()) -> None:
+                       resolved: Iterable[str] = (),
+                       forget: Iterable[str] = ()) -> None:
         prefix = self.profiles.prefix
         add: dict[str, dict[str, float]] = {}
         remove: dict[str, list[str]] = {}
@@ -406,6 +414,10 @@ class Scorer:
             add.setdefault(keys.deferred_key(prefix, partitions.get(cid, 0)), {})[cid] = at
         for cid in resolved:
             remove.setdefault(keys.deferred_key(prefix, partitions.get(cid, 0)), []).append(cid)
+        for cid in forget:  # customers whose key is gone leave both schedules
+            partition = partitions.get(cid, 0)
+            remove.setdefault(keys.checks_key(prefix, partition), []).append(cid)
+            remove.setdefault(keys.deferred_key(prefix, partition), []).append(cid)
         encoded = {cid: st.encode() for cid, st in states.items()}
 
         async def write() -> None:
