@@ -236,11 +236,15 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
             out[topic] = InputProgress(pipeline.watermarks.get((topic, partition)), lag)
         return out
 
+    held_slots = 2 if ingest.catchup_max_wait_s > 0 else 1
+
     def clock_for(partition: int) -> PartitionClock:
         clock = partition_clock(list(progress(partition).values()), lateness,
                                 # Messages taken but not staged yet count as lag too: the
-                                # in-flight batches, the one collecting and the take buffer.
-                                backlog=(ingest.inflight_batches + 2) * ingest.batch_max_messages)
+                                # in-flight batches, the take buffer and, with catch-up
+                                # batching, the batch collecting.
+                                backlog=(ingest.inflight_batches + held_slots)
+                                * ingest.batch_max_messages)
         if clock.watermark > -math.inf:
             metrics.watermark_seconds.labels(str(partition)).set(clock.watermark)
         return clock
