@@ -19,7 +19,7 @@ rebalances) is the stock one.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from faust.sensors.monitor import Monitor
@@ -93,11 +93,8 @@ class LeanPrometheusMonitor(PrometheusMonitor):
         received = self.messages_received_total
         m.messages_received.inc(received - self._flushed_received)
         self._flushed_received = received
-        for topic, n in self.messages_received_by_topic.items():
-            delta = n - self._flushed_by_topic[topic]
-            if delta:
-                m.messages_received_per_topics.labels(topic=topic).inc(delta)
-                self._flushed_by_topic[topic] = n
+        _inc_by_delta(self.messages_received_by_topic, self._flushed_by_topic,
+                      lambda topic: m.messages_received_per_topics.labels(topic=topic))
         for tp, offset in self.tp_read_offsets.items():
             m.messages_received_per_topics_partition.labels(
                 topic=tp.topic, partition=tp.partition).set(offset)
@@ -107,11 +104,9 @@ class LeanPrometheusMonitor(PrometheusMonitor):
         events = self.events_total
         m.total_events.inc(events - self._flushed_events)
         self._flushed_events = events
-        for key, n in self.events_by_stream.items():
-            delta = n - self._flushed_by_stream[key]
-            if delta:
-                m.total_events_per_stream.labels(stream=self._stream_labels[key]).inc(delta)
-                self._flushed_by_stream[key] = n
+        _inc_by_delta(self.events_by_stream, self._flushed_by_stream,
+                      lambda key: m.total_events_per_stream.labels(
+                          stream=self._stream_labels[key]))
         m.total_active_events.set(events - self._events_out_active)
         runtimes, self._runtimes_ms = self._runtimes_ms, []
         observe_many(m.events_runtime_latency, runtimes)
@@ -121,6 +116,16 @@ class LeanPrometheusMonitor(PrometheusMonitor):
         # on rebalance: export what was counted before, so no message goes uncounted.
         self.flush()
         super()._clear_partition_related_metrics()
+
+
+def _inc_by_delta(counts: Mapping[str, int], flushed: Counter[str],
+                  child: Callable[[str], Any]) -> None:
+    """Increase each labelled counter by what ``counts`` gained since the last flush."""
+    for key, n in counts.items():
+        delta = n - flushed[key]
+        if delta:
+            child(key).inc(delta)
+            flushed[key] = n
 
 
 class FlushOnCollect(Collector):
