@@ -133,6 +133,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                        key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     ingest = settings.ingest
+    catch_up = ingest.catchup_max_wait_s > 0
 
     @app.agent(inputs, name="ingest")
     async def ingest_agent(stream: Any) -> None:
@@ -177,12 +178,14 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                 else:
                     held.absorb(part)
                     held_events += events
-                if keep_collecting(messages=len(held_events), events=len(held.events),
-                                   waiting=waiting_behind(held),
-                                   collecting_s=pipeline.clock() - held.received,
-                                   max_messages=ingest.batch_max_messages,
-                                   max_events=ingest.batch_max_events,
-                                   max_wait_s=ingest.catchup_max_wait_s):
+                # With catch-up off (the default) no take waits, so no lag is looked up.
+                if catch_up and keep_collecting(messages=len(held_events),
+                                                events=len(held.events),
+                                                waiting=waiting_behind(held),
+                                                collecting_s=pipeline.clock() - held.received,
+                                                max_messages=ingest.batch_max_messages,
+                                                max_events=ingest.batch_max_events,
+                                                max_wait_s=ingest.catchup_max_wait_s):
                     continue
                 await dispatch(held, held_events)
                 held, held_events = None, []
@@ -236,7 +239,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
             out[topic] = InputProgress(pipeline.watermarks.get((topic, partition)), lag)
         return out
 
-    held_slots = 2 if ingest.catchup_max_wait_s > 0 else 1
+    held_slots = 2 if catch_up else 1
 
     def clock_for(partition: int) -> PartitionClock:
         clock = partition_clock(list(progress(partition).values()), lateness,
