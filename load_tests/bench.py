@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -886,17 +886,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the services, run every scenario, return the result document."""
     plan = QUICK if args.quick else FULL
     if args.repeats:
-        plan = Plan(**{**plan.__dict__, "repeats": args.repeats,
-                       "scaling_repeats": args.repeats})
+        plan = replace(plan, repeats=args.repeats, scaling_repeats=args.repeats)
     if args.shapes:
         # Scaling runs on its shape's topic, so it is skipped unless that shape is kept.
-        plan = Plan(**{**plan.__dict__, "shapes": tuple(args.shapes),
-                       "latency_shapes": tuple(s for s in plan.latency_shapes
-                                               if s in args.shapes)})
+        plan = replace(plan, shapes=tuple(args.shapes),
+                       latency_shapes=tuple(s for s in plan.latency_shapes if s in args.shapes))
     if args.skip_latency:
-        plan = Plan(**{**plan.__dict__, "latency_shapes": ()})
+        plan = replace(plan, latency_shapes=())
     if args.skip_throughput:
-        plan = Plan(**{**plan.__dict__, "shapes": ()})
+        plan = replace(plan, shapes=())
     workdir = Path(tempfile.mkdtemp(prefix="streamproc-bench-"))
     profile_dir = Path(args.profile_dir) if args.profile_dir else None
     started = datetime.fromtimestamp(time.time(), UTC)
