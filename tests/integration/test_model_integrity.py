@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from streamproc.runtime.embedded import free_port, spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
 from tests.integration.kafka_io import wait_until
+from tests.integration.metrics_io import scrape
 from tests.integration.test_models_e2e import _produce_live
 
 pytestmark = pytest.mark.integration
@@ -34,20 +34,10 @@ pytestmark = pytest.mark.integration
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if re.match(rf"^{re.escape(name)}(\{{.*\}})? ", line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def _wait_metric(port: int, name: str, predicate: Any, what: str) -> None:
     async def check() -> bool:
         try:
-            return bool(predicate(_metric(port, name)))
+            return bool(predicate(scrape(port, name)))
         except OSError:
             return False
 
@@ -96,7 +86,7 @@ async def test_tampered_snapshots_are_refused_and_restarts_resume(
         await client.set(keys.model_key(settings.redis.key_prefix, "current"), 9002)
         await _wait_metric(port, "streamproc_model_snapshots_rejected_total", lambda v: v >= 2,
                            "the foreign snapshot to be refused")
-        assert _metric(port, "streamproc_model_version") >= good  # still the last good one
+        assert scrape(port, "streamproc_model_version") >= good  # still the last good one
         log = (tmp_path / "worker1.log").read_text()
         assert "refused model snapshot v9001" in log
         assert "refused model snapshot v9002" in log
