@@ -133,12 +133,13 @@ class IngestSettings(_Group):
         ),
     )
     catchup_max_wait_s: float = Field(
-        0.0, ge=0, le=10,
+        0.25, ge=0, le=10,
         description=(
-            "Longest a batch keeps growing while the input is backlogged; 0 (the default) "
-            "turns catch-up batching off: every BATCH_WITHIN_S window is a batch. On a "
-            "replay of history a grown batch can span days of event time, and a customer "
-            "is scored (and snapshotted for churn labels) once per batch."
+            "Longest a batch keeps growing while the input is backlogged; 0 turns catch-up "
+            "batching off: every BATCH_WITHIN_S window is a batch. A batch also stops "
+            "growing once its events span a day of event time, the least gap between two "
+            "churn snapshots of a customer, so a replay of history learns from as many "
+            "snapshots as the live stream did."
         ),
     )
     inflight_batches: int = Field(

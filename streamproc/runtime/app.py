@@ -34,7 +34,7 @@ from streamproc.runtime.pipeline import (
     Retrier,
     keep_collecting,
 )
-from streamproc.runtime.scoring import ModelHolder, Scorer, iter_partitions
+from streamproc.runtime.scoring import MIN_SNAPSHOT_GAP_S, ModelHolder, Scorer, iter_partitions
 from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import Settings
 
@@ -178,14 +178,16 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                 else:
                     held.absorb(part)
                     held_events += events
-                # With catch-up off (the default) no take waits, so no lag is looked up.
+                # With catch-up off no take waits, so no lag is looked up.
                 if catch_up and keep_collecting(messages=len(held_events),
                                                 events=len(held.events),
                                                 waiting=waiting_behind(held),
                                                 collecting_s=pipeline.clock() - held.received,
+                                                span_s=held.event_span_s(),
                                                 max_messages=ingest.batch_max_messages,
                                                 max_events=ingest.batch_max_events,
-                                                max_wait_s=ingest.catchup_max_wait_s):
+                                                max_wait_s=ingest.catchup_max_wait_s,
+                                                max_span_s=MIN_SNAPSHOT_GAP_S):
                     continue
                 await dispatch(held, held_events)
                 held, held_events = None, []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -131,6 +132,13 @@ class PreparedBatch:
     out: list[OutRecord] = field(default_factory=list)
     #: (topic, partition) -> (newest event time, last offset) in this batch
     marks: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
+    #: oldest event time in this batch (inf while it holds none)
+    oldest: float = math.inf
+
+    def event_span_s(self) -> float:
+        """Event time between the batch's oldest and newest event (0 while it holds none)."""
+        newest = max((n for n, _ in self.marks.values()), default=-math.inf)
+        return max(0.0, newest - self.oldest) if self.events else 0.0
 
     def absorb(self, later: PreparedBatch) -> None:
         """Append a batch prepared after this one, as if both had been prepared together."""
@@ -141,12 +149,14 @@ class PreparedBatch:
         for key, (newest, offset) in later.marks.items():
             old_newest, old_offset = self.marks.get(key, (newest, offset))
             self.marks[key] = (max(old_newest, newest), max(old_offset, offset))
+        self.oldest = min(self.oldest, later.oldest)
         self.outcome.messages += later.outcome.messages
         self.outcome.dead_letters += later.outcome.dead_letters
 
 
 def keep_collecting(*, messages: int, events: int, waiting: int, collecting_s: float,
-                    max_messages: int, max_events: int, max_wait_s: float) -> bool:
+                    span_s: float, max_messages: int, max_events: int, max_wait_s: float,
+                    max_span_s: float) -> bool:
     """Whether a batch should wait for the next take instead of being staged now.
 
     Catch-up batching: while at least as many messages are already waiting in Kafka
@@ -154,11 +164,13 @@ def keep_collecting(*, messages: int, events: int, waiting: int, collecting_s: f
     it grows, so one Redis call and one scoring pass serve more events and a worker
     that fell behind catches up faster. A caught-up worker stages every take at once,
     so a live stream waits no longer; ``max_wait_s`` bounds the wait should delivery
-    stall.
+    stall. A batch also stops growing once its events span ``max_span_s`` of event
+    time: a customer is scored once per batch, so a replay of history in batches
+    spanning days would take fewer churn snapshots than the live stream did.
     """
     room = max_messages - messages
     return (room > 0 and events < max_events and collecting_s < max_wait_s
-            and waiting >= min(room, messages))
+            and span_s < max_span_s and waiting >= min(room, messages))
 
 
 _NO_LOCK = contextlib.nullcontext()
@@ -293,6 +305,8 @@ class IngestPipeline:
                 partitions[event.customer_id] = msg.partition
                 if ts > newest:
                     newest = ts
+                if ts < batch.oldest:
+                    batch.oldest = ts
             marks[wm_key] = (newest, max(offset, msg.offset))
         return batch
 

@@ -12,6 +12,8 @@ from streamproc.metrics import create_metrics
 from streamproc.runtime.pipeline import IngestPipeline, PreparedBatch, RawMessage, keep_collecting
 from streamproc.settings import Settings
 
+DAY = 86_400.0
+
 
 @pytest.mark.parametrize(
     ("messages", "events", "waiting", "collecting_s", "expected"),
@@ -30,13 +32,35 @@ from streamproc.settings import Settings
 def test_keep_collecting(messages: int, events: int, waiting: int, collecting_s: float,
                          expected: bool) -> None:
     assert keep_collecting(messages=messages, events=events, waiting=waiting,
-                           collecting_s=collecting_s, max_messages=500, max_events=2000,
-                           max_wait_s=0.25) is expected
+                           collecting_s=collecting_s, span_s=60.0, max_messages=500,
+                           max_events=2000, max_wait_s=0.25, max_span_s=DAY) is expected
 
 
 def test_zero_wait_turns_catch_up_batching_off() -> None:
     assert not keep_collecting(messages=1, events=1, waiting=10**6, collecting_s=0.0,
-                               max_messages=500, max_events=2000, max_wait_s=0.0)
+                               span_s=0.0, max_messages=500, max_events=2000,
+                               max_wait_s=0.0, max_span_s=DAY)
+
+
+def test_a_batch_spanning_the_snapshot_gap_stops_growing() -> None:
+    # A replay of history: backlogged, room left, but the batch already covers a day.
+    grow = dict(messages=80, events=80, waiting=10_000, collecting_s=0.01, max_messages=500,
+                max_events=2000, max_wait_s=0.25, max_span_s=DAY)
+    assert keep_collecting(span_s=DAY - 1, **grow)  # type: ignore[arg-type]
+    assert not keep_collecting(span_s=DAY, **grow)  # type: ignore[arg-type]
+
+
+def test_event_span_follows_absorbed_batches() -> None:
+    settings = Settings(models={"signing_key": "k" * 32})
+    pipeline = IngestPipeline(settings, None, None,  # type: ignore[arg-type]
+                              create_metrics(CollectorRegistry()), retrier=None,  # type: ignore[arg-type]
+                              clock=lambda: 1796040000.0)
+    messages = _messages(settings)
+    assert pipeline.prepare([]).event_span_s() == 0.0
+    first = pipeline.prepare(messages[:3])  # page views at 10:00:00-02
+    assert first.event_span_s() == 2.0
+    first.absorb(pipeline.prepare(messages[-1:]))  # the order at 09:00:00
+    assert first.event_span_s() == 3602.0
 
 
 def _messages(settings: Settings) -> list[RawMessage]:
@@ -64,7 +88,7 @@ def _view(batch: PreparedBatch) -> dict[str, object]:
     return {"events": batch.events, "origins": [(o.message, o.index, o.kind) for o in
                                                 batch.origins],
             "partitions": batch.partitions, "out": [(r.topic, r.key) for r in batch.out],
-            "marks": batch.marks, "outcome": asdict(batch.outcome)}
+            "marks": batch.marks, "oldest": batch.oldest, "outcome": asdict(batch.outcome)}
 
 
 def test_absorbed_batches_equal_one_batch_prepared_together() -> None:
