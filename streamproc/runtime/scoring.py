@@ -65,14 +65,33 @@ def _text(member: bytes | str) -> str:
     return member.decode() if isinstance(member, bytes) else member
 
 
+_BFLOAT16_MAX = 3.3895313892515355e38  # 0x7F7F0000, the largest finite one
+
+
 def pack_features(features: Mapping[str, float]) -> bytes:
-    """Model features as float32 bytes in ``MODEL_FEATURES`` order (compact pending state)."""
-    return np.asarray([features[n] for n in MODEL_FEATURES], dtype=np.float32).tobytes()
+    """Model features in ``MODEL_FEATURES`` order as bfloat16, 2 bytes each (pending state).
+
+    bfloat16 is the upper half of a float32, rounded to nearest even: float32's range
+    (spend never overflows, as it would in float16) with 8 significant bits, a relative
+    error below 0.4 %, far inside the noise an online churn model learns through. A
+    customer holds up to ``MAX_PENDING`` snapshots for a horizon, so this halves the
+    largest part of a heavy customer's scoring state (19 features: 38 bytes, not 76).
+    """
+    # Clipped first: rounding up must not turn a large finite value into inf.
+    f32 = np.clip(np.asarray([features[n] for n in MODEL_FEATURES], dtype=np.float64),
+                  -_BFLOAT16_MAX, _BFLOAT16_MAX).astype(np.float32)
+    bits = f32.view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype("<u2").tobytes()
 
 
 def unpack_features(blob: bytes) -> dict[str, float]:
-    """Inverse of :func:`pack_features`."""
-    values = np.frombuffer(blob, dtype=np.float32).tolist()
+    """Inverse of :func:`pack_features`; also reads the float32 blobs stored before it."""
+    if len(blob) == 4 * len(MODEL_FEATURES):
+        values = np.frombuffer(blob, dtype=np.float32).tolist()
+    else:
+        halves = np.frombuffer(blob, dtype="<u2").astype(np.uint32) << 16
+        values = halves.view(np.float32).tolist()
     return dict(zip(MODEL_FEATURES, values, strict=True))
 
 
