@@ -138,7 +138,7 @@ class PreparedBatch:
     def event_span_s(self) -> float:
         """Event time between the batch's oldest and newest event (0 while it holds none)."""
         newest = max((n for n, _ in self.marks.values()), default=-math.inf)
-        return max(0.0, newest - self.oldest) if self.events else 0.0
+        return max(0.0, newest - self.oldest)  # -inf while empty: newest -inf, oldest inf
 
     def absorb(self, later: PreparedBatch) -> None:
         """Append a batch prepared after this one, as if both had been prepared together."""

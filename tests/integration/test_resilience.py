@@ -32,6 +32,7 @@ from streamproc.runtime.embedded import free_port, redis_binary, spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
 from tests.integration.kafka_io import consume_all, produce, wait_until
+from tests.integration.metrics_io import metric_value
 from tests.reference import compare, reference_profiles
 
 pytestmark = pytest.mark.integration
@@ -279,18 +280,6 @@ async def probe(port: int) -> tuple[int, float | None]:
         return 0, None
     _, metrics = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
     return status, metric_value(metrics, "streamproc_redis_up")
-
-
-def metric_value(body: str, name: str) -> float | None:
-    """The sum of a metric family's samples in a Prometheus text page (None if absent)."""
-    total: float | None = None
-    for line in body.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        if sample == name or sample.startswith(name + "{"):
-            total = (total or 0.0) + float(value)
-    return total
 
 
 async def events_seen(port: int) -> float:
