@@ -26,6 +26,7 @@ from streamproc.core.eventclock import (
 )
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
+from streamproc.runtime.inflight import InFlight
 from streamproc.runtime.kafka import FaustPublisher, StreamprocApp, faust_credentials
 from streamproc.runtime.pipeline import (
     IngestPipeline,
@@ -140,26 +141,20 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         # noack_take hands us the events and leaves acking to us: offsets move only after
         # a batch's effects are in Redis and acknowledged by the broker. noack_take stops
         # collecting while this body runs, so the body only decodes; Redis, scoring and
-        # publishing run in a task per batch, overlapping the next batch's decode.
-        inflight: deque[asyncio.Task[None]] = deque()
-
-        async def complete(batch: PreparedBatch, events: Sequence[Any],
-                           previous: asyncio.Task[None] | None) -> None:
-            acks = await pipeline.stage(batch)
-            await acks
-            if previous is not None:
-                await previous  # offsets are acked in order
-            pipeline.finish(batch)
-            for event in events:
-                await stream.ack(event)
-            state.batches += 1
+        # publishing run in flight, overlapping the next batch's decode.
+        inflight = InFlight(ingest.inflight_batches)
 
         async def dispatch(batch: PreparedBatch, events: list[Any]) -> None:
-            while inflight and (inflight[0].done()
-                                or len(inflight) >= ingest.inflight_batches):
-                await inflight.popleft()  # re-raises a failed batch in the agent
-            previous = inflight[-1] if inflight else None
-            inflight.append(asyncio.ensure_future(complete(batch, events, previous)))
+            async def work() -> None:
+                await (await pipeline.stage(batch))
+
+            async def complete() -> None:
+                pipeline.finish(batch)
+                for event in events:
+                    await stream.ack(event)
+                state.batches += 1
+
+            await inflight.dispatch(work, complete)  # raises an earlier batch's failure
 
         # A batch still collecting (catch-up batching, pipeline.keep_collecting); a stop
         # leaves it unacknowledged, so it is redelivered.
@@ -192,13 +187,8 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                 await dispatch(held, held_events)
                 held, held_events = None, []
         finally:
-            # A batch cancelled between its Redis call and its send would lose its outputs
-            # for good (redelivered events are duplicates and score nothing), so batches
-            # already staging are let finish, within half the shutdown budget.
-            if inflight:
-                await asyncio.wait(inflight, timeout=ingest.shutdown_timeout_s / 2)
-            for task in inflight:
-                task.cancel()
+            # Batches already staging may finish, within half the shutdown budget.
+            await inflight.drain(ingest.shutdown_timeout_s / 2)
 
     def waiting_behind(batch: PreparedBatch) -> int:
         # Messages already in Kafka behind the batch's last offsets (its partitions' lag).
