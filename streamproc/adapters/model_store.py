@@ -1,11 +1,14 @@
 """Signed model snapshots in Redis: versioned bundles, a ``current`` pointer, trainer state.
 
 Bytes are verified (HMAC) before anything is unpickled; a bad blob is refused
-and the caller keeps the last good version.
+and the caller keeps the last good version. The trainer state is stored with its
+position on the training topic, in the same transaction, so a resumed trainer knows
+exactly which examples it has already learned.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from collections.abc import Mapping
@@ -20,6 +23,37 @@ log = logging.getLogger(__name__)
 
 #: Old bundle versions kept for roll-back.
 KEEP_VERSIONS = 20
+#: Key name (under the model prefix, so ``reset`` deletes it) of the trainer position.
+POSITION = "trainer_position"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerPosition:
+    """How far a trainer state has learned the (single-partition) training topic."""
+
+    topic: str
+    #: The first record not fully learned.
+    offset: int
+    #: Examples of that record already learned (always fewer than it holds).
+    index: int
+    #: Examples learned since the last version cut, so a resumed trainer cuts at the same
+    #: examples as one that never stopped.
+    since_version: int = 0
+
+    def to_json(self) -> str:
+        """Plain JSON: an operator can read it with ``redis-cli get``."""
+        return json.dumps({"topic": self.topic, "offset": self.offset, "index": self.index,
+                           "since_version": self.since_version})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> TrainerPosition:
+        """Inverse of :meth:`to_json`; raises ValueError, KeyError or TypeError if malformed."""
+        doc = json.loads(raw)
+        position = cls(str(doc["topic"]), int(doc["offset"]), int(doc["index"]),
+                       int(doc["since_version"]))
+        if min(position.offset, position.index, position.since_version) < 0:
+            raise ValueError("negative trainer position")
+        return position
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +80,14 @@ class ModelStore:
         raw = await self.client.get(self._k("current"))
         return int(raw) if raw else 0
 
-    def snapshot(self, bundle: ModelBundle, trainer: Trainer,
-                 published_at: float) -> dict[str, bytes | str | int]:
+    def snapshot(self, bundle: ModelBundle, trainer: Trainer, published_at: float,
+                 position: TrainerPosition | None = None) -> dict[str, bytes | str | int]:
         """What publishing ``bundle`` writes, signed now: later learning cannot leak in."""
-        return published_items(self.prefix, self._key, bundle, trainer, published_at)
+        return published_items(self.prefix, self._key, bundle, trainer, published_at, position)
+
+    def checkpoint(self, trainer: Trainer, position: TrainerPosition) -> dict[str, bytes | str]:
+        """What saving the trainer state alone writes (no new version), signed now."""
+        return trainer_items(self.prefix, self._key, trainer, position)
 
     async def store(self, version: int, items: Mapping[str, bytes | str | int]) -> None:
         """Write a :meth:`snapshot` in one transaction, moving ``current`` to ``version``."""
@@ -60,6 +98,10 @@ class ModelStore:
         if old > 0:
             pipe.delete(self._k(f"bundle:{old}"), self._k(f"published:{old}"))
         await pipe.execute()
+
+    async def store_checkpoint(self, items: Mapping[str, bytes | str]) -> None:
+        """Write a :meth:`checkpoint` (one MSET: atomic)."""
+        await self.client.mset(dict(items))
 
     async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:
         """Store the bundle and the trainer state, then move ``current`` to the new version."""
@@ -78,10 +120,25 @@ class ModelStore:
 
     async def load_trainer(self) -> Trainer | None:
         """The trainer's last saved state, None when there is none."""
-        blob = await self.client.get(self._k("trainer"))
+        return (await self.load_trainer_state())[0]
+
+    async def load_trainer_state(self) -> tuple[Trainer | None, TrainerPosition | None]:
+        """The trainer's last saved state and the position it covers, read together.
+
+        Raises SnapshotRejected for a state that does not verify. A missing or unreadable
+        position is None: the trainer then learns whatever it is given.
+        """
+        blob, raw = await self.client.mget([self._k("trainer"), self._k(POSITION)])
         if blob is None:
-            return None
-        return Trainer.from_state_bytes(_as_bytes(blob), self._key)
+            return None, None
+        trainer = Trainer.from_state_bytes(_as_bytes(blob), self._key)
+        if not raw:
+            return trainer, None
+        try:
+            return trainer, TrainerPosition.from_json(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable trainer position (%s)", type(exc).__name__)
+            return trainer, None
 
     async def roll_back(self, version: int) -> None:
         """Point ``current`` at an older stored version (operators' escape hatch)."""
@@ -95,7 +152,8 @@ class ModelStore:
 
 
 def published_items(prefix: str, key: bytes, bundle: ModelBundle, trainer: Trainer,
-                    published_at: float) -> dict[str, bytes | str | int]:
+                    published_at: float,
+                    position: TrainerPosition | None = None) -> dict[str, bytes | str | int]:
     """The keys and values publishing a version writes, ``current`` last.
 
     Also used to seed a store synchronously (the benchmark starts workers with a model).
@@ -103,8 +161,21 @@ def published_items(prefix: str, key: bytes, bundle: ModelBundle, trainer: Train
     return {
         keys.model_key(prefix, f"bundle:{bundle.version}"): sign(_pickle(bundle), key),
         keys.model_key(prefix, f"published:{bundle.version}"): repr(published_at),
-        keys.model_key(prefix, "trainer"): trainer.state_bytes(key),
+        **trainer_items(prefix, key, trainer, position),
         keys.model_key(prefix, "current"): bundle.version,
+    }
+
+
+def trainer_items(prefix: str, key: bytes, trainer: Trainer,
+                  position: TrainerPosition | None) -> dict[str, bytes | str]:
+    """The trainer state and its position: always written together, so they always match.
+
+    No position is written as an empty value rather than left out, so a stale position
+    never outlives the state it described.
+    """
+    return {
+        keys.model_key(prefix, "trainer"): trainer.state_bytes(key),
+        keys.model_key(prefix, POSITION): position.to_json() if position else "",
     }
 
 

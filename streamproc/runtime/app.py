@@ -205,18 +205,22 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     @app.agent(training, name="trainer")
     async def trainer_agent(stream: Any) -> None:
-        # One partition, so one trainer in the group; acked only after learning and storing
-        # the versions cut. Only the Redis calls are retried, so a retry never relearns.
+        # One partition, so one trainer in the group. A record is acked only once a stored
+        # trainer state holds all of it; until then it waits here, and a crash or a stop
+        # redelivers it (the trainer skips what it already learned). Only the Redis calls
+        # are retried, so a retry never relearns.
+        topic = settings.topics.training_examples
+        pending: deque[Any] = deque()
         async for events in stream.noack_take(1000, 0.5):
-            await retrier.call("train", trainer.load)
+            await retrier.call("train", lambda: trainer.load(topic))
             for event in events:
-                if event.message.value:
-                    trainer.learn([event.message.value])
-                    # A record holds up to 500 examples: let the ingest agent run between.
-                    await asyncio.sleep(0)
+                trainer.learn([(event.message.offset, event.message.value)])
+                pending.append(event)
+                # A record holds up to 500 examples: let the ingest agent run between.
+                await asyncio.sleep(0)
             await retrier.call("train", trainer.flush)
-            for event in events:
-                await stream.ack(event)
+            for _ in range(trainer.covered([e.message.offset for e in pending])):
+                await stream.ack(pending.popleft())
 
     lateness = settings.ingest.allowed_lateness_s
     topics = settings.topics

@@ -1,23 +1,26 @@
-"""The trainer service against a real Redis that fails a write: nothing is learned twice.
+"""The trainer service against a real Redis: each example is learned exactly once.
 
 Learning is CPU only and cuts versions into a queue; storing them is the only Redis
 call, and the one the worker retries. A store that fails partway leaves the queue
-as it was, so the retry writes the same versions and the trainer has learned each
-example exactly once.
+as it was, so the retry writes the same versions. Each stored trainer state carries
+the topic position it covers and the worker acks only records a stored state holds,
+so a new owner after a crash is sent those records again and skips what it has.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streamproc.adapters.model_store import ModelStore
+from streamproc.adapters import keys
+from streamproc.adapters.model_store import ModelStore, TrainerPosition
 from streamproc.core.features import MODEL_FEATURES
 from streamproc.metrics import create_metrics
 from streamproc.runtime.embedded import Service
@@ -26,6 +29,48 @@ from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import ModelSettings
 
 pytestmark = pytest.mark.integration
+
+TOPIC = "training"
+KEY = b"k" * 32
+#: v1 after 200 examples, then every 250: v2 at 450, v3 at 700, v4 at 950.
+EVERY_250 = ModelSettings(signing_key="k" * 32, snapshot_every_examples=250)
+
+
+class _Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def store(redis_server: Service) -> AsyncIterator[ModelStore]:
+    """A model store under a fresh key prefix on the session's Redis."""
+    client = aioredis.Redis(port=redis_server.port)
+    yield ModelStore(client, "tr-" + uuid.uuid4().hex[:8], KEY)
+    await client.aclose()
+
+
+async def _owner(store: ModelStore, settings: ModelSettings = EVERY_250,
+                 clock: _Clock | None = None, topic: str = TOPIC) -> TrainerService:
+    """A trainer service that has just taken the training partition over."""
+    service = TrainerService(settings, store, create_metrics(CollectorRegistry()),
+                             clock=clock or _Clock())
+    await service.load(topic)
+    return service
+
+
+def _records(n: int, per_record: int, seed: int = 1) -> list[tuple[int, bytes]]:
+    """``n`` examples as training-topic records, with their offsets."""
+    return list(enumerate(training_records(_examples(n, seed), per_record=per_record)))
+
+
+def _seen(service: TrainerService) -> int:
+    assert service.trainer is not None
+    return service.trainer.profiles_seen
 
 
 class _FailsOnce(ModelStore):
@@ -54,14 +99,14 @@ async def test_a_failed_store_is_retried_without_relearning(redis_server: Servic
         settings = ModelSettings(signing_key="k" * 32, snapshot_every_examples=250)
         service = TrainerService(settings, store, create_metrics(CollectorRegistry()))
         records = training_records(_examples(1000, seed=1), per_record=400)
-        await service.load()
-        assert service.learn(records) == 1000
+        await service.load(TOPIC)
+        assert service.learn(list(enumerate(records))) == 1000
         # v1 after 200 examples, then every 250: v2 at 450, v3 at 700, v4 at 950.
-        assert [v for v, _ in service.unpublished] == [1, 2, 3, 4]
+        assert [c.version for c in service.unpublished] == [1, 2, 3, 4]
         with pytest.raises(RedisConnectionError):
             await service.flush()
         assert await store.current_version() == 1
-        assert [v for v, _ in service.unpublished] == [2, 3, 4]
+        assert [c.version for c in service.unpublished] == [2, 3, 4]
         await service.flush()  # what the worker's retrier does
         assert service.unpublished == []
         assert await store.current_version() == 4
@@ -74,3 +119,127 @@ async def test_a_failed_store_is_retried_without_relearning(redis_server: Servic
         assert resumed.profiles_seen == 950  # the state stored with v4, cut at example 950
     finally:
         await client.aclose()
+
+
+async def test_a_crash_before_any_store_relearns_each_example_once(store: ModelStore) -> None:
+    records = _records(1000, per_record=400)
+    first = await _owner(store)
+    assert first.learn(records) == 1000
+    assert [c.version for c in first.unpublished] == [1, 2, 3, 4]
+    assert first.covered([o for o, _ in records]) == 0  # nothing stored: nothing acked
+    # Crash: nothing was stored or acked, so the new owner is sent every record again.
+    second = await _owner(store)
+    assert second.learn(records) == 1000
+    assert _seen(second) == 1000
+    # The same versions, byte for byte (the same signed bundles and trainer states).
+    assert [c.items for c in second.unpublished] == [c.items for c in first.unpublished]
+    assert [c.position for c in second.unpublished] == [
+        TrainerPosition(TOPIC, 0, 200, 0), TrainerPosition(TOPIC, 1, 50, 0),
+        TrainerPosition(TOPIC, 1, 300, 0), TrainerPosition(TOPIC, 2, 150, 0)]
+    await second.flush()
+    assert await store.current_version() == 4
+
+
+async def test_a_crash_after_a_store_before_the_acks_learns_nothing_twice(
+        store: ModelStore) -> None:
+    records = _records(1000, per_record=100)  # ten records of 100 examples
+    first = await _owner(store)
+    assert first.learn(records[:7]) == 700
+    await first.flush()  # v3 was cut at example 700: the end of record 6
+    assert await store.current_version() == 3
+    assert first.covered([o for o, _ in records[:7]]) == 7
+    # Crash before the acks: the new owner is sent records 0-6 again, then the rest.
+    second = await _owner(store)
+    assert second.stored == TrainerPosition(TOPIC, 7, 0, 0)
+    assert second.learn(records[:7]) == 0
+    assert second.learn(records[7:]) == 300
+    assert _seen(second) == 1000
+    assert [(c.version, c.position) for c in second.unpublished] == \
+        [(4, TrainerPosition(TOPIC, 9, 50, 0))]  # as if nothing had happened
+
+
+async def test_a_version_cut_inside_a_record_stores_the_index_in_it(store: ModelStore) -> None:
+    records = _records(1000, per_record=400)  # examples 0-399, 400-799, 800-999
+    first = await _owner(store)
+    first.learn(records)
+    await first.flush()
+    _, position = await store.load_trainer_state()
+    assert position == TrainerPosition(TOPIC, 2, 150, 0)  # v4 at example 950
+    assert first.covered([0, 1, 2]) == 2  # record 2 waits for its last 50 examples
+    second = await _owner(store)
+    assert second.learn(records[2:]) == 50
+    assert _seen(second) == 1000
+    assert second.unpublished == []
+
+
+async def test_the_trainer_state_is_stored_alone_after_a_quiet_spell(store: ModelStore) -> None:
+    # The default cadence (v1 at 200 examples): 100 examples make no version.
+    settings = ModelSettings(signing_key="k" * 32)
+    records = _records(300, per_record=50)
+    clock = _Clock()
+    first = await _owner(store, settings, clock)
+    assert first.learn(records[:2]) == 100
+    clock.now += 59.0
+    await first.flush()
+    assert await store.load_trainer_state() == (None, None)
+    assert first.covered([0, 1]) == 0
+    clock.now += 1.0
+    await first.flush()
+    trainer, position = await store.load_trainer_state()
+    assert trainer is not None
+    assert trainer.profiles_seen == 100
+    assert position == TrainerPosition(TOPIC, 2, 0, 100)
+    assert await store.current_version() == 0  # a checkpoint is no version
+    assert first.covered([0, 1]) == 2
+    # A new owner counts on from example 100, so v1 comes at example 200 as before.
+    second = await _owner(store, settings)
+    assert second.learn(records) == 200
+    assert [(c.version, c.position) for c in second.unpublished] == \
+        [(1, TrainerPosition(TOPIC, 4, 0, 0))]
+    assert _seen(second) == 300
+
+
+async def test_malformed_and_empty_records_do_not_hold_acks_back(
+        store: ModelStore, caplog: pytest.LogCaptureFixture) -> None:
+    good = training_records(_examples(250, seed=2), per_record=150)
+    values = [good[0], b"not json", b"", b'{"kind": "batch", "examples": 5}', good[1],
+              b"\xff"]
+    records = list(enumerate(values))
+    clock = _Clock()
+    service = await _owner(store, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="streamproc.runtime.trainer"):
+        assert service.learn(records) == 250
+    assert len([r for r in caplog.records if "malformed" in r.message]) == 3
+    await service.flush()  # v1 at example 200: record 4, 50 examples in
+    assert service.stored == TrainerPosition(TOPIC, 4, 50, 0)
+    assert service.covered([o for o, _ in records]) == 4
+    clock.now += 60.0
+    await service.flush()  # a checkpoint covers the rest, the trailing bad record too
+    assert service.covered([o for o, _ in records]) == 6
+
+
+async def test_a_position_on_another_topic_is_ignored(store: ModelStore) -> None:
+    records = _records(500, per_record=250)
+    first = await _owner(store, topic="old-training")
+    first.learn(records)
+    await first.flush()
+    second = await _owner(store)
+    assert second.trainer is not None
+    assert second.trainer.version == 2  # the models resume
+    assert second.stored is None
+    assert second.learn(records) == 500  # offsets on another topic say nothing here
+
+
+async def test_an_unreadable_position_is_ignored_and_reset_deletes_it(store: ModelStore) -> None:
+    first = await _owner(store)
+    first.learn(_records(200, per_record=100))
+    await first.flush()
+    position_key = keys.model_key(store.prefix, "trainer_position")
+    assert await store.client.exists(position_key)
+    await store.client.set(position_key, b"{not json")
+    trainer, position = await store.load_trainer_state()
+    assert trainer is not None
+    assert position is None
+    assert await store.reset() > 0
+    assert await store.client.exists(position_key) == 0
+    assert await store.load_trainer_state() == (None, None)
