@@ -182,14 +182,16 @@ class IngestSettings(_Group):
         ge=1,
         le=4096,
         description=(
-            "Clickstream event ids remembered per customer (14 bytes each, in the profile). "
+            "Clickstream event ids remembered per customer (12 bytes each, in the profile: "
+            "a 6-byte digest and the event time). "
             "A duplicate of a remembered id is skipped; an unknown event older than every "
             "remembered one is dead-lettered as late_event, never counted twice."
         ),
     )
     dedupe_purchases: int = Field(
         8, ge=1, le=4096,
-        description="Purchase event ids remembered per customer (as DEDUPE_EVENTS, for orders).",
+        description=("Purchase event ids remembered per customer (as DEDUPE_EVENTS, 12 bytes "
+                     "each, for orders)."),
     )
     sessions: int = Field(
         4, ge=1, le=1024,

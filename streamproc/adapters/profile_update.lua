@@ -7,7 +7,8 @@
 -- ARGV[1]  msgpack config: taus (decayed field -> tau seconds), maxcat, icap (lane ->
 --          event ids kept), scap (sessions kept), lcap (cart/order links kept), lwin
 --          (link window, s), lttl (link wall-clock TTL, s), pttl (profile TTL, 0 = none)
--- ARGV[2]  msgpack list, one entry per KEYS[i]: list of {event_digest, ts, ops, lane}
+-- ARGV[2]  msgpack list, one entry per KEYS[i]: list of {event_digest (6 bytes), ts, ops,
+--          lane}
 -- ARGV[3]  the client's wall clock, whole seconds (link expiry; passed in so both
 --          interpreters see the same clock)
 --
@@ -15,6 +16,10 @@
 -- the id, session and link rings mirror streamproc/core/seen.py. Tests run the same
 -- streams through both and compare bytes. This file holds no business rules:
 -- which ops an event produces is decided in Python.
+--
+-- Event-id rings of earlier versions (ic/ip, 8-byte digests, 14-byte records) are
+-- converted to the current lanes (jc/jp, 6-byte digests, 12-byte records) when a profile
+-- is loaded, and the profile is written back even if every event was a duplicate.
 --
 -- Returns, per customer: {profile_blob, output_state_blob|false,
 --                         {1 applied | 0 duplicate | 2 late, per event}}.
@@ -32,7 +37,9 @@ local taus, maxcat, icap, scap, pttl = cfg.taus, cfg.maxcat, cfg.icap, cfg.scap,
 local lcap, lwin, lttl = cfg.lcap, cfg.lwin, cfg.lttl
 local exp, mfloor, find, sub = math.exp, math.floor, string.find, string.sub
 local window = 4 * 3600
-local IDREC, SESREC, LINKREC = 14, 9, 17
+local IDKEY, IDREC, OLDREC, SESREC, LINKREC = 6, 12, 14, 9, 17
+-- features.LEGACY_LANES: id rings of earlier versions (14-byte records) -> current lanes.
+local LEGACY = {{'ic', 'jc'}, {'ip', 'jp'}}
 local U32 = 4294967295
 
 -- Byte position (1-based) of the record of `size` bytes that starts with `key`, or nil.
@@ -45,6 +52,22 @@ local function find_record(ring, key, size)
   return nil
 end
 
+-- seen._insert_id: inserts a record in event-time order, evicting the oldest on overflow
+-- (raising st[lane..'f']); stores and returns the ring.
+local function insert_id(st, lane, ring, key, ms)
+  local at = #ring
+  while at > 0 and struct.unpack('>I6', ring, at - 5) > ms do at = at - IDREC end
+  ring = sub(ring, 1, at) .. key .. struct.pack('>I6', ms) .. sub(ring, at + 1)
+  if #ring > icap[lane] * IDREC then
+    local evicted = struct.unpack('>I6', ring, IDKEY + 1)
+    local fl = st[lane .. 'f']
+    if fl == nil or evicted > fl then st[lane .. 'f'] = evicted end
+    ring = sub(ring, IDREC + 1)
+  end
+  st[lane] = ring
+  return ring
+end
+
 -- seen.admit_event: returns 1 applied, 0 duplicate, 2 late; updates st[lane], st[lane..'f'].
 local function admit(st, lane, key, ts)
   local ring = st[lane] or ''
@@ -53,16 +76,34 @@ local function admit(st, lane, key, ts)
   if ms < 0 then ms = 0 elseif ms > 281474976710655 then ms = 281474976710655 end
   local fl = st[lane .. 'f']
   if fl ~= nil and ms <= fl then return 2 end
-  local at = #ring
-  while at > 0 and struct.unpack('>I6', ring, at - 5) > ms do at = at - IDREC end
-  ring = sub(ring, 1, at) .. key .. struct.pack('>I6', ms) .. sub(ring, at + 1)
-  if #ring > icap[lane] * IDREC then
-    local evicted = struct.unpack('>I6', ring, 9)
-    if fl == nil or evicted > fl then st[lane .. 'f'] = evicted end
-    ring = sub(ring, IDREC + 1)
-  end
-  st[lane] = ring
+  insert_id(st, lane, ring, key, ms)
   return 1
+end
+
+-- seen.upgrade_id_ring / features.upgrade_lanes: folds each legacy ring into its lane
+-- (digest bytes 7-8 dropped, event-time order, newer floor wins); true if any.
+local function upgrade_lanes(st)
+  local changed = false
+  for _, names in ipairs(LEGACY) do
+    local old, lane = names[1], names[2]
+    local ring, ofl = st[old], st[old .. 'f']
+    if ring ~= nil or ofl ~= nil then
+      ring = ring or ''
+      local fl = st[lane .. 'f']
+      if ofl ~= nil and (fl == nil or ofl > fl) then st[lane .. 'f'] = ofl end
+      local new = st[lane] or ''
+      for at = 1, #ring - OLDREC + 1, OLDREC do
+        local key = sub(ring, at, at + IDKEY - 1)
+        if not find_record(new, key, IDREC) then
+          new = insert_id(st, lane, new, key, (struct.unpack('>I6', ring, at + OLDREC - 6)))
+        end
+      end
+      if #new > 0 then st[lane] = new end
+      st[old], st[old .. 'f'] = nil, nil
+      changed = true
+    end
+  end
+  return changed
 end
 
 -- seen.touch_session: returns the session's flags before, makes it the most recent.
@@ -94,7 +135,7 @@ end
 -- seen.touch_link: drops settled and expired links, then sets `flag` on the session's
 -- link; returns the session's flags before.
 local function touch_link(st, key, flag, ts)
-  local clicks, orders = newest_ms(st.ic), newest_ms(st.ip)
+  local clicks, orders = newest_ms(st.jc), newest_ms(st.jp)
   local low = nil
   if clicks ~= nil and orders ~= nil then
     low = mfloor(math.min(clicks, orders) / 1000) - lwin
@@ -205,7 +246,8 @@ for i, key in ipairs(KEYS) do
   local st = {}
   if blob then st = cmsgpack.unpack(blob) end
   local flags = {}
-  local changed = false
+  -- Converted whatever the events' outcome, as the Python twin does (features.apply_event).
+  local changed = upgrade_lanes(st)
   for j, ev in ipairs(groups[i]) do
     local ts, ops = ev[2], ev[3]
     local status = admit(st, ev[4], ev[1], ts)

@@ -169,7 +169,7 @@ class RedisProfileStore:
         if not events:
             return []
         groups: dict[str, list[tuple[bytes, float, Sequence[Op], str]]] = {}
-        digest = seen.digest
+        digest = seen.event_digest
         for ev in events:
             groups.setdefault(ev.customer_id, []).append(
                 (digest(ev.event_id), ev.ts, ev.ops, ev.lane))

@@ -43,10 +43,14 @@ OP_LAST: Final = 7
 Op = tuple[Any, ...]
 
 #: Profile fields holding event-id rings, one per input topic (floors: ``<lane>f``).
-LANE_CLICKSTREAM: Final = "ic"
-LANE_PURCHASES: Final = "ip"
+LANE_CLICKSTREAM: Final = "jc"
+LANE_PURCHASES: Final = "jp"
+#: Rings of earlier versions (14-byte records) and the lanes they convert to. New names,
+#: because a ring's length cannot tell the two record sizes apart (84 = 6 x 14 = 7 x 12).
+LEGACY_LANES: Final[dict[str, str]] = {"ic": LANE_CLICKSTREAM, "ip": LANE_PURCHASES}
 #: Profile fields that hold raw bytes (msgpack str from Lua; see ``adapters.redis_store``).
-BINARY_FIELDS: Final = ("ic", "ip", "ss", "lk", "lsd")
+#: Legacy rings too: a profile not updated since the upgrade still holds them.
+BINARY_FIELDS: Final = (LANE_CLICKSTREAM, LANE_PURCHASES, *LEGACY_LANES, "ss", "lk", "lsd")
 
 #: Storage code -> readable feature name. Short codes keep a profile well under 1 KB.
 FIELDS: Final[dict[str, str]] = {
@@ -122,7 +126,7 @@ class FeatureConfig:
     """Tunables of the feature update that both interpreters need."""
 
     max_categories: int = 16
-    #: Clickstream event ids remembered per customer (14 bytes each).
+    #: Clickstream event ids remembered per customer (12 bytes each).
     dedupe_events: int = 20
     #: Purchase event ids remembered per customer (orders are rarer and arrive in order).
     dedupe_purchases: int = 8
@@ -318,9 +322,35 @@ def event_lane(event: Any) -> str:
     return LANE_PURCHASES if _is_purchase(event) else LANE_CLICKSTREAM
 
 
+def upgrade_lanes(state: MutableMapping[str, Any], config: FeatureConfig) -> bool:
+    """Convert id rings of earlier versions to the current lanes in place; True if any.
+
+    Each legacy ring (and its floor) is folded into its lane with
+    :func:`seen.upgrade_id_ring` and removed. Lua does the same when it loads a profile.
+    """
+    changed = False
+    for old, lane in LEGACY_LANES.items():
+        if old not in state and old + "f" not in state:
+            continue
+        ring, floor = seen.upgrade_id_ring(state.pop(old, b""), state.pop(old + "f", None),
+                                           state.get(lane, b""), state.get(lane + "f"),
+                                           config.capacity(lane))
+        if ring:
+            state[lane] = ring
+        if floor is not None:
+            state[lane + "f"] = floor
+        changed = True
+    return changed
+
+
 def apply_event(state: MutableMapping[str, Any], event_key: bytes, lane: str, ops: Iterable[Op],
                 ts: float, now: int, config: FeatureConfig) -> int:
-    """Dedupe one event against its lane's id ring, then apply it: APPLIED, DUPLICATE or LATE."""
+    """Dedupe one event against its lane's id ring, then apply it: APPLIED, DUPLICATE or LATE.
+
+    ``event_key`` is :func:`seen.event_digest` of the event id. Rings of earlier versions
+    are converted first, whatever the outcome, as the Lua interpreter does on every update.
+    """
+    upgrade_lanes(state, config)
     status, ring, floor = seen.admit_event(state.get(lane, b""), state.get(lane + "f"),
                                            event_key, ts, config.capacity(lane))
     if status == seen.APPLIED:
@@ -350,7 +380,7 @@ class InMemoryProfiles:
               lane: str = LANE_CLICKSTREAM) -> int:
         """Apply one event unless it is a duplicate or late: APPLIED, DUPLICATE or LATE."""
         state = self.states.setdefault(customer_id, {})
-        return apply_event(state, seen.digest(event_id), lane, ops, ts, int(self.clock()),
+        return apply_event(state, seen.event_digest(event_id), lane, ops, ts, int(self.clock()),
                            self.config)
 
 

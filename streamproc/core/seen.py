@@ -3,16 +3,20 @@
 Two small byte strings live inside the profile blob, so dedupe costs no keys of
 its own and a customer's memory stays O(1) in the number of events:
 
-* **Event ids**, one ring per input topic: records of an 8-byte digest of the
-  ``event_id`` and the event time in milliseconds (6 bytes), kept sorted by event
-  time and capped at ``capacity`` records. When the ring is full the
-  oldest record is evicted and its time raises the ring's *floor*. An event whose
+* **Event ids**, one ring per input topic: records of a 6-byte digest of the
+  ``event_id`` (:func:`event_digest`) and the event time in milliseconds (6 bytes),
+  kept sorted by event time and capped at ``capacity`` records. When the ring is
+  full the oldest record is evicted and its time raises the ring's *floor*. An event whose
   id is in the ring is a duplicate; an unknown event at or before the floor may be
   a duplicate of an evicted one, so it is *late*: it is dead-lettered, never
   guessed at. Every applied event is either still in the ring or at or before the
   floor, so a duplicate is never counted twice. One ring per topic, because each
   topic partition arrives in its own order and one topic may run ahead of the
-  other during a catch-up.
+  other during a catch-up. A false duplicate needs a new id whose 48-bit digest
+  matches one of the customer's <= 28 remembered ones (20 + 8 by default): about
+  28 / 2**48, ~1e-13 per event (one expected in ~10 trillion events). Rings of earlier
+  versions (8-byte digests, 14-byte records) convert exactly (:func:`upgrade_id_ring`):
+  the 6-byte digest is the 8-byte one's first 6 bytes.
 * **Sessions**: records of an 8-byte digest of the session id and a byte of flags
   (session counted, had a cart, had an order), the ``capacity`` most recently
   touched sessions. Session counts are exact while a customer has no more than
@@ -38,7 +42,11 @@ import hashlib
 import math
 from typing import Final
 
-ID_RECORD: Final = 14
+#: Bytes of an event id digest and of an id record (digest + 6-byte time).
+ID_DIGEST: Final = 6
+ID_RECORD: Final = ID_DIGEST + 6
+#: Id records of earlier versions: the 8-byte :func:`digest` + 6-byte time.
+OLD_ID_RECORD: Final = 14
 SESSION_RECORD: Final = 9
 LINK_RECORD: Final = 17
 _TIME_BYTES: Final = 6
@@ -55,8 +63,19 @@ SESSION_ORDER: Final = 4
 
 
 def digest(text: str) -> bytes:
-    """The 8-byte digest that stands for an event or session id (collisions: ~2**-64 each)."""
+    """The 8-byte digest that stands for a session id (collisions: ~2**-64 each)."""
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+def event_digest(text: str) -> bytes:
+    """The 6-byte digest that stands for an event id: the first bytes of :func:`digest`.
+
+    Shorter than a session digest because it only has to tell apart the few ids one
+    customer's ring remembers (see the module docstring for the odds); a prefix rather
+    than a 6-byte blake2b so that rings of earlier versions convert exactly.
+    """
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"),
+                           digest_size=8).digest()[:ID_DIGEST]
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -95,6 +114,12 @@ def admit_event(ring: bytes, floor: int | None, key: bytes, ts: float,
     ms = record_ms(ts)
     if floor is not None and ms <= floor:
         return LATE, ring, floor
+    ring, floor = _insert_id(ring, floor, key, ms, capacity)
+    return APPLIED, ring, floor
+
+
+def _insert_id(ring: bytes, floor: int | None, key: bytes, ms: int,
+               capacity: int) -> tuple[bytes, int | None]:
     # Insert after every record with an earlier or equal time; arrivals are mostly in
     # order, so scanning back from the newest record usually stops at once.
     at = len(ring)
@@ -102,10 +127,30 @@ def admit_event(ring: bytes, floor: int | None, key: bytes, ts: float,
         at -= ID_RECORD
     ring = ring[:at] + key + ms.to_bytes(_TIME_BYTES, "big") + ring[at:]
     if len(ring) > capacity * ID_RECORD:
-        evicted = int.from_bytes(ring[8:ID_RECORD], "big")
+        evicted = int.from_bytes(ring[ID_DIGEST:ID_RECORD], "big")
         floor = evicted if floor is None else max(floor, evicted)
         ring = ring[ID_RECORD:]
-    return APPLIED, ring, floor
+    return ring, floor
+
+
+def upgrade_id_ring(old: bytes, old_floor: int | None, ring: bytes, floor: int | None,
+                    capacity: int) -> tuple[bytes, int | None]:
+    """Fold an id ring of 14-byte records (earlier versions) into a 12-byte ring.
+
+    Each old record loses digest bytes 7-8 and is inserted in event-time order, the
+    newer floor wins, and overflow evicts the oldest as :func:`admit_event` does. Into
+    an empty ring of enough capacity this is an exact conversion, order kept. ``ring``
+    is only non-empty when an older worker wrote to a converted profile (a rolling
+    upgrade); records it already holds are not added twice.
+    """
+    if old_floor is not None and (floor is None or old_floor > floor):
+        floor = old_floor
+    for at in range(0, len(old) - OLD_ID_RECORD + 1, OLD_ID_RECORD):
+        key = old[at:at + ID_DIGEST]
+        if find_record(ring, key, ID_RECORD) < 0:
+            ms = int.from_bytes(old[at + OLD_ID_RECORD - _TIME_BYTES:at + OLD_ID_RECORD], "big")
+            ring, floor = _insert_id(ring, floor, key, ms, capacity)
+    return ring, floor
 
 
 def touch_session(ring: bytes, key: bytes, flag: int, capacity: int) -> tuple[int, bytes]:

@@ -5,10 +5,13 @@ shuffles) go through ``RedisProfileStore.apply_batch`` on a real redis-server, i
 batches of random sizes, and through ``InMemoryProfiles``. Decoded states must be
 exactly equal (floats included: both sides do the same IEEE operations in the same
 order, with the same libm ``exp``), and the per-event applied/duplicate flags must match.
+Profiles written by earlier versions (event-id rings of 14-byte records) are converted
+the same way by both.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 import uuid
 from collections.abc import Sequence
@@ -21,12 +24,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproc.adapters import keys
-from streamproc.adapters.redis_store import PreparedEvent, RedisProfileStore, encode_blob
-from streamproc.core.features import FeatureConfig, InMemoryProfiles, event_lane, event_ops
+from streamproc.adapters.redis_store import (
+    VALUE_TAG,
+    PreparedEvent,
+    RedisProfileStore,
+    encode_blob,
+    encode_for_lua,
+)
+from streamproc.core import seen
+from streamproc.core.features import (
+    LANE_CLICKSTREAM,
+    LANE_PURCHASES,
+    FeatureConfig,
+    InMemoryProfiles,
+    event_lane,
+    event_ops,
+)
 from streamproc.core.generator import TrafficGenerator
 from streamproc.core.replay import event_namespace, event_time
 from streamproc.runtime.embedded import Service
-from tests.unit.test_features import lane_of, ops_of, streams, with_duplicates
+from tests.unit.test_features import lane_of, ops_of, streams, to_legacy, with_duplicates
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +66,29 @@ def _batches(events: Sequence[PreparedEvent], sizes: Sequence[int]) -> list[list
 WALL = 1_800_000_000
 
 
+async def _write_profiles(store: RedisProfileStore, states: dict[str, dict[str, Any]],
+                          scoring: bytes = b"") -> None:
+    """Store profiles as the Lua interpreter lays them out (byte strings as msgpack str)."""
+    for cid, state in states.items():
+        blob = encode_for_lua(state)
+        await store.client.set(keys.profile_key(store.prefix, cid),
+                               bytes([VALUE_TAG]) + len(blob).to_bytes(4, "big") + blob + scoring)
+
+
 async def _conform(store: RedisProfileStore, events: Sequence[PreparedEvent],
                    sizes: Sequence[int], config: FeatureConfig,
-                   tick: int = 0) -> InMemoryProfiles:
+                   tick: int = 0, start: dict[str, dict[str, Any]] | None = None
+                   ) -> InMemoryProfiles:
     """Apply ``events`` to Redis in batches and to the twin; assert equal flags and states.
 
-    Both sides read the same wall clock, which moves ``tick`` seconds per batch.
+    Both sides read the same wall clock, which moves ``tick`` seconds per batch. ``start``
+    holds profiles both sides begin with (written to Redis first).
     """
     now = WALL
     twin = InMemoryProfiles.empty(config, clock=lambda: now)
+    if start:
+        await _write_profiles(store, start)
+        twin.states = copy.deepcopy(start)
     for batch in _batches(events, sizes):
         now += tick
         expected: dict[str, list[int]] = {}
@@ -106,6 +137,43 @@ async def test_lua_matches_the_python_twin_on_messy_streams(
     try:
         await _conform(_store(client, config), _prepare(stream), sizes, config,
                        tick=data.draw(st.integers(0, 3)))
+    finally:
+        await client.aclose()
+
+
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data(), st.sampled_from([
+    FeatureConfig(),
+    FeatureConfig(dedupe_events=2, dedupe_purchases=1, sessions=2),
+    FeatureConfig(dedupe_events=5, dedupe_purchases=3, links=3, link_window_s=0),
+]))
+async def test_lua_and_the_twin_convert_profiles_of_earlier_versions_alike(
+        redis_server: Service, data: st.DataObject, config: FeatureConfig) -> None:
+    # An earlier version applied the first part of a messy stream (old rings: ic/ip);
+    # both interpreters take the rest from there, converting on each customer's update.
+    # With `rolling`, a newer version applied that part and an older one (a rolling
+    # upgrade) some of it again: both rings are there, to be merged.
+    stream = data.draw(st.permutations(data.draw(with_duplicates(data.draw(streams())))))
+    cut = data.draw(st.integers(0, len(stream)))
+    events = _prepare(stream)
+    before = InMemoryProfiles.empty(config, clock=lambda: WALL)
+    for ev in events[:cut]:
+        before.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
+    rolling = data.draw(st.booleans())
+    older = [ev for ev in events[:cut] if not rolling or data.draw(st.booleans())]
+    legacy = to_legacy(before.states,
+                       [(ev.customer_id, ev.event_id, ev.ts, ev.lane) for ev in older],
+                       config)
+    if rolling:
+        legacy = {cid: {**state, **legacy[cid]} for cid, state in before.states.items()}
+    sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        twin = await _conform(_store(client, config), events[cut:], sizes, config,
+                              start=legacy)
+        for cid in {ev.customer_id for ev in events[cut:]}:
+            assert not {"ic", "ip", "icf", "ipf"} & twin.states[cid].keys()
     finally:
         await client.aclose()
 
@@ -292,5 +360,85 @@ async def test_values_written_before_the_shared_key_still_read_and_move(
         assert orphan.output_state == {"la": t0}
         assert await client.exists(keys.output_state_key(store.prefix, "c-3")) == 0
         assert await store.get_output_states(["c-3"]) == [{"la": t0}]
+    finally:
+        await client.aclose()
+
+
+def _order(cid: str, n: int, ts: float) -> PreparedEvent:
+    value = {"event_id": f"o-{cid}-{n}", "customer_id": cid, "order_id": f"o-{n}",
+             "type": "order", "total": 10.0, "session_id": f"s-{cid}",
+             "items": [{"product_id": "p", "quantity": 1, "unit_price": 10.0}]}
+    ns = event_namespace(value)
+    return PreparedEvent(cid, value["event_id"], ts, event_ops(ns, ts), event_lane(ns))
+
+
+async def test_profiles_with_old_event_id_rings_are_converted_on_their_next_update(
+        redis_server: Service) -> None:
+    config = FeatureConfig()  # 20 clickstream and 8 purchase ids
+    t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+    clicks = [_view(cid, n, t0 + 60.0 * n) for cid in ("c-1", "c-2") for n in range(30)]
+    orders = [_order(cid, n, t0 + 60.0 * n + 30.0) for cid in ("c-1", "c-2") for n in range(12)]
+    history = clicks + orders
+    # What the running version stored after `history`: 8-byte digests, 14-byte records.
+    before = InMemoryProfiles.empty(config, clock=lambda: WALL)
+    for ev in history:
+        assert before.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane) == seen.APPLIED
+    legacy = to_legacy(before.states, [(ev.customer_id, ev.event_id, ev.ts, ev.lane)
+                                       for ev in history], config)
+    old = legacy["c-1"]
+    assert (len(old["ic"]), len(old["ip"])) == (20 * 14, 8 * 14)
+    assert old["icf"] == seen.record_ms(t0 + 60.0 * 9)  # clicks 0-9 were evicted
+    assert old["ipf"] == seen.record_ms(t0 + 60.0 * 3 + 30.0)  # orders 0-3 too
+    assert not {LANE_CLICKSTREAM, LANE_PURCHASES} & old.keys()
+
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, config)
+        scoring = encode_blob({"la": t0})
+        await _write_profiles(store, legacy, scoring)
+        assert await store.get_state("c-1") == old  # readable before any update
+        twin = InMemoryProfiles.empty(config, clock=lambda: WALL)
+        twin.states = copy.deepcopy(legacy)
+
+        late_click = _view("c-1", 99, t0 + 60.0 * 9)  # a new id at the old floor
+        batch = [
+            clicks[29], clicks[10],  # remembered in the old clickstream ring
+            orders[11], orders[4],  # remembered in the old purchase ring
+            clicks[3], late_click,  # evicted long ago / new but older than the floor
+            _view("c-1", 30, t0 + 60.0 * 30),  # new
+            _order("c-1", 12, t0 + 60.0 * 9 + 1.0),  # new; the purchase floor is older
+        ]
+        [update] = await store.apply_batch(batch, now=WALL)
+        L, D, A = seen.LATE, seen.DUPLICATE, seen.APPLIED
+        assert update.statuses == [D, D, D, D, L, L, A, A]
+        assert update.statuses == [twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts,
+                                              ev.lane) for ev in batch]
+        assert update.output_state == {"la": t0}  # the scoring state is kept
+        state = update.state
+        assert state == twin.states["c-1"]
+        assert await store.get_state("c-1") == state
+        # Only the new fields: 12-byte records, the old ones first in their order, and the
+        # floors carried over, then raised by the one record each new event evicted.
+        assert not {"ic", "ip", "icf", "ipf"} & state.keys()
+        assert len(state[LANE_CLICKSTREAM]) == 20 * 12
+        assert state[LANE_CLICKSTREAM][:-12] == b"".join(
+            old["ic"][at:at + 6] + old["ic"][at + 8:at + 14] for at in range(14, 20 * 14, 14))
+        assert state["jcf"] == seen.record_ms(t0 + 60.0 * 10)  # the new click evicted one
+        assert state["jpf"] == seen.record_ms(t0 + 60.0 * 4 + 30.0)
+        assert state["ev"] == old["ev"] + 2
+
+        # A customer whose batch holds only duplicates is converted (and written) too.
+        [dup] = await store.apply_batch([clicks[30 + 25], orders[12 + 10]], now=WALL)
+        assert dup.statuses == [D, D]
+        for ev in (clicks[55], orders[22]):
+            assert twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane) == D
+        assert dup.state == twin.states["c-2"] == await store.get_state("c-2")
+        assert dup.state[LANE_CLICKSTREAM] == b"".join(
+            legacy["c-2"]["ic"][at:at + 6] + legacy["c-2"]["ic"][at + 8:at + 14]
+            for at in range(0, 20 * 14, 14))
+        assert dup.state["jpf"] == legacy["c-2"]["ipf"]
+        assert not {"ic", "ip", "icf", "ipf"} & dup.state.keys()
+        assert {k: v for k, v in dup.state.items() if k not in ("jc", "jp", "jcf", "jpf")} \
+            == {k: v for k, v in legacy["c-2"].items() if k not in ("ic", "ip", "icf", "ipf")}
     finally:
         await client.aclose()

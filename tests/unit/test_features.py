@@ -39,12 +39,14 @@ from streamproc.core.features import (
     DECAY_TAUS,
     LANE_CLICKSTREAM,
     LANE_PURCHASES,
+    LEGACY_LANES,
     FeatureConfig,
     InMemoryProfiles,
     Op,
     ProfileView,
     clickstream_ops,
     purchase_ops,
+    upgrade_lanes,
 )
 from streamproc.core.replay import event_namespace, event_time
 
@@ -190,6 +192,52 @@ def dedupe(stream: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# ----------------------------------------------------- earlier versions
+
+
+def old_admit(ring: bytes, floor: int | None, event_id: str, ts: float,
+              capacity: int) -> tuple[int, bytes, int | None]:
+    """``seen.admit_event`` as earlier versions ran it: 8-byte digests, 14-byte records."""
+    size, key = seen.OLD_ID_RECORD, seen.digest(event_id)
+    if seen.find_record(ring, key, size) >= 0:
+        return seen.DUPLICATE, ring, floor
+    ms = seen.record_ms(ts)
+    if floor is not None and ms <= floor:
+        return seen.LATE, ring, floor
+    at = len(ring)
+    while at > 0 and int.from_bytes(ring[at - 6:at], "big") > ms:
+        at -= size
+    ring = ring[:at] + key + ms.to_bytes(6, "big") + ring[at:]
+    if len(ring) > capacity * size:
+        evicted = int.from_bytes(ring[8:size], "big")
+        floor = evicted if floor is None else max(floor, evicted)
+        ring = ring[size:]
+    return seen.APPLIED, ring, floor
+
+
+def to_legacy(states: dict[str, dict[str, Any]],
+              applied: Sequence[tuple[str, str, float, str]],
+              config: FeatureConfig) -> dict[str, dict[str, Any]]:
+    """``states`` as an earlier version would have stored them after the same events.
+
+    ``applied`` is every ``(customer, event_id, ts, lane)`` the twin was given, in order.
+    The old rings are rebuilt with :func:`old_admit` (which decides exactly as the new
+    rings while no two ids share a 6-byte digest), replacing the current lanes.
+    """
+    old_of = {lane: old for old, lane in LEGACY_LANES.items()}
+    current = {*old_of, *(lane + "f" for lane in old_of)}
+    out = {cid: {k: v for k, v in state.items() if k not in current}
+           for cid, state in states.items()}
+    for cid, event_id, ts, lane in applied:
+        state, old = out[cid], old_of[lane]
+        _, ring, floor = old_admit(state.get(old, b""), state.get(old + "f"), event_id, ts,
+                                   config.capacity(lane))
+        state[old] = ring
+        if floor is not None:
+            state[old + "f"] = floor
+    return out
+
+
 # ------------------------------------------------------------------ purity
 
 
@@ -219,6 +267,34 @@ def test_duplicates_change_nothing(data: st.DataObject) -> None:
     assert dedupe(noisy) == stream
     clean, dirty = run(stream), run(noisy)
     assert dirty.states == clean.states
+
+
+@FAST
+@given(st.data(), st.sampled_from([
+    FeatureConfig(), FeatureConfig(dedupe_events=2, dedupe_purchases=1, sessions=2)]))
+def test_profiles_of_earlier_versions_convert_without_changing_an_outcome(
+        data: st.DataObject, config: FeatureConfig) -> None:
+    # An earlier version applies the stream up to `cut`; the rest goes to this one.
+    stream = data.draw(st.permutations(data.draw(with_duplicates(data.draw(streams())))))
+    cut = data.draw(st.integers(0, len(stream)))
+    events = list(prepared(stream))
+    straight = InMemoryProfiles.empty(config, clock=lambda: 1_800_000_000)
+    upgraded = InMemoryProfiles.empty(config, clock=lambda: 1_800_000_000)
+    want = [straight.apply(cid, eid, ops, ts, lane) for cid, eid, ops, ts, lane in events]
+    got = [upgraded.apply(cid, eid, ops, ts, lane) for cid, eid, ops, ts, lane in events[:cut]]
+    upgraded.states = to_legacy(upgraded.states,
+                                [(cid, eid, ts, lane) for cid, eid, _, ts, lane in events[:cut]],
+                                config)
+    got += [upgraded.apply(cid, eid, ops, ts, lane) for cid, eid, ops, ts, lane in events[cut:]]
+    assert got == want
+    later = {cid for cid, *_ in events[cut:]}
+    for cid, state in upgraded.states.items():
+        if cid in later:
+            assert not LEGACY_LANES.keys() & state.keys()
+        else:  # not updated since: still as the earlier version left it
+            assert upgrade_lanes(state, config) == (LANE_CLICKSTREAM in straight.states[cid]
+                                                    or LANE_PURCHASES in straight.states[cid])
+        assert state == straight.states[cid]
 
 
 # -------------------------------------------------------- order-insensitivity
