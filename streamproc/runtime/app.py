@@ -209,11 +209,17 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         # trainer state holds all of it; until then it waits here, and a crash or a stop
         # redelivers it (the trainer skips what it already learned). Only the Redis calls
         # are retried, so a retry never relearns.
+        # A rebalance releases the trainer (see forget_trainer): records taken before it
+        # are left to the partition's next owner, which is sent them again.
         topic = settings.topics.training_examples
         pending: deque[Any] = deque()
         async for events in stream.noack_take(1000, 0.5):
             await retrier.call("train", lambda: trainer.load(topic))
+            generation = trainer.generation
             for event in events:
+                if trainer.generation != generation:
+                    pending.clear()
+                    break
                 trainer.learn([(event.message.offset, event.message.value)])
                 pending.append(event)
                 # A record holds up to 500 examples: let the ingest agent run between.
@@ -221,6 +227,15 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
             await retrier.call("train", trainer.flush)
             for _ in range(trainer.covered([e.message.offset for e in pending])):
                 await stream.ack(pending.popleft())
+
+    async def forget_trainer(_app: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        # Another worker may own the training partition next and store newer states; a
+        # trainer kept in memory would go on from a stale one if the partition came back.
+        revoked: set[TP] = args[0] if args else set()
+        if any(tp.topic == settings.topics.training_examples for tp in revoked):
+            trainer.release()
+
+    app.on_partitions_revoked.connect(forget_trainer)
 
     lateness = settings.ingest.allowed_lateness_s
     topics = settings.topics

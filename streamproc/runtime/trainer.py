@@ -96,6 +96,8 @@ class TrainerService:
         self.stored_at = 0.0
         #: Versions cut and not yet stored, oldest first.
         self.unpublished: list[Cut] = []
+        #: Counts :meth:`release` calls, so a caller can tell its records went stale.
+        self.generation = 0
 
     def _new_trainer(self) -> Trainer:
         return Trainer(n_segments=self.settings.segments, seed=42,
@@ -129,6 +131,23 @@ class TrainerService:
                 self.next_offset, self.next_index = position.offset, position.index
                 self.since_publish = position.since_version
         return self.trainer
+
+    def release(self) -> None:
+        """Forget everything in memory: the training partition moved (or may have).
+
+        Another worker may learn and store while this one does not own the partition, so
+        a trainer kept in memory would go on from a stale state if the partition came
+        back. Versions cut and not stored are dropped: their records are not acked, so
+        they are redelivered. The next :meth:`load` reads the stored state again.
+        """
+        if self.trainer is not None:
+            log.info("training partition released; the next owner resumes from Redis")
+        self.generation += 1
+        self.trainer = None
+        self.since_publish = 0
+        self.next_offset, self.next_index = None, 0
+        self.stored, self.stored_at = None, 0.0
+        self.unpublished = []
 
     def learn(self, records: Sequence[tuple[int, bytes | None]]) -> int:
         """Learn (offset, value) records in offset order, cutting a version every N examples.

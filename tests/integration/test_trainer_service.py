@@ -243,3 +243,28 @@ async def test_an_unreadable_position_is_ignored_and_reset_deletes_it(store: Mod
     assert await store.reset() > 0
     assert await store.client.exists(position_key) == 0
     assert await store.load_trainer_state() == (None, None)
+
+
+async def test_a_released_trainer_resumes_from_what_the_next_owner_stored(
+        store: ModelStore) -> None:
+    records = _records(1000, per_record=100)  # ten records of 100 examples
+    first = await _owner(store)
+    first.learn(records[:3])
+    await first.flush()  # v1, cut at example 200: the end of record 1
+    # A rebalance moves the partition; the next owner resumes from v1 and stores v2-v4.
+    first.release()
+    second = await _owner(store)
+    assert second.learn(records) == 800
+    await second.flush()
+    assert await store.current_version() == 4
+    # The partition comes back: the first worker reads v4's state instead of going on
+    # from its own 300 examples (which would cut a second, different v2 over the first).
+    assert first.trainer is None
+    assert first.unpublished == []
+    await first.load(TOPIC)
+    assert first.trainer is not None
+    assert first.trainer.version == 4
+    assert first.stored == second.stored == TrainerPosition(TOPIC, 9, 50, 0)
+    assert first.learn(records) == 50  # redelivered from the committed offset
+    assert _seen(first) == 1000
+    assert first.unpublished == []
