@@ -25,6 +25,19 @@ log = logging.getLogger(__name__)
 KEEP_VERSIONS = 20
 #: Key name (under the model prefix, so ``reset`` deletes it) of the trainer position.
 POSITION = "trainer_position"
+#: Key name of the token of the trainer that owns the state (see :meth:`ModelStore.claim`).
+OWNER = "trainer_owner"
+
+# While KEYS[1] still holds the writer's owner token ARGV[1]: sets the ARGV[2] keys after
+# it to ARGV[3..], deletes the rest of KEYS; returns 1. Otherwise writes nothing: 0.
+_FENCED_WRITE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local n = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  if i <= n + 1 then redis.call('SET', KEYS[i], ARGV[i + 1]) else redis.call('DEL', KEYS[i]) end
+end
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,7 @@ class ModelStore:
         self.client = client
         self.prefix = prefix
         self._key = key
+        self._fenced_write = client.register_script(_FENCED_WRITE)
 
     def _k(self, name: str) -> str:
         return keys.model_key(self.prefix, name)
@@ -89,19 +103,49 @@ class ModelStore:
         """What saving the trainer state alone writes (no new version), signed now."""
         return trainer_items(self.prefix, self._key, trainer, position)
 
-    async def store(self, version: int, items: Mapping[str, bytes | str | int]) -> None:
-        """Write a :meth:`snapshot` in one transaction, moving ``current`` to ``version``."""
-        pipe = self.client.pipeline(transaction=True)
-        for name, value in items.items():
-            pipe.set(name, value)
+    async def claim(self, owner: str) -> None:
+        """Make ``owner`` the only trainer whose stores are accepted (call before loading).
+
+        A trainer that lost the training partition may still be storing what it learned;
+        once the next owner has claimed, those stores are refused, so they can neither
+        overwrite the newer state nor move ``current`` back.
+        """
+        await self.client.set(self._k(OWNER), owner)
+
+    async def store(self, version: int, items: Mapping[str, bytes | str | int],
+                    owner: str | None = None) -> bool:
+        """Write a :meth:`snapshot` atomically, moving ``current`` to ``version``.
+
+        With ``owner``, only while that trainer still owns the state: False when another
+        one claimed it since (nothing is written). Without, unconditionally.
+        """
+        writes: dict[str, bytes | str | int | None] = dict(items)
         old = version - KEEP_VERSIONS
         if old > 0:
-            pipe.delete(self._k(f"bundle:{old}"), self._k(f"published:{old}"))
-        await pipe.execute()
+            writes[self._k(f"bundle:{old}")] = writes[self._k(f"published:{old}")] = None
+        return await self._write(writes, owner)
 
-    async def store_checkpoint(self, items: Mapping[str, bytes | str]) -> None:
-        """Write a :meth:`checkpoint` (one MSET: atomic)."""
-        await self.client.mset(dict(items))
+    async def store_checkpoint(self, items: Mapping[str, bytes | str],
+                               owner: str | None = None) -> bool:
+        """Write a :meth:`checkpoint` atomically; ``owner`` as in :meth:`store`."""
+        return await self._write(dict(items), owner)
+
+    async def _write(self, writes: Mapping[str, bytes | str | int | None],
+                     owner: str | None) -> bool:
+        if owner is None:
+            pipe = self.client.pipeline(transaction=True)
+            for name, value in writes.items():
+                if value is None:
+                    pipe.delete(name)
+                else:
+                    pipe.set(name, value)
+            await pipe.execute()
+            return True
+        sets = {name: value for name, value in writes.items() if value is not None}
+        deletes = [name for name, value in writes.items() if value is None]
+        done = await self._fenced_write(keys=[self._k(OWNER), *sets, *deletes],
+                                        args=[owner, len(sets), *sets.values()])
+        return bool(done)
 
     async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:
         """Store the bundle and the trainer state, then move ``current`` to the new version."""

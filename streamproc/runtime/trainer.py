@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,8 @@ class TrainerService:
         self.unpublished: list[Cut] = []
         #: Counts :meth:`release` calls, so a caller can tell its records went stale.
         self.generation = 0
+        #: This trainer's claim on the stored state (see ModelStore.claim), set by load().
+        self.owner: str | None = None
 
     def _new_trainer(self) -> Trainer:
         return Trainer(n_segments=self.settings.segments, seed=42,
@@ -111,6 +114,11 @@ class TrainerService:
         """
         if self.trainer is None:
             self.topic = topic
+            # Claimed before reading: a store the previous owner still makes either lands
+            # before the read (and is resumed from) or is refused.
+            owner = uuid.uuid4().hex
+            await self.store.claim(owner)
+            self.owner = owner
             try:
                 trainer, position = await self.store.load_trainer_state()
             except SnapshotRejected as exc:
@@ -143,7 +151,7 @@ class TrainerService:
         if self.trainer is not None:
             log.info("training partition released; the next owner resumes from Redis")
         self.generation += 1
-        self.trainer = None
+        self.trainer, self.owner = None, None
         self.since_publish = 0
         self.next_offset, self.next_index = None, 0
         self.stored, self.stored_at = None, 0.0
@@ -218,7 +226,9 @@ class TrainerService:
         """
         while self.unpublished:
             cut = self.unpublished[0]
-            await self.store.store(cut.version, cut.items)
+            if not await self.store.store(cut.version, cut.items, self.owner):
+                self._fenced_off()
+                return
             self.unpublished.pop(0)
             self.stored, self.stored_at = cut.position, self.clock()
             log.info("published model v%s", cut.version)
@@ -226,9 +236,20 @@ class TrainerService:
         if (self.trainer is not None and position is not None
                 and not _same_place(position, self.stored)
                 and self.clock() - self.stored_at >= self.checkpoint_after_s):
-            await self.store.store_checkpoint(self.store.checkpoint(self.trainer, position))
+            if not await self.store.store_checkpoint(
+                    self.store.checkpoint(self.trainer, position), self.owner):
+                self._fenced_off()
+                return
             self.stored, self.stored_at = position, self.clock()
             log.info("stored the trainer state at %s (no new version)", position)
+
+    def _fenced_off(self) -> None:
+        # Another worker claimed the trainer (a rebalance this one has not seen yet, or
+        # `streamproc model reset`): what this one learned is not stored, and it starts
+        # over from the stored state at its next load().
+        log.warning("the trainer state was claimed by another owner (or reset); this "
+                    "worker's unstored learning is dropped")
+        self.release()
 
     def covered(self, offsets: Sequence[int]) -> int:
         """How many leading records of ``offsets`` the stored state holds: ack those."""

@@ -78,11 +78,12 @@ class _FailsOnce(ModelStore):
 
     failures = 0
 
-    async def store(self, version: int, items: Mapping[str, bytes | str | int]) -> None:
+    async def store(self, version: int, items: Mapping[str, bytes | str | int],
+                    owner: str | None = None) -> bool:
         if version == 2 and not self.failures:
             self.failures += 1
             raise RedisConnectionError("injected: connection lost while storing v2")
-        await super().store(version, items)
+        return await super().store(version, items, owner)
 
 
 def _examples(n: int, seed: int) -> list[dict[str, object]]:
@@ -268,3 +269,50 @@ async def test_a_released_trainer_resumes_from_what_the_next_owner_stored(
     assert first.learn(records) == 50  # redelivered from the committed offset
     assert _seen(first) == 1000
     assert first.unpublished == []
+
+
+async def test_a_trainer_that_lost_its_claim_stores_nothing_and_starts_over(
+        store: ModelStore) -> None:
+    records = _records(1000, per_record=100)
+    first = await _owner(store)
+    first.learn(records[:3])
+    await first.flush()  # v1 (200 examples), stored while it owns the state
+    first.learn(records[3:5])  # 500 examples in memory, v2 cut at 450, not stored yet
+    assert [c.version for c in first.unpublished] == [2]
+    # The partition moved, but this worker has not seen the revoke yet.
+    second = await _owner(store)
+    assert second.trainer is not None
+    assert second.trainer.version == 1
+    await first.flush()  # refused: nothing of the first's lineage lands after the claim
+    assert first.trainer is None
+    assert first.unpublished == []
+    assert await store.current_version() == 1
+    assert second.learn(records) == 800
+    await second.flush()
+    assert await store.current_version() == 4
+    resumed, position = await store.load_trainer_state()
+    assert resumed is not None
+    assert resumed.profiles_seen == 950
+    assert position == TrainerPosition(TOPIC, 9, 50, 0)
+
+
+async def test_a_reset_fences_the_running_trainer_off(store: ModelStore) -> None:
+    records = _records(600, per_record=100)
+    first = await _owner(store, clock=(clock := _Clock()))
+    first.learn(records[:3])
+    await first.flush()
+    assert await store.current_version() == 1
+    assert await store.reset() > 0  # `streamproc model reset --yes`
+    first.learn(records[3:])  # v2 cut at 450
+    await first.flush()
+    # Refused: the running trainer does not publish its old lineage over the reset.
+    assert await store.current_version() == 0
+    assert first.trainer is None
+    # Its next take starts a new trainer, as a reset promises.
+    await first.load(TOPIC)
+    assert first.trainer is not None
+    assert first.trainer.version == 0
+    clock.now += 3600
+    assert first.learn(records) == 600
+    await first.flush()
+    assert await store.current_version() == 2  # v1 at 200, v2 at 450: a new lineage
