@@ -6,7 +6,8 @@
 --          (same hash tag, so each customer's keys live in one Redis Cluster slot).
 -- ARGV[1]  msgpack config: taus (decayed field -> tau seconds), maxcat, icap (lane ->
 --          event ids kept), scap (sessions kept), lcap (cart/order links kept), lwin
---          (link window, s), lttl (link wall-clock TTL, s), pttl (profile TTL, 0 = none)
+--          (link window, s), lttl (link wall-clock TTL, s), pttl (profile TTL, 0 = none),
+--          pfmt (profile format), fields (the stored profile's fields, in order)
 -- ARGV[2]  msgpack list, one entry per KEYS[i]: list of {event_digest (6 bytes), ts, ops,
 --          lane}
 -- ARGV[3]  the client's wall clock, whole seconds (link expiry; passed in so both
@@ -29,12 +30,23 @@
 -- then the scoring state exactly as the scorer wrote it (msgpack; empty if none yet).
 -- One key per customer instead of two saves a key's overhead (~100 B) per customer.
 -- streamproc/adapters/redis_store.py (split_value) and scoring_write.lua read it too.
+--
+-- PROFILE: a msgpack array {pfmt, value of fields[1], value of fields[2], ...}, false for
+-- an absent field (cmsgpack packs a table with nil holes as a map), absent fields at the
+-- end left out; no field names stored (features.STORED_FIELDS, features.profile_row). A
+-- profile of earlier versions is a map: it is read as is and rewritten as an array by
+-- this update, even if every event was a duplicate. A field without a slot, a format
+-- other than pfmt, or more fields than this version knows (a newer version's profile)
+-- raise an error rather than lose a field: nothing is written, and the worker retries.
 
 local cfg = cmsgpack.unpack(ARGV[1])
 local groups = cmsgpack.unpack(ARGV[2])
 local now = tonumber(ARGV[3])
 local taus, maxcat, icap, scap, pttl = cfg.taus, cfg.maxcat, cfg.icap, cfg.scap, cfg.pttl
 local lcap, lwin, lttl = cfg.lcap, cfg.lwin, cfg.lttl
+local pfmt, fields = cfg.pfmt, cfg.fields
+local slot = {}
+for i, name in ipairs(fields) do slot[name] = i end
 local exp, mfloor, find, sub = math.exp, math.floor, string.find, string.sub
 local window = 4 * 3600
 local IDKEY, IDREC, OLDREC, SESREC, LINKREC = 6, 12, 14, 9, 17
@@ -227,7 +239,52 @@ local function mark(st, op, ts)
   end
 end
 
-local result = {}
+-- features.profile_from_row, and earlier versions' maps: returns the profile table and
+-- whether it was a map (to be rewritten as an array).
+local function load_profile(key, blob)
+  local row = cmsgpack.unpack(blob)
+  local head = string.byte(blob, 1)
+  -- Told apart by the msgpack header (fixarray, array 16/32), not by the table: an older
+  -- worker that wrote to an array profile left a map with integer keys, refused on save.
+  if not ((head >= 0x90 and head <= 0x9f) or head == 0xdc or head == 0xdd) then
+    return row, true
+  end
+  if next(row) == nil then return row, true end  -- an empty table packs as an empty array
+  if row[1] ~= pfmt then
+    error('profile format ' .. tostring(row[1]) .. ' unknown to this version: ' .. key)
+  end
+  if table.maxn(row) > #fields + 1 then
+    error('profile written by a newer version (more fields than this one knows): ' .. key)
+  end
+  local st = {}
+  for j, name in ipairs(fields) do
+    local v = row[j + 1]
+    if v ~= false then st[name] = v end
+  end
+  return st, false
+end
+
+-- features.profile_row: the array written for a profile table.
+local function save_profile(key, st)
+  for name in pairs(st) do
+    if slot[name] == nil then
+      error('profile field ' .. tostring(name) .. ' has no stored position: ' .. key)
+    end
+  end
+  local row, n = {pfmt}, #fields + 1
+  for j, name in ipairs(fields) do
+    local v = st[name]
+    if v == nil then v = false end
+    row[j + 1] = v
+  end
+  while n > 1 and row[n] == false do
+    row[n] = nil
+    n = n - 1
+  end
+  return cmsgpack.pack(row)
+end
+
+local result, writes = {}, {}
 for i, key in ipairs(KEYS) do
   local base = sub(key, 1, -2)
   local blob = redis.call('GET', key)
@@ -243,11 +300,11 @@ for i, key in ipairs(KEYS) do
     legacy = redis.call('GET', base .. 's') or false
     out = legacy
   end
-  local st = {}
-  if blob then st = cmsgpack.unpack(blob) end
+  local st, changed = {}, false
+  if blob then st, changed = load_profile(key, blob) end
   local flags = {}
   -- Converted whatever the events' outcome, as the Python twin does (features.apply_event).
-  local changed = upgrade_lanes(st)
+  if upgrade_lanes(st) then changed = true end
   for j, ev in ipairs(groups[i]) do
     local ts, ops = ev[2], ev[3]
     local status = admit(st, ev[4], ev[1], ts)
@@ -282,15 +339,20 @@ for i, key in ipairs(KEYS) do
     end
   end
   if changed then
-    blob = cmsgpack.pack(st)
-    local value = '\193' .. struct.pack('>I4', #blob) .. blob .. (out or '')
-    if pttl > 0 then
-      redis.call('SET', key, value, 'EX', pttl)
-    else
-      redis.call('SET', key, value)
-    end
-    if legacy then redis.call('DEL', base .. 's') end
+    blob = save_profile(key, st)
+    writes[#writes + 1] = {key, '\193' .. struct.pack('>I4', #blob) .. blob .. (out or ''),
+                           legacy and base .. 's'}
   end
   result[i] = {blob or false, out, flags}
+end
+-- Written once every profile of the batch is packed: a profile this version cannot
+-- store fails the call before anything changed (a script's writes are not undone).
+for _, w in ipairs(writes) do
+  if pttl > 0 then
+    redis.call('SET', w[1], w[2], 'EX', pttl)
+  else
+    redis.call('SET', w[1], w[2])
+  end
+  if w[3] then redis.call('DEL', w[3]) end
 end
 return result

@@ -8,6 +8,7 @@ ships it, and decodes the answer.
 from __future__ import annotations
 
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,14 @@ import redis.asyncio as aioredis
 
 from streamproc.adapters import keys
 from streamproc.core import seen
-from streamproc.core.features import BINARY_FIELDS, LANE_CLICKSTREAM, FeatureConfig, Op
+from streamproc.core.features import (
+    BINARY_FIELDS,
+    LANE_CLICKSTREAM,
+    FeatureConfig,
+    Op,
+    profile_from_row,
+    profile_row,
+)
 from streamproc.settings import RedisSettings
 
 _SCRIPT = resources.files("streamproc.adapters").joinpath("profile_update.lua").read_text()
@@ -83,11 +91,14 @@ def split_value(raw: bytes | str | None) -> tuple[bytes | None, bytes | None, bo
 
 
 def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
-    """Decode a msgpack blob written by Lua (an empty Lua table packs as a list).
+    """Decode a msgpack blob written by Lua or Python: a profile or a scoring state.
 
-    Lua's cmsgpack has no binary type: the byte-string fields come back as msgpack
-    strings, decoded losslessly with ``surrogateescape`` and turned back into bytes.
-    A whole customer value decodes to its profile.
+    A profile is a positional array (``features.STORED_FIELDS``) or, written by an earlier
+    version, a map; both decode to the same mapping. A scoring state is a map. Lua's
+    cmsgpack has no binary type: the byte-string fields come back as msgpack strings,
+    decoded losslessly with ``surrogateescape`` and turned back into bytes. A whole
+    customer value decodes to its profile. Raises ``ProfileFormatError`` for a profile
+    of a newer version.
     """
     if not blob:
         return {}
@@ -97,15 +108,91 @@ def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
         blob = split_value(blob)[0]
         if not blob:
             return {}
-    value = msgpack.unpackb(blob, raw=False, strict_map_key=False,
-                            unicode_errors="surrogateescape")
-    if not isinstance(value, dict):
+    decoded = msgpack.unpackb(blob, raw=False, strict_map_key=False,
+                              unicode_errors="surrogateescape")
+    value: dict[str, Any]
+    if isinstance(decoded, list):
+        value = profile_from_row(decoded)
+    elif isinstance(decoded, dict):
+        value = decoded
+    else:
         return {}
     for name in BINARY_FIELDS:
         field = value.get(name)
         if isinstance(field, str):
             value[name] = field.encode("utf-8", "surrogateescape")
     return value
+
+
+def pack_like_lua(value: Any) -> bytes:
+    """Pack ``value`` byte for byte as Lua's cmsgpack packs the same Lua value.
+
+    Lua numbers are doubles: whole ones pack as integers, the others as float32 when
+    that is exact, else float64. Strings and bytes pack as msgpack str (``str 8`` from 32
+    bytes, which msgpack-python only uses with bin types on). Absent is False or None.
+    Map entries follow the mapping's order, where Lua follows its hash order.
+    """
+    out = bytearray()
+    _pack_lua(value, out)
+    return bytes(out)
+
+
+def _header(out: bytearray, n: int, fix: int, wide: int) -> None:
+    # Collection headers: fixarray/fixmap up to 15, then 16- and 32-bit counts.
+    if n <= 15:
+        out.append(fix | n)
+    elif n <= 0xFFFF:
+        out += bytes([wide]) + n.to_bytes(2, "big")
+    else:
+        out += bytes([wide + 1]) + n.to_bytes(4, "big")
+
+
+def _pack_lua(value: Any, out: bytearray) -> None:
+    if value is None:
+        out.append(0xC0)
+    elif isinstance(value, bool):
+        out.append(0xC3 if value else 0xC2)
+    elif isinstance(value, int | float):
+        number = float(value)
+        if number.is_integer() and -(2**63) <= number < 2**63:
+            out += msgpack.packb(int(number))
+            return
+        try:
+            single = struct.pack(">f", number)
+        except OverflowError:
+            single = b""
+        if single and struct.unpack(">f", single)[0] == number:
+            out += b"\xca" + single
+        else:
+            out += b"\xcb" + struct.pack(">d", number)
+    elif isinstance(value, str | bytes):
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        n = len(raw)
+        if n < 32:
+            out.append(0xA0 | n)
+        elif n <= 0xFF:
+            out += bytes([0xD9, n])
+        elif n <= 0xFFFF:
+            out += b"\xda" + n.to_bytes(2, "big")
+        else:
+            out += b"\xdb" + n.to_bytes(4, "big")
+        out += raw
+    elif isinstance(value, Mapping):
+        _header(out, len(value), 0x80, 0xDE)
+        for key, item in value.items():
+            _pack_lua(key, out)
+            _pack_lua(item, out)
+    elif isinstance(value, list | tuple):
+        _header(out, len(value), 0x90, 0xDC)
+        for item in value:
+            _pack_lua(item, out)
+    else:
+        raise TypeError(f"cannot pack {type(value).__name__} as Lua would")
+
+
+def encode_profile(state: Mapping[str, Any]) -> bytes:
+    """A profile as ``profile_update.lua`` stores it (the Python twin of its save)."""
+    return pack_like_lua(profile_row(state))
 
 
 def encode_for_lua(value: Any) -> bytes:

@@ -13,7 +13,8 @@ link records make session counting idempotent and order-independent too.
 State per customer is a flat mapping of short field codes (see ``FIELDS``) to
 numbers, plus ``k`` (a bounded category map), ``ls`` (last session id) and the
 bounded dedupe, session and link rings of :mod:`streamproc.core.seen`. It is O(1)
-in the number of events, and a customer is one Redis key.
+in the number of events, and a customer is one Redis key. It is stored as a positional
+array (``STORED_FIELDS``); both interpreters work on the mapping.
 """
 
 from __future__ import annotations
@@ -85,6 +86,30 @@ FIELDS: Final[dict[str, str]] = {
     "dt": "decay_reference_at",
 }
 
+#: Format of a stored profile: the first element of its msgpack array (see STORED_FIELDS).
+PROFILE_FORMAT: Final = 1
+
+#: Every top-level field a profile can hold, in the order of the stored array, which is
+#: ``[PROFILE_FORMAT, value of STORED_FIELDS[0], value of STORED_FIELDS[1], ...]``: a
+#: positional array instead of a map saves every field's name (~110 B per profile). An
+#: absent field is stored as ``false`` (a Lua array with nil holes packs as a map) and
+#: absent fields at the end are left out, so the fields most customers lack come last.
+#: APPEND ONLY: stored profiles are read by position, so a field never moves and a field
+#: no longer written keeps its slot. The Lua interpreter gets this list with its config.
+#: Legacy rings (LEGACY_LANES) have no slot: every update converts them away first.
+STORED_FIELDS: Final[tuple[str, ...]] = (
+    # Every customer.
+    "ev", "fs", "la", "lq", "dt", "se", "pv", "vv", "sr", "v7", "v30",
+    "ls", "ls@", "lsd", "ss", LANE_CLICKSTREAM, "k", LANE_CLICKSTREAM + "f",
+    # Customers who put something in a cart.
+    "ac", "rc", "cs", "c7", "c30", "lk",
+    # Customers who ordered.
+    "o", "rv", "it", "fo", "lo", "o7", "o30", "s7", "s30", "os", "cc",
+    LANE_PURCHASES, LANE_PURCHASES + "f",
+    # Customers who returned something.
+    "rf", "ra",
+)
+
 #: Decayed fields and their time constants (seconds of event time).
 DECAY_TAUS: Final[dict[str, float]] = {
     "v7": TAU_7D,
@@ -149,7 +174,48 @@ class FeatureConfig:
         return {"taus": DECAY_TAUS, "maxcat": self.max_categories, "scap": self.sessions,
                 "lcap": self.links, "lwin": self.link_window_s, "lttl": self.link_ttl_s,
                 "icap": {LANE_CLICKSTREAM: self.dedupe_events,
-                         LANE_PURCHASES: self.dedupe_purchases}}
+                         LANE_PURCHASES: self.dedupe_purchases},
+                "pfmt": PROFILE_FORMAT, "fields": list(STORED_FIELDS)}
+
+
+class ProfileFormatError(ValueError):
+    """A stored profile this version cannot read or write without losing a field."""
+
+
+_SLOTTED: Final = frozenset(STORED_FIELDS)
+
+
+def profile_row(state: Mapping[str, Any]) -> list[Any]:
+    """A profile as stored: ``[PROFILE_FORMAT, value per STORED_FIELDS...]``.
+
+    Absent fields are False and trailing ones are left out, as the Lua interpreter
+    writes them. A field without a slot raises rather than being dropped.
+    """
+    unknown = state.keys() - _SLOTTED
+    if unknown:
+        raise ProfileFormatError(f"profile fields without a stored position: {sorted(unknown)}")
+    row: list[Any] = [PROFILE_FORMAT, *(state.get(code, False) for code in STORED_FIELDS)]
+    while len(row) > 1 and row[-1] is False:
+        row.pop()
+    return row
+
+
+def profile_from_row(row: Sequence[Any]) -> dict[str, Any]:
+    """The profile mapping of a stored row (the inverse of :func:`profile_row`).
+
+    An empty row is an empty profile (Lua packs an empty table as an empty array). A
+    row of another format, or longer than STORED_FIELDS (a newer version's), raises.
+    """
+    if not row:
+        return {}
+    version = row[0]
+    if type(version) is not int or version != PROFILE_FORMAT:
+        raise ProfileFormatError(f"unknown profile format {version!r}")
+    if len(row) - 1 > len(STORED_FIELDS):
+        raise ProfileFormatError(f"profile has {len(row) - 1} fields, this version knows "
+                                 f"{len(STORED_FIELDS)}: written by a newer version")
+    return {code: value for code, value in zip(STORED_FIELDS, row[1:], strict=False)
+            if value is not False and value is not None}
 
 
 def clickstream_ops(event: Any, ts: float) -> list[Op]:

@@ -6,7 +6,8 @@ batches of random sizes, and through ``InMemoryProfiles``. Decoded states must b
 exactly equal (floats included: both sides do the same IEEE operations in the same
 order, with the same libm ``exp``), and the per-event applied/duplicate flags must match.
 Profiles written by earlier versions (event-id rings of 14-byte records) are converted
-the same way by both.
+the same way by both. Lua stores each profile exactly as ``encode_profile`` (the Python
+twin of its save) encodes the twin's state, byte for byte.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
@@ -29,12 +31,15 @@ from streamproc.adapters.redis_store import (
     PreparedEvent,
     RedisProfileStore,
     encode_blob,
-    encode_for_lua,
+    encode_profile,
+    pack_like_lua,
+    split_value,
 )
 from streamproc.core import seen
 from streamproc.core.features import (
     LANE_CLICKSTREAM,
     LANE_PURCHASES,
+    STORED_FIELDS,
     FeatureConfig,
     InMemoryProfiles,
     event_lane,
@@ -66,28 +71,81 @@ def _batches(events: Sequence[PreparedEvent], sizes: Sequence[int]) -> list[list
 WALL = 1_800_000_000
 
 
-async def _write_profiles(store: RedisProfileStore, states: dict[str, dict[str, Any]],
-                          scoring: bytes = b"") -> None:
-    """Store profiles as the Lua interpreter lays them out (byte strings as msgpack str)."""
+async def write_profiles(store: RedisProfileStore, states: dict[str, dict[str, Any]],
+                         scoring: bytes = b"", *, as_map: bool = False) -> None:
+    """Store profiles as the Lua interpreter lays them out; ``as_map``: as earlier versions.
+
+    Earlier versions stored a profile as a msgpack map (``cmsgpack.pack`` of the table).
+    """
     for cid, state in states.items():
-        blob = encode_for_lua(state)
+        blob = pack_like_lua(state) if as_map else encode_profile(state)
         await store.client.set(keys.profile_key(store.prefix, cid),
                                bytes([VALUE_TAG]) + len(blob).to_bytes(4, "big") + blob + scoring)
 
 
+def _parts(blob: bytes, *, is_map: bool = False) -> list[bytes]:
+    """The header of a msgpack array (or map), then the packed bytes of each element."""
+    unpacker = msgpack.Unpacker(raw=True)
+    unpacker.feed(blob)
+    n = unpacker.read_map_header() * 2 if is_map else unpacker.read_array_header()
+    at = unpacker.tell()
+    parts = [blob[:at]]
+    for _ in range(n):
+        unpacker.skip()
+        parts.append(blob[at:unpacker.tell()])
+        at = unpacker.tell()
+    assert at == len(blob)
+    return parts
+
+
+#: Where ``k`` is in ``_parts`` of a stored profile (after the header and the format).
+_K_PART = 2 + STORED_FIELDS.index("k")
+
+
+def assert_stored_as_encoded(stored: bytes, state: dict[str, Any]) -> None:
+    """``stored`` (written by Lua) is ``encode_profile(state)`` byte for byte.
+
+    Only the entries of the category map ``k`` may come in another order: Lua packs a
+    table in its hash order.
+    """
+    lua, python = _parts(stored), _parts(encode_profile(state))
+    assert len(lua) == len(python)
+    for n, (got, want) in enumerate(zip(lua, python, strict=True)):
+        if n == _K_PART and want[:1] != b"\xc2":
+            got_k, want_k = _parts(got, is_map=True), _parts(want, is_map=True)
+            assert got_k[0] == want_k[0]
+            assert sorted(zip(got_k[1::2], got_k[2::2], strict=True)) == \
+                sorted(zip(want_k[1::2], want_k[2::2], strict=True))
+        else:
+            assert got == want, (n, (("format", *STORED_FIELDS)[n - 1]) if n else "header")
+
+
+async def assert_stored_by_lua_as_by_python(store: RedisProfileStore,
+                                            states: dict[str, dict[str, Any]]) -> None:
+    """Every customer of ``states`` is stored as an array, as ``encode_profile`` encodes it."""
+    customers = sorted(states)
+    values = await store.client.mget([keys.profile_key(store.prefix, c) for c in customers])
+    for cid, value in zip(customers, values, strict=True):
+        profile = split_value(value)[0]
+        assert profile is not None, cid
+        assert_stored_as_encoded(profile, states[cid])
+
+
 async def _conform(store: RedisProfileStore, events: Sequence[PreparedEvent],
                    sizes: Sequence[int], config: FeatureConfig,
-                   tick: int = 0, start: dict[str, dict[str, Any]] | None = None
-                   ) -> InMemoryProfiles:
+                   tick: int = 0, start: dict[str, dict[str, Any]] | None = None,
+                   start_as_map: bool = False) -> InMemoryProfiles:
     """Apply ``events`` to Redis in batches and to the twin; assert equal flags and states.
 
     Both sides read the same wall clock, which moves ``tick`` seconds per batch. ``start``
-    holds profiles both sides begin with (written to Redis first).
+    holds profiles both sides begin with (written to Redis first, as maps of earlier
+    versions with ``start_as_map``). Every customer an event reached ends up stored as
+    ``encode_profile`` encodes the twin's state.
     """
     now = WALL
     twin = InMemoryProfiles.empty(config, clock=lambda: now)
     if start:
-        await _write_profiles(store, start)
+        await write_profiles(store, start, as_map=start_as_map)
         twin.states = copy.deepcopy(start)
     for batch in _batches(events, sizes):
         now += tick
@@ -104,6 +162,9 @@ async def _conform(store: RedisProfileStore, events: Sequence[PreparedEvent],
     stored = await store.get_states(customers)
     for cid, state in zip(customers, stored, strict=True):
         assert state == twin.states[cid], cid
+    touched = {ev.customer_id for ev in events}
+    await assert_stored_by_lua_as_by_python(
+        store, {cid: state for cid, state in twin.states.items() if cid in touched})
     return twin
 
 
@@ -171,7 +232,7 @@ async def test_lua_and_the_twin_convert_profiles_of_earlier_versions_alike(
     client = aioredis.Redis(port=redis_server.port)
     try:
         twin = await _conform(_store(client, config), events[cut:], sizes, config,
-                              start=legacy)
+                              start=legacy, start_as_map=True)
         for cid in {ev.customer_id for ev in events[cut:]}:
             assert not {"ic", "ip", "icf", "ipf"} & twin.states[cid].keys()
     finally:
@@ -395,7 +456,7 @@ async def test_profiles_with_old_event_id_rings_are_converted_on_their_next_upda
     try:
         store = _store(client, config)
         scoring = encode_blob({"la": t0})
-        await _write_profiles(store, legacy, scoring)
+        await write_profiles(store, legacy, scoring, as_map=True)
         assert await store.get_state("c-1") == old  # readable before any update
         twin = InMemoryProfiles.empty(config, clock=lambda: WALL)
         twin.states = copy.deepcopy(legacy)

@@ -1,0 +1,246 @@
+"""Migration to the positional profile format, on a real redis-server.
+
+Profiles of earlier versions are msgpack maps (``cmsgpack.pack`` of the Lua table,
+written here by ``pack_like_lua``, byte for byte as the old Lua did but for the order of
+the entries). Every reader decodes them to the same mapping as the new arrays; the Lua
+interpreter loads them, decides duplicates and late events as the Python twin does, and
+rewrites them as arrays on their next update. What this version cannot store without
+losing a field is refused by both interpreters, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.exceptions import ResponseError
+
+from streamproc.adapters import keys
+from streamproc.adapters.redis_store import (
+    PreparedEvent,
+    decode_blob,
+    encode_blob,
+    encode_profile,
+    pack_like_lua,
+    split_value,
+)
+from streamproc.core import seen
+from streamproc.core.features import (
+    STORED_FIELDS,
+    FeatureConfig,
+    InMemoryProfiles,
+    ProfileFormatError,
+    ProfileView,
+    event_lane,
+    event_ops,
+)
+from streamproc.core.generator import TrafficGenerator
+from streamproc.core.replay import event_namespace, event_time
+from streamproc.runtime.embedded import Service
+from tests.integration.test_feature_store import (
+    WALL,
+    _conform,
+    _prepare,
+    _store,
+    assert_stored_as_encoded,
+    write_profiles,
+)
+from tests.unit.test_features import streams, with_duplicates
+
+pytestmark = pytest.mark.integration
+
+
+def _generator_events(customers: int, days: int) -> list[PreparedEvent]:
+    gen = TrafficGenerator(customers=customers, seed=3, start=datetime(2026, 1, 1, tzinfo=UTC),
+                           days=days)
+    events = []
+    for g in gen.events():
+        ts = event_time(g.value)
+        ns = event_namespace(g.value)
+        events.append(PreparedEvent(g.key, str(g.value["event_id"]), ts, event_ops(ns, ts),
+                                    event_lane(ns)))
+    return events
+
+
+async def _profile_bytes(client: aioredis.Redis, prefix: str, cid: str) -> bytes:
+    profile = split_value(await client.get(keys.profile_key(prefix, cid)))[0]
+    assert profile is not None
+    return profile
+
+
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data(), st.sampled_from([
+    FeatureConfig(),
+    FeatureConfig(dedupe_events=2, dedupe_purchases=1, sessions=2, links=2),
+]))
+async def test_map_profiles_of_earlier_versions_update_as_the_twin_does(
+        redis_server: Service, data: st.DataObject, config: FeatureConfig) -> None:
+    # An earlier version applied the first part of a messy stream and stored maps; the
+    # rest (with redeliveries of the first part) goes to both interpreters.
+    stream = data.draw(st.permutations(data.draw(with_duplicates(data.draw(streams())))))
+    cut = data.draw(st.integers(0, len(stream)))
+    events = _prepare(stream)
+    before = InMemoryProfiles.empty(config, clock=lambda: WALL)
+    for ev in events[:cut]:
+        before.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
+    sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        # _conform checks statuses, states, and that every customer an event reached is
+        # now stored as an array, byte for byte as encode_profile encodes the twin's state.
+        await _conform(_store(client, config), events[cut:], sizes, config,
+                       start=before.states, start_as_map=True)
+    finally:
+        await client.aclose()
+
+
+async def test_generator_profiles_stored_as_maps_read_alike_and_become_arrays(
+        redis_server: Service) -> None:
+    config = FeatureConfig()
+    events = _generator_events(customers=25, days=60)
+    rng = random.Random(5)
+    cut = len(events) * 3 // 4
+    history, rest = events[:cut], events[cut:]
+    twin = InMemoryProfiles.empty(config, clock=lambda: WALL)
+    for ev in history:
+        assert twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane) == seen.APPLIED
+    old = copy.deepcopy(twin.states)
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, config)
+        scoring = encode_blob({"la": 1.0, "pend": []})
+        await write_profiles(store, old, scoring, as_map=True)
+        customers = sorted(old)
+        as_of = datetime(2026, 3, 15, tzinfo=UTC).timestamp()
+        # Every reader gets the same mapping from a map as from an array.
+        for cid, state in zip(customers, await store.get_states(customers), strict=True):
+            assert state == old[cid]
+            assert decode_blob(encode_profile(old[cid])) == state
+            assert ProfileView(cid, as_of, state).to_dict() == \
+                ProfileView(cid, as_of, decode_blob(encode_profile(old[cid]))).to_dict()
+        assert (await store.get_customers(customers))[1] == [{"la": 1.0, "pend": []}] * len(
+            customers)
+
+        # Redeliveries of the history for some customers only (all duplicates: converted
+        # too), new events and redeliveries for the others.
+        quiet = set(customers[:5])
+        batch = [ev for ev in history if ev.customer_id in quiet][-40:]
+        batch += [ev for ev in rest if ev.customer_id not in quiet][:300]
+        batch += rng.sample(history, 60)
+        rng.shuffle(batch)
+        expected: dict[str, list[int]] = {}
+        for ev in batch:
+            expected.setdefault(ev.customer_id, []).append(
+                twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane))
+        assert seen.APPLIED in {s for v in expected.values() for s in v}
+        assert any(set(v) == {seen.DUPLICATE} for v in expected.values())
+        updates = await store.apply_batch(batch, now=WALL)
+        for update in updates:
+            assert update.statuses == expected[update.customer_id], update.customer_id
+            assert update.state == twin.states[update.customer_id]
+            assert update.output_state == {"la": 1.0, "pend": []}
+        for update in updates:
+            stored = await _profile_bytes(client, store.prefix, update.customer_id)
+            assert msgpack.unpackb(stored, raw=True)[0] == 1  # an array of format 1
+            assert_stored_as_encoded(stored, twin.states[update.customer_id])
+            value = await client.get(keys.profile_key(store.prefix, update.customer_id))
+            assert split_value(value)[1] == scoring  # the scoring state, byte for byte
+        untouched = set(customers) - set(expected)
+        assert untouched  # still maps until their next update, and still read
+        for cid in untouched:
+            stored = await _profile_bytes(client, store.prefix, cid)
+            assert isinstance(msgpack.unpackb(stored, raw=True), dict)
+            assert await store.get_state(cid) == twin.states[cid]
+    finally:
+        await client.aclose()
+
+
+async def test_a_field_without_a_slot_is_refused_and_nothing_is_written(
+        redis_server: Service) -> None:
+    # No version ever wrote such a field: dropping it would lose data without a trace.
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, FeatureConfig())
+        state: dict[str, Any] = {"ev": 1.0, "fs": 5.0, "zz": 7.0}
+        await write_profiles(store, {"c-1": state}, as_map=True)
+        before = await client.get(keys.profile_key(store.prefix, "c-1"))
+        [ev] = _generator_events(customers=1, days=1)[:1]
+        batch = [PreparedEvent(cid, "e-new", ev.ts, ev.ops, ev.lane) for cid in ("c-0", "c-1")]
+        with pytest.raises(ResponseError, match="profile field zz has no stored position"):
+            await store.apply_batch(batch, now=WALL)
+        assert await client.get(keys.profile_key(store.prefix, "c-1")) == before
+        # Nor was the customer before it in the batch: a retry decides its events anew.
+        assert await client.exists(keys.profile_key(store.prefix, "c-0")) == 0
+        assert await store.get_state("c-1") == state  # still readable
+        with pytest.raises(ProfileFormatError, match="zz"):
+            encode_profile(state)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(("row", "error"), [
+    ([1, *([1.0] * (len(STORED_FIELDS) + 1))], "newer version"),
+    ([2, 1.0], "profile format 2"),
+])
+async def test_profiles_of_a_newer_format_are_refused_by_both(
+        redis_server: Service, row: list[Any], error: str) -> None:
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, FeatureConfig())
+        blob = pack_like_lua(row)
+        key = keys.profile_key(store.prefix, "c-1")
+        await client.set(key, bytes([0xC1]) + len(blob).to_bytes(4, "big") + blob)
+        before = await client.get(key)
+        [ev] = _generator_events(customers=1, days=1)[:1]
+        batch = [PreparedEvent(cid, "e-new", ev.ts, ev.ops, ev.lane) for cid in ("c-0", "c-1")]
+        with pytest.raises(ResponseError, match=error):
+            await store.apply_batch(batch, now=WALL)
+        assert await client.get(key) == before
+        assert await client.exists(keys.profile_key(store.prefix, "c-0")) == 0
+        with pytest.raises(ProfileFormatError):
+            await store.get_state("c-1")
+    finally:
+        await client.aclose()
+
+
+async def test_a_map_an_older_worker_left_on_an_array_profile_is_refused(
+        redis_server: Service) -> None:
+    # An older worker reads an array as a table of numbered entries (no field of its own)
+    # and writes them back as a map, beside the fields of the events it counted again.
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, FeatureConfig())
+        await write_profiles(store, {"c-1": {1: 1, 2: 1767225600.5, "ev": 1.0}}, as_map=True)
+        [ev] = _generator_events(customers=1, days=1)[:1]
+        with pytest.raises(ResponseError, match="has no stored position"):
+            await store.apply_batch([PreparedEvent("c-1", "e-new", ev.ts, ev.ops, ev.lane)],
+                                    now=WALL)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("blob", [b"\x90", b"\x80"])
+async def test_an_empty_profile_of_earlier_versions_is_read_and_rewritten(
+        redis_server: Service, blob: bytes) -> None:
+    # Lua packs an empty table as an empty array, not as a profile of format 1.
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _store(client, FeatureConfig())
+        await client.set(keys.profile_key(store.prefix, "c-1"),
+                         bytes([0xC1]) + len(blob).to_bytes(4, "big") + blob)
+        assert await store.get_state("c-1") == {}
+        [ev] = _generator_events(customers=1, days=1)[:1]
+        [update] = await store.apply_batch(
+            [PreparedEvent("c-1", "e-new", ev.ts, ev.ops, ev.lane)], now=WALL)
+        assert update.statuses == [seen.APPLIED]
+        assert_stored_as_encoded(await _profile_bytes(client, store.prefix, "c-1"), update.state)
+    finally:
+        await client.aclose()
