@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -213,8 +214,9 @@ class Retrier:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._failed(operation, exc)
             except RedisError as exc:
-                # BUSY/LOADING and friends are transient too; anything else is a bug we log loudly.
-                self._failed(operation, exc)
+                # BUSY/LOADING and friends are transient too; anything else (a script that
+                # refuses a value, a bug) stalls the batch until it is fixed, so say what.
+                self._failed(operation, exc, detail=True)
             else:
                 self.metrics.redis_seconds.labels(operation).observe(time.perf_counter() - started)
                 self.metrics.redis_up.set(1)
@@ -224,12 +226,19 @@ class Retrier:
             await asyncio.sleep(delay * (0.5 + self._rng.random()))
             delay = min(self.max_backoff_s, delay * 2)
 
-    def _failed(self, operation: str, exc: BaseException) -> None:
+    def _failed(self, operation: str, exc: BaseException, *, detail: bool = False) -> None:
         self.metrics.redis_errors.labels(operation).inc()
         self.metrics.redis_up.set(0)
         if self.on_state is not None:
             self.on_state(False)
-        log.warning("redis %s failed (%s); retrying", operation, type(exc).__name__)
+        if not detail:
+            log.warning("redis %s failed (%s); retrying", operation, type(exc).__name__)
+            return
+        # Error texts may name a customer's key: its hash tag is the customer id, which is
+        # logged only at DEBUG.
+        log.error("redis %s failed (%s: %s); retrying", operation, type(exc).__name__,
+                  redact_keys(str(exc)))
+        log.debug("redis %s failed: %s", operation, exc)
 
 
 class IngestPipeline:
@@ -410,6 +419,14 @@ class IngestPipeline:
             partition=msg.partition, offset=msg.offset, received_at=now)
         self.metrics.dead_letters.labels(msg.topic, "late_event").inc()
         return OutRecord(self.settings.topics.dead_letter, msg.key, record.to_bytes())
+
+
+def redact_keys(text: str) -> str:
+    """``text`` with every Redis hash tag (``{customer id}`` in our keys) blanked out."""
+    return _HASH_TAG.sub("{…}", text)
+
+
+_HASH_TAG = re.compile(r"\{[^{}]*\}")
 
 
 def _accepted_positions(accepted: int, rejections: Sequence[Rejection]) -> list[int | None]:
