@@ -79,8 +79,25 @@ async def write_profiles(store: RedisProfileStore, states: dict[str, dict[str, A
     """
     for cid, state in states.items():
         blob = pack_like_lua(state) if as_map else encode_profile(state)
-        await store.client.set(keys.profile_key(store.prefix, cid),
-                               bytes([VALUE_TAG]) + len(blob).to_bytes(4, "big") + blob + scoring)
+        await store.client.set(keys.profile_key(store.prefix, cid), stored_value(blob, scoring))
+
+
+def stored_value(profile: bytes, scoring: bytes = b"") -> bytes:
+    """A customer's value as Lua lays it out: tag, profile length, profile, scoring state."""
+    return bytes([VALUE_TAG]) + len(profile).to_bytes(4, "big") + profile + scoring
+
+
+def generator_events(customers: int, days: int, seed: int) -> list[PreparedEvent]:
+    """The generator's traffic from 2026-01-01, prepared as the ingest pipeline does."""
+    gen = TrafficGenerator(customers=customers, seed=seed,
+                           start=datetime(2026, 1, 1, tzinfo=UTC), days=days)
+    events = []
+    for g in gen.events():
+        ts = event_time(g.value)
+        ns = event_namespace(g.value)
+        events.append(PreparedEvent(g.key, str(g.value["event_id"]), ts, event_ops(ns, ts),
+                                    event_lane(ns)))
+    return events
 
 
 def _parts(blob: bytes, *, is_map: bool = False) -> list[bytes]:
@@ -177,6 +194,22 @@ def _prepare(stream: Sequence[dict[str, Any]]) -> list[PreparedEvent]:
     return out
 
 
+def split_history(data: st.DataObject,
+                  config: FeatureConfig) -> tuple[list[PreparedEvent], int, InMemoryProfiles]:
+    """A messy stream, where it is cut, and a twin that applied the part before the cut.
+
+    The part before the cut is what an earlier version applied; the rest (with
+    redeliveries of that part) goes to both interpreters.
+    """
+    stream = data.draw(st.permutations(data.draw(with_duplicates(data.draw(streams())))))
+    cut = data.draw(st.integers(0, len(stream)))
+    events = _prepare(stream)
+    before = InMemoryProfiles.empty(config, clock=lambda: WALL)
+    for ev in events[:cut]:
+        before.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
+    return events, cut, before
+
+
 @settings(max_examples=40, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.data(), st.sampled_from([
@@ -215,12 +248,7 @@ async def test_lua_and_the_twin_convert_profiles_of_earlier_versions_alike(
     # both interpreters take the rest from there, converting on each customer's update.
     # With `rolling`, a newer version applied that part and an older one (a rolling
     # upgrade) some of it again: both rings are there, to be merged.
-    stream = data.draw(st.permutations(data.draw(with_duplicates(data.draw(streams())))))
-    cut = data.draw(st.integers(0, len(stream)))
-    events = _prepare(stream)
-    before = InMemoryProfiles.empty(config, clock=lambda: WALL)
-    for ev in events[:cut]:
-        before.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
+    events, cut, before = split_history(data, config)
     rolling = data.draw(st.booleans())
     older = [ev for ev in events[:cut] if not rolling or data.draw(st.booleans())]
     legacy = to_legacy(before.states,
@@ -240,13 +268,7 @@ async def test_lua_and_the_twin_convert_profiles_of_earlier_versions_alike(
 
 
 async def test_lua_matches_the_python_twin_on_generator_traffic(redis_server: Service) -> None:
-    gen = TrafficGenerator(customers=30, seed=7, start=datetime(2026, 1, 1, tzinfo=UTC), days=60)
-    events = []
-    for g in gen.events():
-        ts = event_time(g.value)
-        ns = event_namespace(g.value)
-        events.append(PreparedEvent(g.key, str(g.value["event_id"]), ts, event_ops(ns, ts),
-                                    event_lane(ns)))
+    events = generator_events(customers=30, days=60, seed=7)
     assert len(events) > 1000
     rng = random.Random(11)
     # Redeliveries (duplicates) and local reordering, as a consumer would see after a rebalance.

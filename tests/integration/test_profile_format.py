@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from streamproc.adapters import keys
 from streamproc.adapters.redis_store import (
     PreparedEvent,
+    RedisProfileStore,
     decode_blob,
     encode_blob,
     encode_profile,
@@ -38,41 +39,42 @@ from streamproc.core.features import (
     InMemoryProfiles,
     ProfileFormatError,
     ProfileView,
-    event_lane,
-    event_ops,
 )
-from streamproc.core.generator import TrafficGenerator
-from streamproc.core.replay import event_namespace, event_time
 from streamproc.runtime.embedded import Service
 from tests.integration.test_feature_store import (
     WALL,
     _conform,
-    _prepare,
     _store,
     assert_stored_as_encoded,
+    generator_events,
+    split_history,
+    stored_value,
     write_profiles,
 )
-from tests.unit.test_features import streams, with_duplicates
 
 pytestmark = pytest.mark.integration
-
-
-def _generator_events(customers: int, days: int) -> list[PreparedEvent]:
-    gen = TrafficGenerator(customers=customers, seed=3, start=datetime(2026, 1, 1, tzinfo=UTC),
-                           days=days)
-    events = []
-    for g in gen.events():
-        ts = event_time(g.value)
-        ns = event_namespace(g.value)
-        events.append(PreparedEvent(g.key, str(g.value["event_id"]), ts, event_ops(ns, ts),
-                                    event_lane(ns)))
-    return events
 
 
 async def _profile_bytes(client: aioredis.Redis, prefix: str, cid: str) -> bytes:
     profile = split_value(await client.get(keys.profile_key(prefix, cid)))[0]
     assert profile is not None
     return profile
+
+
+async def _assert_batch_refused(client: aioredis.Redis, store: RedisProfileStore,
+                                error: str) -> None:
+    """A batch for c-0 then c-1 fails on c-1's profile (``error``), and writes nothing.
+
+    c-1's value stays byte for byte, and the customer before it in the batch gets no
+    profile either: a retry decides its events anew.
+    """
+    before = await client.get(keys.profile_key(store.prefix, "c-1"))
+    [ev] = generator_events(customers=1, days=1, seed=3)[:1]
+    batch = [PreparedEvent(cid, "e-new", ev.ts, ev.ops, ev.lane) for cid in ("c-0", "c-1")]
+    with pytest.raises(ResponseError, match=error):
+        await store.apply_batch(batch, now=WALL)
+    assert await client.get(keys.profile_key(store.prefix, "c-1")) == before
+    assert await client.exists(keys.profile_key(store.prefix, "c-0")) == 0
 
 
 @settings(max_examples=30, deadline=None, database=None,
@@ -85,12 +87,7 @@ async def test_map_profiles_of_earlier_versions_update_as_the_twin_does(
         redis_server: Service, data: st.DataObject, config: FeatureConfig) -> None:
     # An earlier version applied the first part of a messy stream and stored maps; the
     # rest (with redeliveries of the first part) goes to both interpreters.
-    stream = data.draw(st.permutations(data.draw(with_duplicates(data.draw(streams())))))
-    cut = data.draw(st.integers(0, len(stream)))
-    events = _prepare(stream)
-    before = InMemoryProfiles.empty(config, clock=lambda: WALL)
-    for ev in events[:cut]:
-        before.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
+    events, cut, before = split_history(data, config)
     sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))
     client = aioredis.Redis(port=redis_server.port)
     try:
@@ -105,7 +102,7 @@ async def test_map_profiles_of_earlier_versions_update_as_the_twin_does(
 async def test_generator_profiles_stored_as_maps_read_alike_and_become_arrays(
         redis_server: Service) -> None:
     config = FeatureConfig()
-    events = _generator_events(customers=25, days=60)
+    events = generator_events(customers=25, days=60, seed=3)
     rng = random.Random(5)
     cut = len(events) * 3 // 4
     history, rest = events[:cut], events[cut:]
@@ -171,14 +168,7 @@ async def test_a_field_without_a_slot_is_refused_and_nothing_is_written(
         store = _store(client, FeatureConfig())
         state: dict[str, Any] = {"ev": 1.0, "fs": 5.0, "zz": 7.0}
         await write_profiles(store, {"c-1": state}, as_map=True)
-        before = await client.get(keys.profile_key(store.prefix, "c-1"))
-        [ev] = _generator_events(customers=1, days=1)[:1]
-        batch = [PreparedEvent(cid, "e-new", ev.ts, ev.ops, ev.lane) for cid in ("c-0", "c-1")]
-        with pytest.raises(ResponseError, match="profile field zz has no stored position"):
-            await store.apply_batch(batch, now=WALL)
-        assert await client.get(keys.profile_key(store.prefix, "c-1")) == before
-        # Nor was the customer before it in the batch: a retry decides its events anew.
-        assert await client.exists(keys.profile_key(store.prefix, "c-0")) == 0
+        await _assert_batch_refused(client, store, "profile field zz has no stored position")
         assert await store.get_state("c-1") == state  # still readable
         with pytest.raises(ProfileFormatError, match="zz"):
             encode_profile(state)
@@ -195,16 +185,8 @@ async def test_profiles_of_a_newer_format_are_refused_by_both(
     client = aioredis.Redis(port=redis_server.port)
     try:
         store = _store(client, FeatureConfig())
-        blob = pack_like_lua(row)
-        key = keys.profile_key(store.prefix, "c-1")
-        await client.set(key, bytes([0xC1]) + len(blob).to_bytes(4, "big") + blob)
-        before = await client.get(key)
-        [ev] = _generator_events(customers=1, days=1)[:1]
-        batch = [PreparedEvent(cid, "e-new", ev.ts, ev.ops, ev.lane) for cid in ("c-0", "c-1")]
-        with pytest.raises(ResponseError, match=error):
-            await store.apply_batch(batch, now=WALL)
-        assert await client.get(key) == before
-        assert await client.exists(keys.profile_key(store.prefix, "c-0")) == 0
+        await client.set(keys.profile_key(store.prefix, "c-1"), stored_value(pack_like_lua(row)))
+        await _assert_batch_refused(client, store, error)
         with pytest.raises(ProfileFormatError):
             await store.get_state("c-1")
     finally:
@@ -219,7 +201,7 @@ async def test_a_map_an_older_worker_left_on_an_array_profile_is_refused(
     try:
         store = _store(client, FeatureConfig())
         await write_profiles(store, {"c-1": {1: 1, 2: 1767225600.5, "ev": 1.0}}, as_map=True)
-        [ev] = _generator_events(customers=1, days=1)[:1]
+        [ev] = generator_events(customers=1, days=1, seed=3)[:1]
         with pytest.raises(ResponseError, match="has no stored position"):
             await store.apply_batch([PreparedEvent("c-1", "e-new", ev.ts, ev.ops, ev.lane)],
                                     now=WALL)
@@ -234,10 +216,9 @@ async def test_an_empty_profile_of_earlier_versions_is_read_and_rewritten(
     client = aioredis.Redis(port=redis_server.port)
     try:
         store = _store(client, FeatureConfig())
-        await client.set(keys.profile_key(store.prefix, "c-1"),
-                         bytes([0xC1]) + len(blob).to_bytes(4, "big") + blob)
+        await client.set(keys.profile_key(store.prefix, "c-1"), stored_value(blob))
         assert await store.get_state("c-1") == {}
-        [ev] = _generator_events(customers=1, days=1)[:1]
+        [ev] = generator_events(customers=1, days=1, seed=3)[:1]
         [update] = await store.apply_batch(
             [PreparedEvent("c-1", "e-new", ev.ts, ev.ops, ev.lane)], now=WALL)
         assert update.statuses == [seen.APPLIED]
