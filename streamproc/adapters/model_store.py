@@ -113,22 +113,25 @@ class ModelStore:
         await self.client.set(self._k(OWNER), owner)
 
     async def store(self, version: int, items: Mapping[str, bytes | str | int],
-                    owner: str | None = None) -> bool:
+                    owner: str) -> bool:
         """Write a :meth:`snapshot` atomically, moving ``current`` to ``version``.
 
-        With ``owner``, only while that trainer still owns the state: False when another
-        one claimed it since (nothing is written). Without, unconditionally.
+        Only while trainer ``owner`` still holds the claim: False when another one claimed
+        the state since, or a reset removed it (nothing is written then).
         """
+        return await self._write(self._version_writes(version, items), owner)
+
+    async def store_checkpoint(self, items: Mapping[str, bytes | str], owner: str) -> bool:
+        """Write a :meth:`checkpoint` atomically; ``owner`` as in :meth:`store`."""
+        return await self._write(dict(items), owner)
+
+    def _version_writes(self, version: int, items: Mapping[str, bytes | str | int],
+                        ) -> dict[str, bytes | str | int | None]:
         writes: dict[str, bytes | str | int | None] = dict(items)
         old = version - KEEP_VERSIONS
         if old > 0:
             writes[self._k(f"bundle:{old}")] = writes[self._k(f"published:{old}")] = None
-        return await self._write(writes, owner)
-
-    async def store_checkpoint(self, items: Mapping[str, bytes | str],
-                               owner: str | None = None) -> bool:
-        """Write a :meth:`checkpoint` atomically; ``owner`` as in :meth:`store`."""
-        return await self._write(dict(items), owner)
+        return writes
 
     async def _write(self, writes: Mapping[str, bytes | str | int | None],
                      owner: str | None) -> bool:
@@ -148,8 +151,12 @@ class ModelStore:
         return bool(done)
 
     async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:
-        """Store the bundle and the trainer state, then move ``current`` to the new version."""
-        await self.store(bundle.version, self.snapshot(bundle, trainer, published_at))
+        """Store the bundle and the trainer state and move ``current``, claim or none.
+
+        For tools and tests; the trainer stores through :meth:`store`, under its claim.
+        """
+        await self._write(self._version_writes(
+            bundle.version, self.snapshot(bundle, trainer, published_at)), None)
 
     async def load_bundle(self, version: int) -> PublishedBundle:
         """Load and verify one version; raises SnapshotRejected (counted by the caller)."""

@@ -203,28 +203,36 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     training = app.topic(settings.topics.training_examples, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")
 
+    revokes = [0]  # revocations of the training partition (forget_trainer), for the agent
+
     @app.agent(training, name="trainer")
     async def trainer_agent(stream: Any) -> None:
         # One partition, so one trainer in the group. A record is acked only once a stored
         # trainer state holds all of it; until then it waits here, and a crash or a stop
         # redelivers it (the trainer skips what it already learned). Only the Redis calls
         # are retried, so a retry never relearns.
-        # A rebalance releases the trainer (see forget_trainer): records taken before it
-        # are left to the partition's next owner, which is sent them again.
+        # A rebalance releases the trainer (forget_trainer) and Faust then sends every
+        # unacked record again from the committed offset: records held from before it
+        # are dropped unacked (the partition may be another worker's now), and a take
+        # that a release made stale stops learning.
         topic = settings.topics.training_examples
         pending: deque[Any] = deque()
+        seen_revokes = revokes[0]
         async for events in stream.noack_take(1000, 0.5):
-            await retrier.call("train", lambda: trainer.load(topic))
             generation = trainer.generation
+            await retrier.call("train", lambda: trainer.load(topic))
             for event in events:
-                if trainer.generation != generation:
-                    pending.clear()
+                if trainer.generation != generation or trainer.trainer is None:
                     break
                 trainer.learn([(event.message.offset, event.message.value)])
                 pending.append(event)
                 # A record holds up to 500 examples: let the ingest agent run between.
                 await asyncio.sleep(0)
             await retrier.call("train", trainer.flush)
+            if revokes[0] != seen_revokes:
+                seen_revokes = revokes[0]
+                pending.clear()
+                continue
             for _ in range(trainer.covered([e.message.offset for e in pending])):
                 await stream.ack(pending.popleft())
 
@@ -233,6 +241,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         # trainer kept in memory would go on from a stale one if the partition came back.
         revoked: set[TP] = args[0] if args else set()
         if any(tp.topic == settings.topics.training_examples for tp in revoked):
+            revokes[0] += 1
             trainer.release()
 
     app.on_partitions_revoked.connect(forget_trainer)

@@ -23,7 +23,7 @@ from typing import Literal, Protocol, TypeVar, cast
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamproc.adapters.redis_store import CustomerUpdate, PreparedEvent, RedisProfileStore
@@ -216,7 +216,9 @@ class Retrier:
             except RedisError as exc:
                 # BUSY/LOADING and friends are transient too; anything else (a script that
                 # refuses a value, a bug) stalls the batch until it is fixed, so say what.
-                self._failed(operation, exc, detail=True)
+                transient = isinstance(exc, ReadOnlyError | TryAgainError) or str(
+                    exc).startswith(_TRANSIENT_REPLIES)
+                self._failed(operation, exc, detail=not transient)
             else:
                 self.metrics.redis_seconds.labels(operation).observe(time.perf_counter() - started)
                 self.metrics.redis_up.set(1)
@@ -427,6 +429,8 @@ def redact_keys(text: str) -> str:
 
 
 _HASH_TAG = re.compile(r"\{[^{}]*\}")
+#: Error replies redis-py does not map to a class of their own that pass by themselves.
+_TRANSIENT_REPLIES = ("BUSY", "MASTERDOWN")
 
 
 def _accepted_positions(accepted: int, rejections: Sequence[Rejection]) -> list[int | None]:

@@ -107,38 +107,42 @@ class TrainerService:
                        churn_threshold=self.settings.churn_threshold,
                        min_labels=self.settings.min_labels_before_alerts)
 
-    async def load(self, topic: str) -> Trainer:
+    async def load(self, topic: str) -> Trainer | None:
         """The trainer: resumed from its last stored state the first time, else a new one.
 
         ``topic`` is the training topic; a stored position on another topic is ignored.
+        None when a :meth:`release` came while it was reading: the records in hand are
+        stale, and a later call loads again.
         """
-        if self.trainer is None:
-            self.topic = topic
-            # Claimed before reading: a store the previous owner still makes either lands
-            # before the read (and is resumed from) or is refused.
-            owner = uuid.uuid4().hex
-            await self.store.claim(owner)
-            self.owner = owner
-            try:
-                trainer, position = await self.store.load_trainer_state()
-            except SnapshotRejected as exc:
-                self.metrics.model_rejected_snapshots.labels("trainer_state").inc()
-                log.error("refused saved trainer state (%s); starting a new trainer", exc.reason)
-                trainer, position = None, None
-            if trainer is None:
-                trainer = self._new_trainer()
-            else:
-                log.info("trainer resumed at model v%s, position %s", trainer.version, position)
-            if position is not None and position.topic != topic:
-                log.warning("ignoring the trainer position on topic %r: training topic is %r",
-                            position.topic, topic)
-                position = None
-            self.trainer = trainer
-            self.stored, self.stored_at = position, self.clock()
-            if position is not None:
-                self.next_offset, self.next_index = position.offset, position.index
-                self.since_publish = position.since_version
-        return self.trainer
+        if self.trainer is not None:
+            return self.trainer
+        generation = self.generation
+        # Claimed before reading: a store the previous owner still makes either lands
+        # before the read (and is resumed from) or is refused.
+        owner = uuid.uuid4().hex
+        await self.store.claim(owner)
+        try:
+            trainer, position = await self.store.load_trainer_state()
+        except SnapshotRejected as exc:
+            self.metrics.model_rejected_snapshots.labels("trainer_state").inc()
+            log.error("refused saved trainer state (%s); starting a new trainer", exc.reason)
+            trainer, position = None, None
+        if self.generation != generation:
+            return None
+        if trainer is None:
+            trainer = self._new_trainer()
+        else:
+            log.info("trainer resumed at model v%s, position %s", trainer.version, position)
+        if position is not None and position.topic != topic:
+            log.warning("ignoring the trainer position on topic %r: training topic is %r",
+                        position.topic, topic)
+            position = None
+        self.topic, self.trainer, self.owner = topic, trainer, owner
+        self.stored, self.stored_at = position, self.clock()
+        if position is not None:
+            self.next_offset, self.next_index = position.offset, position.index
+            self.since_publish = position.since_version
+        return trainer
 
     def release(self) -> None:
         """Forget everything in memory: the training partition moved (or may have).
@@ -224,20 +228,28 @@ class TrainerService:
         When records learned since the last store wait and :attr:`checkpoint_after_s` has
         passed since it, the trainer state alone is stored, so their offsets can move.
         """
+        owner, generation = self.owner, self.generation
+        if self.trainer is None or owner is None:
+            return  # released: nothing of this trainer is left to store
         while self.unpublished:
             cut = self.unpublished[0]
-            if not await self.store.store(cut.version, cut.items, self.owner):
+            written = await self.store.store(cut.version, cut.items, owner)
+            if self.generation != generation:
+                return  # released while writing: the queue is gone, and so is the claim
+            if not written:
                 self._fenced_off()
                 return
             self.unpublished.pop(0)
             self.stored, self.stored_at = cut.position, self.clock()
             log.info("published model v%s", cut.version)
         position = self.position()
-        if (self.trainer is not None and position is not None
-                and not _same_place(position, self.stored)
+        if (position is not None and not _same_place(position, self.stored)
                 and self.clock() - self.stored_at >= self.checkpoint_after_s):
-            if not await self.store.store_checkpoint(
-                    self.store.checkpoint(self.trainer, position), self.owner):
+            written = await self.store.store_checkpoint(
+                self.store.checkpoint(self.trainer, position), owner)
+            if self.generation != generation:
+                return
+            if not written:
                 self._fenced_off()
                 return
             self.stored, self.stored_at = position, self.clock()

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from streamproc.adapters import keys
 from streamproc.adapters.model_store import ModelStore, TrainerPosition
 from streamproc.core.features import MODEL_FEATURES
+from streamproc.core.modelset import Trainer
 from streamproc.metrics import create_metrics
 from streamproc.runtime.embedded import Service
 from streamproc.runtime.scoring import training_records
@@ -79,7 +80,7 @@ class _FailsOnce(ModelStore):
     failures = 0
 
     async def store(self, version: int, items: Mapping[str, bytes | str | int],
-                    owner: str | None = None) -> bool:
+                    owner: str) -> bool:
         if version == 2 and not self.failures:
             self.failures += 1
             raise RedisConnectionError("injected: connection lost while storing v2")
@@ -316,3 +317,61 @@ async def test_a_reset_fences_the_running_trainer_off(store: ModelStore) -> None
     assert first.learn(records) == 600
     await first.flush()
     assert await store.current_version() == 2  # v1 at 200, v2 at 450: a new lineage
+
+
+class _ReleasesMidway(ModelStore):
+    """The real store; a rebalance revokes the partition while a read or a write is out."""
+
+    service: TrainerService | None = None
+    during = ""
+
+    async def load_trainer_state(self) -> tuple[Trainer | None, TrainerPosition | None]:
+        state = await super().load_trainer_state()
+        if self.during == "load" and self.service is not None:
+            self.service.release()
+        return state
+
+    async def store(self, version: int, items: Mapping[str, bytes | str | int],
+                    owner: str) -> bool:
+        written = await super().store(version, items, owner)
+        if self.during == "store" and self.service is not None:
+            self.service.release()
+        return written
+
+
+async def test_a_revoke_while_loading_leaves_the_trainer_unloaded(redis_server: Service
+                                                                  ) -> None:
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _ReleasesMidway(client, "tr-" + uuid.uuid4().hex[:8], KEY)
+        service = TrainerService(EVERY_250, store, create_metrics(CollectorRegistry()))
+        store.service, store.during = service, "load"
+        assert await service.load(TOPIC) is None  # the records in hand are stale
+        assert service.trainer is None
+        assert service.owner is None  # no claim to store under, so nothing is stored
+        await service.flush()
+        assert await store.current_version() == 0
+        store.during = ""
+        assert await service.load(TOPIC) is not None
+        assert service.owner is not None
+    finally:
+        await client.aclose()
+
+
+async def test_a_revoke_while_storing_drops_the_rest_without_failing(redis_server: Service
+                                                                     ) -> None:
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        store = _ReleasesMidway(client, "tr-" + uuid.uuid4().hex[:8], KEY)
+        service = TrainerService(EVERY_250, store, create_metrics(CollectorRegistry()))
+        await service.load(TOPIC)
+        service.learn(_records(1000, per_record=100))
+        assert [c.version for c in service.unpublished] == [1, 2, 3, 4]
+        store.service, store.during = service, "store"
+        await service.flush()  # v1 lands, then the revoke: v2-v4 are the next owner's
+        assert await store.current_version() == 1
+        assert service.trainer is None
+        assert service.unpublished == []
+        assert service.stored is None
+    finally:
+        await client.aclose()

@@ -57,3 +57,11 @@ async def test_a_lost_connection_is_a_warning_with_the_type_only(
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.levelno for r in warnings] == [logging.WARNING]
     assert warnings[0].getMessage() == "redis apply_batch failed (ConnectionError); retrying"
+
+
+async def test_a_busy_server_is_a_warning_with_the_type_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    await _fails_then_succeeds(ResponseError("BUSY Redis is busy running a script."), caplog)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "redis apply_batch failed (ResponseError); retrying"]
