@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from streamproc.runtime.embedded import Service, ServiceError, start_redis, start_tansu
 from streamproc.settings import Settings
@@ -43,6 +44,14 @@ def redis_server() -> Iterator[Service]:
         pytest.fail(f"cannot start redis-server: {exc}", pytrace=False)
     yield service
     service.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_server: Service) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's redis-server, closed after the test."""
+    client = aioredis.Redis(port=redis_server.port)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

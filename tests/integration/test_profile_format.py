@@ -100,7 +100,7 @@ async def test_map_profiles_of_earlier_versions_update_as_the_twin_does(
 
 
 async def test_generator_profiles_stored_as_maps_read_alike_and_become_arrays(
-        redis_server: Service) -> None:
+        redis_client: aioredis.Redis) -> None:
     config = FeatureConfig()
     events = generator_events(customers=25, days=60, seed=3)
     rng = random.Random(5)
@@ -110,70 +110,62 @@ async def test_generator_profiles_stored_as_maps_read_alike_and_become_arrays(
     for ev in history:
         assert twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane) == seen.APPLIED
     old = copy.deepcopy(twin.states)
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, config)
-        scoring = encode_blob({"la": 1.0, "pend": []})
-        await write_profiles(store, old, scoring, as_map=True)
-        customers = sorted(old)
-        as_of = datetime(2026, 3, 15, tzinfo=UTC).timestamp()
-        # Every reader gets the same mapping from a map as from an array.
-        for cid, state in zip(customers, await store.get_states(customers), strict=True):
-            assert state == old[cid]
-            assert decode_blob(encode_profile(old[cid])) == state
-            assert ProfileView(cid, as_of, state).to_dict() == \
-                ProfileView(cid, as_of, decode_blob(encode_profile(old[cid]))).to_dict()
-        assert (await store.get_customers(customers))[1] == [{"la": 1.0, "pend": []}] * len(
-            customers)
+    store = _store(redis_client, config)
+    scoring = encode_blob({"la": 1.0, "pend": []})
+    await write_profiles(store, old, scoring, as_map=True)
+    customers = sorted(old)
+    as_of = datetime(2026, 3, 15, tzinfo=UTC).timestamp()
+    # Every reader gets the same mapping from a map as from an array.
+    for cid, state in zip(customers, await store.get_states(customers), strict=True):
+        assert state == old[cid]
+        assert decode_blob(encode_profile(old[cid])) == state
+        assert ProfileView(cid, as_of, state).to_dict() == \
+            ProfileView(cid, as_of, decode_blob(encode_profile(old[cid]))).to_dict()
+    assert (await store.get_customers(customers))[1] == [{"la": 1.0, "pend": []}] * len(
+        customers)
 
-        # Redeliveries of the history for some customers only (all duplicates: converted
-        # too), new events and redeliveries for the others.
-        quiet = set(customers[:5])
-        batch = [ev for ev in history if ev.customer_id in quiet][-40:]
-        batch += [ev for ev in rest if ev.customer_id not in quiet][:300]
-        batch += rng.sample(history, 60)
-        rng.shuffle(batch)
-        expected: dict[str, list[int]] = {}
-        for ev in batch:
-            expected.setdefault(ev.customer_id, []).append(
-                twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane))
-        assert seen.APPLIED in {s for v in expected.values() for s in v}
-        assert any(set(v) == {seen.DUPLICATE} for v in expected.values())
-        updates = await store.apply_batch(batch, now=WALL)
-        for update in updates:
-            assert update.statuses == expected[update.customer_id], update.customer_id
-            assert update.state == twin.states[update.customer_id]
-            assert update.output_state == {"la": 1.0, "pend": []}
-        for update in updates:
-            stored = await _profile_bytes(client, store.prefix, update.customer_id)
-            assert msgpack.unpackb(stored, raw=True)[0] == 1  # an array of format 1
-            assert_stored_as_encoded(stored, twin.states[update.customer_id])
-            value = await client.get(keys.profile_key(store.prefix, update.customer_id))
-            assert split_value(value)[1] == scoring  # the scoring state, byte for byte
-        untouched = set(customers) - set(expected)
-        assert untouched  # still maps until their next update, and still read
-        for cid in untouched:
-            stored = await _profile_bytes(client, store.prefix, cid)
-            assert isinstance(msgpack.unpackb(stored, raw=True), dict)
-            assert await store.get_state(cid) == twin.states[cid]
-    finally:
-        await client.aclose()
+    # Redeliveries of the history for some customers only (all duplicates: converted
+    # too), new events and redeliveries for the others.
+    quiet = set(customers[:5])
+    batch = [ev for ev in history if ev.customer_id in quiet][-40:]
+    batch += [ev for ev in rest if ev.customer_id not in quiet][:300]
+    batch += rng.sample(history, 60)
+    rng.shuffle(batch)
+    expected: dict[str, list[int]] = {}
+    for ev in batch:
+        expected.setdefault(ev.customer_id, []).append(
+            twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane))
+    assert seen.APPLIED in {s for v in expected.values() for s in v}
+    assert any(set(v) == {seen.DUPLICATE} for v in expected.values())
+    updates = await store.apply_batch(batch, now=WALL)
+    for update in updates:
+        assert update.statuses == expected[update.customer_id], update.customer_id
+        assert update.state == twin.states[update.customer_id]
+        assert update.output_state == {"la": 1.0, "pend": []}
+    for update in updates:
+        stored = await _profile_bytes(redis_client, store.prefix, update.customer_id)
+        assert msgpack.unpackb(stored, raw=True)[0] == 1  # an array of format 1
+        assert_stored_as_encoded(stored, twin.states[update.customer_id])
+        value = await redis_client.get(keys.profile_key(store.prefix, update.customer_id))
+        assert split_value(value)[1] == scoring  # the scoring state, byte for byte
+    untouched = set(customers) - set(expected)
+    assert untouched  # still maps until their next update, and still read
+    for cid in untouched:
+        stored = await _profile_bytes(redis_client, store.prefix, cid)
+        assert isinstance(msgpack.unpackb(stored, raw=True), dict)
+        assert await store.get_state(cid) == twin.states[cid]
 
 
 async def test_a_field_without_a_slot_is_refused_and_nothing_is_written(
-        redis_server: Service) -> None:
+        redis_client: aioredis.Redis) -> None:
     # No version ever wrote such a field: dropping it would lose data without a trace.
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, FeatureConfig())
-        state: dict[str, Any] = {"ev": 1.0, "fs": 5.0, "zz": 7.0}
-        await write_profiles(store, {"c-1": state}, as_map=True)
-        await _assert_batch_refused(client, store, "profile field zz has no stored position")
-        assert await store.get_state("c-1") == state  # still readable
-        with pytest.raises(ProfileFormatError, match="zz"):
-            encode_profile(state)
-    finally:
-        await client.aclose()
+    store = _store(redis_client, FeatureConfig())
+    state: dict[str, Any] = {"ev": 1.0, "fs": 5.0, "zz": 7.0}
+    await write_profiles(store, {"c-1": state}, as_map=True)
+    await _assert_batch_refused(redis_client, store, "profile field zz has no stored position")
+    assert await store.get_state("c-1") == state  # still readable
+    with pytest.raises(ProfileFormatError, match="zz"):
+        encode_profile(state)
 
 
 @pytest.mark.parametrize(("row", "error"), [
@@ -181,47 +173,35 @@ async def test_a_field_without_a_slot_is_refused_and_nothing_is_written(
     ([2, 1.0], "profile format 2"),
 ])
 async def test_profiles_of_a_newer_format_are_refused_by_both(
-        redis_server: Service, row: list[Any], error: str) -> None:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, FeatureConfig())
-        await client.set(keys.profile_key(store.prefix, "c-1"), stored_value(pack_like_lua(row)))
-        await _assert_batch_refused(client, store, error)
-        with pytest.raises(ProfileFormatError):
-            await store.get_state("c-1")
-    finally:
-        await client.aclose()
+        redis_client: aioredis.Redis, row: list[Any], error: str) -> None:
+    store = _store(redis_client, FeatureConfig())
+    await redis_client.set(keys.profile_key(store.prefix, "c-1"), stored_value(pack_like_lua(row)))
+    await _assert_batch_refused(redis_client, store, error)
+    with pytest.raises(ProfileFormatError):
+        await store.get_state("c-1")
 
 
 async def test_a_map_an_older_worker_left_on_an_array_profile_is_refused(
-        redis_server: Service) -> None:
+        redis_client: aioredis.Redis) -> None:
     # An older worker reads an array as a table of numbered entries (no field of its own)
     # and writes them back as a map, beside the fields of the events it counted again.
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, FeatureConfig())
-        await write_profiles(store, {"c-1": {1: 1, 2: 1767225600.5, "ev": 1.0}}, as_map=True)
-        [ev] = generator_events(customers=1, days=1, seed=3)[:1]
-        with pytest.raises(ResponseError, match="has no stored position"):
-            await store.apply_batch([PreparedEvent("c-1", "e-new", ev.ts, ev.ops, ev.lane)],
-                                    now=WALL)
-    finally:
-        await client.aclose()
+    store = _store(redis_client, FeatureConfig())
+    await write_profiles(store, {"c-1": {1: 1, 2: 1767225600.5, "ev": 1.0}}, as_map=True)
+    [ev] = generator_events(customers=1, days=1, seed=3)[:1]
+    with pytest.raises(ResponseError, match="has no stored position"):
+        await store.apply_batch([PreparedEvent("c-1", "e-new", ev.ts, ev.ops, ev.lane)],
+                                now=WALL)
 
 
 @pytest.mark.parametrize("blob", [b"\x90", b"\x80"])
 async def test_an_empty_profile_of_earlier_versions_is_read_and_rewritten(
-        redis_server: Service, blob: bytes) -> None:
+        redis_client: aioredis.Redis, blob: bytes) -> None:
     # Lua packs an empty table as an empty array, not as a profile of format 1.
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, FeatureConfig())
-        await client.set(keys.profile_key(store.prefix, "c-1"), stored_value(blob))
-        assert await store.get_state("c-1") == {}
-        [ev] = generator_events(customers=1, days=1, seed=3)[:1]
-        [update] = await store.apply_batch(
-            [PreparedEvent("c-1", "e-new", ev.ts, ev.ops, ev.lane)], now=WALL)
-        assert update.statuses == [seen.APPLIED]
-        assert_stored_as_encoded(await _profile_bytes(client, store.prefix, "c-1"), update.state)
-    finally:
-        await client.aclose()
+    store = _store(redis_client, FeatureConfig())
+    await redis_client.set(keys.profile_key(store.prefix, "c-1"), stored_value(blob))
+    assert await store.get_state("c-1") == {}
+    [ev] = generator_events(customers=1, days=1, seed=3)[:1]
+    [update] = await store.apply_batch(
+        [PreparedEvent("c-1", "e-new", ev.ts, ev.ops, ev.lane)], now=WALL)
+    assert update.statuses == [seen.APPLIED]
+    assert_stored_as_encoded(await _profile_bytes(redis_client, store.prefix, "c-1"), update.state)

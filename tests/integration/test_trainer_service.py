@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import pytest
 import redis.asyncio as aioredis
@@ -24,7 +24,6 @@ from streamproc.adapters.model_store import ModelStore, TrainerPosition
 from streamproc.core.features import MODEL_FEATURES
 from streamproc.core.modelset import Trainer
 from streamproc.metrics import create_metrics
-from streamproc.runtime.embedded import Service
 from streamproc.runtime.scoring import training_records
 from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import ModelSettings
@@ -48,11 +47,9 @@ class _Clock:
 
 
 @pytest.fixture
-async def store(redis_server: Service) -> AsyncIterator[ModelStore]:
+def store(redis_client: aioredis.Redis) -> ModelStore:
     """A model store under a fresh key prefix on the session's Redis."""
-    client = aioredis.Redis(port=redis_server.port)
-    yield ModelStore(client, "tr-" + uuid.uuid4().hex[:8], KEY)
-    await client.aclose()
+    return ModelStore(redis_client, "tr-" + uuid.uuid4().hex[:8], KEY)
 
 
 async def _owner(store: ModelStore, settings: ModelSettings = EVERY_250,
@@ -93,34 +90,30 @@ def _examples(n: int, seed: int) -> list[dict[str, object]]:
              "features": [rng.uniform(0, 5) for _ in MODEL_FEATURES]} for i in range(n)]
 
 
-async def test_a_failed_store_is_retried_without_relearning(redis_server: Service) -> None:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        prefix = "tr-" + uuid.uuid4().hex[:8]
-        store = _FailsOnce(client, prefix, b"k" * 32)
-        settings = ModelSettings(signing_key="k" * 32, snapshot_every_examples=250)
-        service = TrainerService(settings, store, create_metrics(CollectorRegistry()))
-        records = training_records(_examples(1000, seed=1), per_record=400)
-        await service.load(TOPIC)
-        assert service.learn(list(enumerate(records))) == 1000
-        # v1 after 200 examples, then every 250: v2 at 450, v3 at 700, v4 at 950.
-        assert [c.version for c in service.unpublished] == [1, 2, 3, 4]
-        with pytest.raises(RedisConnectionError):
-            await service.flush()
-        assert await store.current_version() == 1
-        assert [c.version for c in service.unpublished] == [2, 3, 4]
-        await service.flush()  # what the worker's retrier does
-        assert service.unpublished == []
-        assert await store.current_version() == 4
-        assert service.trainer is not None
-        assert service.trainer.profiles_seen == 1000  # each example learned once
-        assert service.trainer.version == 4
-        resumed = await store.load_trainer()
-        assert resumed is not None
-        assert resumed.version == 4
-        assert resumed.profiles_seen == 950  # the state stored with v4, cut at example 950
-    finally:
-        await client.aclose()
+async def test_a_failed_store_is_retried_without_relearning(redis_client: aioredis.Redis) -> None:
+    prefix = "tr-" + uuid.uuid4().hex[:8]
+    store = _FailsOnce(redis_client, prefix, b"k" * 32)
+    settings = ModelSettings(signing_key="k" * 32, snapshot_every_examples=250)
+    service = TrainerService(settings, store, create_metrics(CollectorRegistry()))
+    records = training_records(_examples(1000, seed=1), per_record=400)
+    await service.load(TOPIC)
+    assert service.learn(list(enumerate(records))) == 1000
+    # v1 after 200 examples, then every 250: v2 at 450, v3 at 700, v4 at 950.
+    assert [c.version for c in service.unpublished] == [1, 2, 3, 4]
+    with pytest.raises(RedisConnectionError):
+        await service.flush()
+    assert await store.current_version() == 1
+    assert [c.version for c in service.unpublished] == [2, 3, 4]
+    await service.flush()  # what the worker's retrier does
+    assert service.unpublished == []
+    assert await store.current_version() == 4
+    assert service.trainer is not None
+    assert service.trainer.profiles_seen == 1000  # each example learned once
+    assert service.trainer.version == 4
+    resumed = await store.load_trainer()
+    assert resumed is not None
+    assert resumed.version == 4
+    assert resumed.profiles_seen == 950  # the state stored with v4, cut at example 950
 
 
 async def test_a_crash_before_any_store_relearns_each_example_once(store: ModelStore) -> None:
@@ -339,39 +332,31 @@ class _ReleasesMidway(ModelStore):
         return written
 
 
-async def test_a_revoke_while_loading_leaves_the_trainer_unloaded(redis_server: Service
+async def test_a_revoke_while_loading_leaves_the_trainer_unloaded(redis_client: aioredis.Redis
                                                                   ) -> None:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _ReleasesMidway(client, "tr-" + uuid.uuid4().hex[:8], KEY)
-        service = TrainerService(EVERY_250, store, create_metrics(CollectorRegistry()))
-        store.service, store.during = service, "load"
-        assert await service.load(TOPIC) is None  # the records in hand are stale
-        assert service.trainer is None
-        assert service.owner is None  # no claim to store under, so nothing is stored
-        await service.flush()
-        assert await store.current_version() == 0
-        store.during = ""
-        assert await service.load(TOPIC) is not None
-        assert service.owner is not None
-    finally:
-        await client.aclose()
+    store = _ReleasesMidway(redis_client, "tr-" + uuid.uuid4().hex[:8], KEY)
+    service = TrainerService(EVERY_250, store, create_metrics(CollectorRegistry()))
+    store.service, store.during = service, "load"
+    assert await service.load(TOPIC) is None  # the records in hand are stale
+    assert service.trainer is None
+    assert service.owner is None  # no claim to store under, so nothing is stored
+    await service.flush()
+    assert await store.current_version() == 0
+    store.during = ""
+    assert await service.load(TOPIC) is not None
+    assert service.owner is not None
 
 
-async def test_a_revoke_while_storing_drops_the_rest_without_failing(redis_server: Service
+async def test_a_revoke_while_storing_drops_the_rest_without_failing(redis_client: aioredis.Redis
                                                                      ) -> None:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _ReleasesMidway(client, "tr-" + uuid.uuid4().hex[:8], KEY)
-        service = TrainerService(EVERY_250, store, create_metrics(CollectorRegistry()))
-        await service.load(TOPIC)
-        service.learn(_records(1000, per_record=100))
-        assert [c.version for c in service.unpublished] == [1, 2, 3, 4]
-        store.service, store.during = service, "store"
-        await service.flush()  # v1 lands, then the revoke: v2-v4 are the next owner's
-        assert await store.current_version() == 1
-        assert service.trainer is None
-        assert service.unpublished == []
-        assert service.stored is None
-    finally:
-        await client.aclose()
+    store = _ReleasesMidway(redis_client, "tr-" + uuid.uuid4().hex[:8], KEY)
+    service = TrainerService(EVERY_250, store, create_metrics(CollectorRegistry()))
+    await service.load(TOPIC)
+    service.learn(_records(1000, per_record=100))
+    assert [c.version for c in service.unpublished] == [1, 2, 3, 4]
+    store.service, store.during = service, "store"
+    await service.flush()  # v1 lands, then the revoke: v2-v4 are the next owner's
+    assert await store.current_version() == 1
+    assert service.trainer is None
+    assert service.unpublished == []
+    assert service.stored is None
