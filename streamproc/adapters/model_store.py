@@ -169,10 +169,6 @@ class ModelStore:
             raise SnapshotRejected("not a model bundle")
         return PublishedBundle(obj, float(published) if published else 0.0)
 
-    async def load_trainer(self) -> Trainer | None:
-        """The trainer's last saved state, None when there is none."""
-        return (await self.load_trainer_state())[0]
-
     async def load_trainer_state(self) -> tuple[Trainer | None, TrainerPosition | None]:
         """The trainer's last saved state and the position it covers, read together.
 

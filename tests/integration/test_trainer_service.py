@@ -110,7 +110,7 @@ async def test_a_failed_store_is_retried_without_relearning(redis_client: aiored
     assert service.trainer is not None
     assert service.trainer.profiles_seen == 1000  # each example learned once
     assert service.trainer.version == 4
-    resumed = await store.load_trainer()
+    resumed, _ = await store.load_trainer_state()
     assert resumed is not None
     assert resumed.version == 4
     assert resumed.profiles_seen == 950  # the state stored with v4, cut at example 950
