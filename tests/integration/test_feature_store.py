@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from streamproc.adapters import keys
 from streamproc.adapters.redis_store import (
@@ -41,7 +43,10 @@ from streamproc.core.features import (
 )
 from streamproc.core.generator import TrafficGenerator
 from streamproc.core.replay import event_namespace, event_time
+from streamproc.runtime.app import create_worker
 from streamproc.runtime.embedded import Service
+from streamproc.runtime.pipeline import OutRecord, RawMessage, no_acks
+from streamproc.settings import Settings
 from tests.reference import reference_profiles
 from tests.unit.test_features import (
     assert_session_counts_within_truth,
@@ -438,3 +443,48 @@ async def test_values_written_before_the_shared_key_still_read_and_move(
         assert await store.get_output_states(["c-3"]) == [{"la": t0}]
     finally:
         await client.aclose()
+
+
+class _Collect:
+    """A publisher that keeps what it is handed (the outputs are not under test here)."""
+
+    def __init__(self) -> None:
+        self.records: list[OutRecord] = []
+
+    async def send(self, records: Sequence[OutRecord]) -> Any:
+        self.records += records
+        return no_acks()
+
+
+async def test_the_ingest_pipeline_counts_the_links_a_full_ring_dropped(
+        make_settings: Callable[..., Settings]) -> None:
+    # The worker's own pipeline reads the Lua reply: its counter says what the twin says.
+    settings = make_settings(ingest={"linked_sessions": 8})
+    registry = CollectorRegistry()
+    worker = create_worker(settings, registry)
+    worker.pipeline.publisher = _Collect()
+    worker.pipeline.scoring = None  # no Faust consumer here, and scoring is not under test
+    # Sessions 4 hours apart: each order link stays a day, so the ring of 8 has room
+    # for every order and keeps the newest 8 for the carts that come after them.
+    clicks, orders = cart_then_order_sessions(20, gap_ms=4 * 3_600_000)
+    topics = settings.topics
+    messages = [RawMessage(topics.purchases if "order_id" in e else topics.clickstream, 0, n,
+                           b"hot", orjson.dumps(e)) for n, e in enumerate(orders + clicks)]
+    twin = InMemoryProfiles.empty(settings.ingest.feature_config())
+    for ev in _prepare(orders + clicks):
+        twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
+    try:
+        for at in range(0, len(messages), 25):
+            batch = worker.pipeline.prepare(messages[at:at + 25])
+            assert not batch.out  # every event valid
+            await (await worker.pipeline.stage(batch))
+        state = await worker.pipeline.store.get_state("hot")
+        assert state is not None
+        counts = ("se", "cs", "os", "cc")
+        assert [state[c] for c in counts] == [twin.states["hot"][c] for c in counts]
+        assert [state[c] for c in counts] == [20, 20, 20, 8]  # the ring's 8 orders convert
+        assert twin.links_dropped["hot"] > 0
+        assert registry.get_sample_value("streamproc_cart_links_dropped_total") \
+            == twin.links_dropped["hot"]
+    finally:
+        await worker.pipeline.store.client.aclose()

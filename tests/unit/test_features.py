@@ -317,7 +317,8 @@ def _order(event_id: str, customer: str, session: str, at_ms: int) -> dict[str, 
 def _click(event_id: str, customer: str, session: str, at_ms: int,
            kind: str = "add_to_cart") -> dict[str, Any]:
     return {"event_id": event_id, "customer_id": customer, "event_type": kind,
-            "session_id": session, "timestamp": _stamp(at_ms), "quantity": 1}
+            "session_id": session, "timestamp": _stamp(at_ms), "product_id": "p-1",
+            "quantity": 1}
 
 
 def cart_then_order_sessions(sessions: int, gap_ms: int = 30 * 60_000,
