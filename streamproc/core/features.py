@@ -157,7 +157,8 @@ class FeatureConfig:
     #: Sessions with a cart or an order remembered per customer (17 bytes each): they
     #: count ordered sessions and link carts to orders (seen.touch_link).
     links: int = 64
-    #: Event time both topics must move past a cart/order link before it is forgotten.
+    #: Event time a topic must move past a cart/order link before no event of its session
+    #: can follow there (a session's events, orders included, lie within it).
     link_window_s: int = 86_400
     #: Wall-clock lifetime of a link whose other topic never catches up (a customer who
     #: never orders has no purchase time to settle against).
@@ -242,8 +243,8 @@ def clickstream_ops(event: Any, ts: float) -> list[Op]:
         ops.append((OP_DECAY, "c30", 1.0))
         if sid:
             # Cart sessions are counted in the clickstream's own session ring, so the
-            # purchases topic running ahead cannot make them count twice; the link only
-            # tells a later order (or an earlier one) that this session had a cart.
+            # purchases topic running ahead cannot make them count twice; the link joins
+            # the session to its order, whichever topic comes first.
             ops.append((OP_SESSION, session, SESSION_CART, "cs", 1.0))
             ops.append((OP_LINK, session, SESSION_CART, "", 0.0, SESSION_ORDER, "cc", 1.0))
         if event.category:
