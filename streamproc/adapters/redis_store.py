@@ -99,13 +99,23 @@ def _unpack(blob: bytes) -> Any:
                            unicode_errors="surrogateescape")
 
 
-def _profile_of(decoded: Any) -> dict[str, Any]:
-    # Lua's cmsgpack has no binary type: the byte-string fields come back as msgpack
-    # strings, decoded losslessly with surrogateescape and turned back into bytes here.
-    if not isinstance(decoded, list):
-        raise ProfileFormatError(
-            f"stored profile is a msgpack {type(decoded).__name__}, not an array")
-    value = profile_from_row(decoded)
+def decode_profile(blob: bytes | None) -> dict[str, Any]:
+    """Decode a stored profile, or a whole customer value, to its mapping ({} if none).
+
+    A profile is a positional array (``features.STORED_FIELDS``); anything else, or a
+    profile of a newer version, raises ``ProfileFormatError``. Lua's cmsgpack has no
+    binary type: the byte-string fields come back as msgpack strings, decoded losslessly
+    with ``surrogateescape`` and turned back into bytes.
+    """
+    if blob and blob[0] == VALUE_TAG:
+        blob = split_value(blob)[0]
+    if not blob:
+        return {}
+    row = _unpack(blob)
+    if not isinstance(row, list):
+        raise ProfileFormatError(f"stored profile is a msgpack {type(row).__name__}, "
+                                 "not an array")
+    value = profile_from_row(row)
     for name in BINARY_FIELDS:
         field = value.get(name)
         if isinstance(field, str):
@@ -113,21 +123,8 @@ def _profile_of(decoded: Any) -> dict[str, Any]:
     return value
 
 
-def decode_profile(blob: bytes | str | None) -> dict[str, Any]:
-    """Decode a stored profile, or a whole customer value, to its mapping ({} if none).
-
-    A profile is a positional array (``features.STORED_FIELDS``); anything else, or a
-    profile of a newer version, raises ``ProfileFormatError``.
-    """
-    if isinstance(blob, str):
-        blob = blob.encode()
-    if blob and blob[0] == VALUE_TAG:
-        blob = split_value(blob)[0]
-    return _profile_of(_unpack(blob)) if blob else {}
-
-
 def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
-    """Decode a scoring state (a msgpack map); a profile decodes as :func:`decode_profile`."""
+    """Decode a scoring state (a msgpack map); a whole customer value decodes to its profile."""
     if isinstance(blob, str):
         blob = blob.encode()
     if not blob:
@@ -135,8 +132,6 @@ def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
     if blob[0] == VALUE_TAG:
         return decode_profile(blob)
     decoded = _unpack(blob)
-    if isinstance(decoded, list):
-        return _profile_of(decoded)
     return decoded if isinstance(decoded, dict) else {}
 
 

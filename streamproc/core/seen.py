@@ -192,7 +192,7 @@ def touch_link(ring: bytes, key: bytes, flag: int, ts: float, *, now: int, ttl: 
             t, expiry = max(t, rec_t), max(expiry, rec_exp)
         else:
             kept.append(rec)
-    # Sorted by event time, ties in arrival order, so overflow drops the oldest session.
+    # Sorted by event time, ties in arrival order: overflow looks at the oldest first.
     at = len(kept)
     while at > 0 and int.from_bytes(kept[at - 1][9:13], "big") > t:
         at -= 1
