@@ -27,6 +27,7 @@ class Metrics:
     events: Counter
     dead_letters: Counter
     duplicates: Counter
+    cart_links_dropped: Counter
     batch_events: Histogram
     batch_seconds: Histogram
     event_age_seconds: Histogram
@@ -68,6 +69,11 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         duplicates=Counter("streamproc_duplicate_events_total",
                            "Redelivered events suppressed by the event_id dedupe.", ["topic"],
                            registry=reg),
+        cart_links_dropped=Counter(
+            "streamproc_cart_links_dropped_total",
+            "Cart/order session links dropped because a customer's link ring "
+            "(INGEST__LINKED_SESSIONS) was full: each may be a converted cart session not "
+            "counted.", registry=reg),
         batch_events=Histogram("streamproc_batch_events", "Valid events per processed batch.",
                                buckets=BATCH_BUCKETS, registry=reg),
         batch_seconds=Histogram("streamproc_batch_duration_seconds",

@@ -195,14 +195,16 @@ class IngestSettings(_Group):
     )
     sessions: int = Field(
         4, ge=1, le=1024,
-        description="Most recent sessions remembered per customer, for exact session counts.",
+        description=("Most recent sessions remembered per customer, for exact session and "
+                     "cart-session counts."),
     )
     linked_sessions: int = Field(
         64, ge=1, le=1024,
         description=(
             "Sessions with a cart or an order remembered per customer (17 bytes each) until "
-            "both topics have moved a day past them, so an order counts its cart session "
-            "as converted even when one topic runs ahead of the other."
+            "the topics have moved a day past them, so an order counts its cart session "
+            "as converted even when one topic runs ahead of the other; when more wait, "
+            "conversions go uncounted (streamproc_cart_links_dropped_total)."
         ),
     )
 

@@ -6,7 +6,8 @@
 --          (same hash tag, so each customer's keys live in one Redis Cluster slot).
 -- ARGV[1]  msgpack config: taus (decayed field -> tau seconds), maxcat, icap (lane ->
 --          event ids kept), scap (sessions kept), lcap (cart/order links kept), lwin
---          (link window, s), lttl (link wall-clock TTL, s), pttl (profile TTL, 0 = none),
+--          (link window, s), lttl (link wall-clock TTL, s), swin (how recent the last
+--          session must be for an order without one, s), pttl (profile TTL, 0 = none),
 --          pfmt (profile format), fields (the stored profile's fields, in order)
 -- ARGV[2]  msgpack list, one entry per KEYS[i]: list of {event_digest (6 bytes), ts, ops,
 --          lane}
@@ -18,12 +19,9 @@
 -- streams through both and compare bytes. This file holds no business rules:
 -- which ops an event produces is decided in Python.
 --
--- Event-id rings of earlier versions (ic/ip, 8-byte digests, 14-byte records) are
--- converted to the current lanes (jc/jp, 6-byte digests, 12-byte records) when a profile
--- is loaded, and the profile is written back even if every event was a duplicate.
---
 -- Returns, per customer: {profile_blob, output_state_blob|false,
---                         {1 applied | 0 duplicate | 2 late, per event}}.
+--                         {1 applied | 0 duplicate | 2 late, per event},
+--                         cart/order links a full link ring cost (seen.touch_link)}.
 --
 -- CUSTOMER VALUE: "\193" (0xc1, a byte msgpack never uses, so a bare profile is never
 -- mistaken for it), the profile's length (4 bytes, big-endian), the profile (msgpack),
@@ -33,25 +31,22 @@
 --
 -- PROFILE: a msgpack array {pfmt, value of fields[1], value of fields[2], ...}, false for
 -- an absent field (cmsgpack packs a table with nil holes as a map), absent fields at the
--- end left out; no field names stored (features.STORED_FIELDS, features.profile_row). A
--- profile of earlier versions is a map: it is read as is and rewritten as an array by
--- this update, even if every event was a duplicate. A field without a slot, a format
--- other than pfmt, or more fields than this version knows (a newer version's profile)
--- raise an error rather than lose a field: nothing is written, and the worker retries.
+-- end left out; no field names stored (features.STORED_FIELDS, features.profile_row).
+-- Anything else (not an array, a format other than pfmt, more fields than this version
+-- knows: a newer version's profile) and a field without a slot raise an error rather
+-- than lose a field: nothing is written, and the worker retries.
 
 local cfg = cmsgpack.unpack(ARGV[1])
 local groups = cmsgpack.unpack(ARGV[2])
 local now = tonumber(ARGV[3])
 local taus, maxcat, icap, scap, pttl = cfg.taus, cfg.maxcat, cfg.icap, cfg.scap, cfg.pttl
-local lcap, lwin, lttl = cfg.lcap, cfg.lwin, cfg.lttl
+local lcap, lwin, lttl, swin = cfg.lcap, cfg.lwin, cfg.lttl, cfg.swin
 local pfmt, fields = cfg.pfmt, cfg.fields
 local slot = {}
 for i, name in ipairs(fields) do slot[name] = i end
-local exp, mfloor, find, sub = math.exp, math.floor, string.find, string.sub
-local window = 4 * 3600
-local IDKEY, IDREC, OLDREC, SESREC, LINKREC = 6, 12, 14, 9, 17
--- features.LEGACY_LANES: id rings of earlier versions (14-byte records) -> current lanes.
-local LEGACY = {{'ic', 'jc'}, {'ip', 'jp'}}
+local exp, mfloor, find, sub, byte = math.exp, math.floor, string.find, string.sub, string.byte
+local IDKEY, IDREC, SESREC, LINKREC = 6, 12, 9, 17
+local CART, ORDER = 2, 4
 local U32 = 4294967295
 
 -- Byte position (1-based) of the record of `size` bytes that starts with `key`, or nil.
@@ -92,32 +87,6 @@ local function admit(st, lane, key, ts)
   return 1
 end
 
--- seen.upgrade_id_ring / features.upgrade_lanes: folds each legacy ring into its lane
--- (digest bytes 7-8 dropped, event-time order, newer floor wins); true if any.
-local function upgrade_lanes(st)
-  local changed = false
-  for _, names in ipairs(LEGACY) do
-    local old, lane = names[1], names[2]
-    local ring, ofl = st[old], st[old .. 'f']
-    if ring ~= nil or ofl ~= nil then
-      ring = ring or ''
-      local fl = st[lane .. 'f']
-      if ofl ~= nil and (fl == nil or ofl > fl) then st[lane .. 'f'] = ofl end
-      local new = st[lane] or ''
-      for at = 1, #ring - OLDREC + 1, OLDREC do
-        local key = sub(ring, at, at + IDKEY - 1)
-        if not find_record(new, key, IDREC) then
-          new = insert_id(st, lane, new, key, (struct.unpack('>I6', ring, at + OLDREC - 6)))
-        end
-      end
-      if #new > 0 then st[lane] = new end
-      st[old], st[old .. 'f'] = nil, nil
-      changed = true
-    end
-  end
-  return changed
-end
-
 -- seen.touch_session: returns the session's flags before, makes it the most recent.
 local function touch_session(st, key, flag)
   local ring = st.ss or ''
@@ -144,22 +113,32 @@ local function newest_ms(ring)
   return struct.unpack('>I6', ring, #ring - 5)
 end
 
--- seen.touch_link: drops settled and expired links, then sets `flag` on the session's
--- link; returns the session's flags before.
+-- seen._done: the topic has moved `lwin` past a link (no event of its session can follow).
+local function done(topic_ms, rec_t)
+  return topic_ms ~= nil and mfloor(topic_ms / 1000) - lwin > rec_t
+end
+
+-- seen.touch_link: drops the links that can go without loss, then sets `flag` on the
+-- session's link; returns the session's flags before (nil: not linked, count nothing)
+-- and the links a full ring cost (0 or 1).
 local function touch_link(st, key, flag, ts)
   local clicks, orders = newest_ms(st.jc), newest_ms(st.jp)
-  local low = nil
-  if clicks ~= nil and orders ~= nil then
-    low = mfloor(math.min(clicks, orders) / 1000) - lwin
-  end
   local ring = st.lk or ''
   local kept, before, t, expiry = {}, 0, u32(ts), u32(now + lttl)
   for at = 1, #ring, LINKREC do
     local rec = sub(ring, at, at + LINKREC - 1)
+    local flags = byte(rec, 9)
     local rec_t, rec_exp = struct.unpack('>I4>I4', rec, 10)
-    if rec_exp > now and (low == nil or rec_t >= low) then
+    local gone
+    if bit.band(flags, ORDER) ~= 0 then
+      gone = done(orders, rec_t) and (bit.band(flags, CART) ~= 0 or done(clicks, rec_t)
+                                      or rec_exp <= now)
+    else
+      gone = done(orders, rec_t) or rec_exp <= now
+    end
+    if not gone then
       if sub(rec, 1, 8) == key then
-        before = string.byte(rec, 9)
+        before = flags
         if rec_t > t then t = rec_t end
         if rec_exp > expiry then expiry = rec_exp end
       else
@@ -169,11 +148,24 @@ local function touch_link(st, key, flag, ts)
   end
   local at = #kept
   while at > 0 and struct.unpack('>I4', kept[at], 10) > t do at = at - 1 end
-  table.insert(kept, at + 1, key .. string.char(bit.bor(before, flag)) ..
-    struct.pack('>I4>I4', t, expiry))
-  if #kept > lcap then table.remove(kept, 1) end
+  local new = key .. string.char(bit.bor(before, flag)) .. struct.pack('>I4>I4', t, expiry)
+  table.insert(kept, at + 1, new)
+  local dropped = 0
+  if #kept > lcap then
+    -- The oldest link no count depends on goes; the new one if there is none.
+    local victim = at + 1
+    for n, rec in ipairs(kept) do
+      if bit.band(byte(rec, 9), ORDER) == 0 or done(orders, struct.unpack('>I4', rec, 10)) then
+        victim = n
+        break
+      end
+    end
+    table.remove(kept, victim)
+    if victim == at + 1 then before = nil end
+    dropped = 1
+  end
   st.lk = table.concat(kept)
-  return before
+  return before, dropped
 end
 
 local function decay_add(st, field, value, ts)
@@ -218,38 +210,45 @@ local function category_add(st, cat, weight)
   cats[cat] = floor + weight
 end
 
-local function mark(st, op, ts)
-  local key, flag, field, value, other, ofield, ovalue = op[2], op[3], op[4], op[5], op[6],
-    op[7], op[8]
-  if key == '' then
-    key = st.lsd
-    if key == nil or ts - (st['ls@'] or -1e300) > window then return end
-  end
-  if flag == 1 then
-    -- Session counting reads one topic, in order: a small ring of recent sessions is exact.
-    local before = touch_session(st, key, flag)
-    if bit.band(before, flag) == 0 then st[field] = (st[field] or 0) + value end
-    return
-  end
-  -- Cart/order links join the two topics: kept until both have moved past them.
-  local before = touch_link(st, key, flag, ts)
-  if bit.band(before, flag) == 0 then
+-- features._session_key: an empty session is the last one, if recent enough.
+local function session_key(st, key, ts)
+  if key ~= '' then return key end
+  key = st.lsd
+  if key == nil or ts - (st['ls@'] or -1e300) > swin then return nil end
+  return key
+end
+
+-- features._count_session: counts of one topic, read in order, from a ring of recent sessions.
+local function count_session(st, op, ts)
+  local key, flag, field, value = session_key(st, op[2], ts), op[3], op[4], op[5]
+  if key == nil then return end
+  if bit.band(touch_session(st, key, flag), flag) == 0 then
     st[field] = (st[field] or 0) + value
-    if bit.band(before, other) ~= 0 then st[ofield] = (st[ofield] or 0) + ovalue end
   end
 end
 
--- features.profile_from_row, and earlier versions' maps: returns the profile table and
--- whether it was a map (to be rewritten as an array).
-local function load_profile(key, blob)
-  local row = cmsgpack.unpack(blob)
-  local head = string.byte(blob, 1)
-  -- Told apart by the msgpack header (fixarray, array 16/32), not by the table: an older
-  -- worker that wrote to an array profile left a map with integer keys, refused on save.
-  if not ((head >= 0x90 and head <= 0x9f) or head == 0xdc or head == 0xdd) then
-    return row, true
+-- features._link: cart/order links join the two topics; returns the links a full ring cost.
+local function link(st, op, ts)
+  local key, flag, field, value, other, ofield, ovalue = session_key(st, op[2], ts), op[3],
+    op[4], op[5], op[6], op[7], op[8]
+  if key == nil then return 0 end
+  local before, dropped = touch_link(st, key, flag, ts)
+  if before ~= nil and bit.band(before, flag) == 0 then
+    if field ~= '' then st[field] = (st[field] or 0) + value end
+    if bit.band(before, other) ~= 0 then st[ofield] = (st[ofield] or 0) + ovalue end
   end
-  if next(row) == nil then return row, true end  -- an empty table packs as an empty array
+  return dropped
+end
+
+-- features.profile_from_row: the profile table of a stored array.
+local function load_profile(key, blob)
+  local head = byte(blob, 1)
+  -- Told apart by the msgpack header (fixarray, array 16/32): cmsgpack unpacks a map with
+  -- integer keys to the same table as an array.
+  if not ((head >= 0x90 and head <= 0x9f) or head == 0xdc or head == 0xdd) then
+    error('profile is not an array of format ' .. pfmt .. ': ' .. key)
+  end
+  local row = cmsgpack.unpack(blob)
   if row[1] ~= pfmt then
     error('profile format ' .. tostring(row[1]) .. ' unknown to this version: ' .. key)
   end
@@ -261,7 +260,7 @@ local function load_profile(key, blob)
     local v = row[j + 1]
     if v ~= false then st[name] = v end
   end
-  return st, false
+  return st
 end
 
 -- features.profile_row: the array written for a profile table.
@@ -300,11 +299,9 @@ for i, key in ipairs(KEYS) do
     legacy = redis.call('GET', base .. 's') or false
     out = legacy
   end
-  local st, changed = {}, false
-  if blob then st, changed = load_profile(key, blob) end
+  local st, changed, dropped = {}, false, 0
+  if blob then st = load_profile(key, blob) end
   local flags = {}
-  -- Converted whatever the events' outcome, as the Python twin does (features.apply_event).
-  if upgrade_lanes(st) then changed = true end
   for j, ev in ipairs(groups[i]) do
     local ts, ops = ev[2], ev[3]
     local status = admit(st, ev[4], ev[1], ts)
@@ -326,7 +323,7 @@ for i, key in ipairs(KEYS) do
         elseif code == 5 then
           category_add(st, op[2], op[3])
         elseif code == 6 then
-          mark(st, op, ts)
+          count_session(st, op, ts)
         elseif code == 7 then
           local at = op[2] .. '@'
           if ts >= (st[at] or -1e300) then
@@ -334,6 +331,8 @@ for i, key in ipairs(KEYS) do
             st[at] = ts
             if op[4] ~= nil then st[op[4]] = op[5] end
           end
+        elseif code == 8 then
+          dropped = dropped + link(st, op, ts)
         end
       end
     end
@@ -343,7 +342,7 @@ for i, key in ipairs(KEYS) do
     writes[#writes + 1] = {key, '\193' .. struct.pack('>I4', #blob) .. blob .. (out or ''),
                            legacy and base .. 's'}
   end
-  result[i] = {blob or false, out, flags}
+  result[i] = {blob or false, out, flags, dropped}
 end
 -- Written once every profile of the batch is packed: a profile this version cannot
 -- store fails the call before anything changed (a script's writes are not undone).

@@ -25,6 +25,7 @@ from streamproc.core.features import (
     LANE_CLICKSTREAM,
     FeatureConfig,
     Op,
+    ProfileFormatError,
     profile_from_row,
     profile_row,
 )
@@ -59,6 +60,9 @@ class CustomerUpdate:
     output_state: dict[str, Any] | None
     #: Per event of the customer, in batch order: seen.APPLIED, DUPLICATE or LATE.
     statuses: list[int]
+    #: Cart/order links the customer's full link ring cost in this batch: each may be a
+    #: conversion not counted (seen.touch_link).
+    links_dropped: int = 0
 
     @property
     def applied(self) -> list[bool]:
@@ -90,38 +94,45 @@ def split_value(raw: bytes | str | None) -> tuple[bytes | None, bytes | None, bo
     return raw[_HEAD:_HEAD + n] or None, raw[_HEAD + n:] or None, False
 
 
-def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
-    """Decode a msgpack blob written by Lua or Python: a profile or a scoring state.
+def _unpack(blob: bytes) -> Any:
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False,
+                           unicode_errors="surrogateescape")
 
-    A profile is a positional array (``features.STORED_FIELDS``) or, written by an earlier
-    version, a map; both decode to the same mapping. A scoring state is a map. Lua's
-    cmsgpack has no binary type: the byte-string fields come back as msgpack strings,
-    decoded losslessly with ``surrogateescape`` and turned back into bytes. A whole
-    customer value decodes to its profile. Raises ``ProfileFormatError`` for a profile
-    of a newer version.
+
+def decode_profile(blob: bytes | None) -> dict[str, Any]:
+    """Decode a stored profile, or a whole customer value, to its mapping ({} if none).
+
+    A profile is a positional array (``features.STORED_FIELDS``); anything else, or a
+    profile of a newer version, raises ``ProfileFormatError``. Lua's cmsgpack has no
+    binary type: the byte-string fields come back as msgpack strings, decoded losslessly
+    with ``surrogateescape`` and turned back into bytes.
     """
+    if blob and blob[0] == VALUE_TAG:
+        blob = split_value(blob)[0]
     if not blob:
         return {}
-    if isinstance(blob, str):
-        blob = blob.encode()
-    if blob[0] == VALUE_TAG:
-        blob = split_value(blob)[0]
-        if not blob:
-            return {}
-    decoded = msgpack.unpackb(blob, raw=False, strict_map_key=False,
-                              unicode_errors="surrogateescape")
-    value: dict[str, Any]
-    if isinstance(decoded, list):
-        value = profile_from_row(decoded)
-    elif isinstance(decoded, dict):
-        value = decoded
-    else:
-        return {}
+    row = _unpack(blob)
+    if not isinstance(row, list):
+        raise ProfileFormatError(f"stored profile is a msgpack {type(row).__name__}, "
+                                 "not an array")
+    value = profile_from_row(row)
     for name in BINARY_FIELDS:
         field = value.get(name)
         if isinstance(field, str):
             value[name] = field.encode("utf-8", "surrogateescape")
     return value
+
+
+def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
+    """Decode a scoring state (a msgpack map); a whole customer value decodes to its profile."""
+    if isinstance(blob, str):
+        blob = blob.encode()
+    if not blob:
+        return {}
+    if blob[0] == VALUE_TAG:
+        return decode_profile(blob)
+    decoded = _unpack(blob)
+    return decoded if isinstance(decoded, dict) else {}
 
 
 def pack_like_lua(value: Any) -> bytes:
@@ -252,6 +263,8 @@ class RedisProfileStore:
         """Apply a batch in one round trip; returns each touched customer's new state.
 
         ``now`` (wall clock, whole seconds; default: this machine's) expires cart/order links.
+        Raises ``redis.exceptions.ResponseError`` for a stored profile this version cannot
+        read or write, and writes nothing then.
         """
         if not events:
             return []
@@ -267,13 +280,14 @@ class RedisProfileStore:
             keys=[keys.profile_key(self.prefix, c) for c in customers], args=argv
         )
         updates = []
-        for customer_id, (blob, out_blob, flags) in zip(customers, reply, strict=True):
+        for customer_id, (blob, out_blob, flags, dropped) in zip(customers, reply, strict=True):
             updates.append(
                 CustomerUpdate(
                     customer_id=customer_id,
-                    state=decode_blob(blob or None),
+                    state=decode_profile(blob or None),
                     output_state=decode_blob(out_blob) if out_blob else None,
                     statuses=[int(f) for f in flags],
+                    links_dropped=int(dropped),
                 )
             )
         return updates
@@ -290,7 +304,7 @@ class RedisProfileStore:
         out: list[dict[str, Any] | None] = []
         for value in values:
             profile = split_value(value)[0]
-            out.append(decode_blob(profile) if profile else None)
+            out.append(decode_profile(profile) if profile else None)
         return out
 
     async def get_customers(
@@ -314,7 +328,7 @@ class RedisProfileStore:
                 [keys.output_state_key(self.prefix, customer_ids[i]) for i in legacy])
             for i, blob in zip(legacy, olds, strict=True):
                 states[i] = blob
-        return ([decode_blob(p) if p else None for p in profiles],
+        return ([decode_profile(p) if p else None for p in profiles],
                 [decode_blob(b) if b else None for b in states])
 
     async def get_output_states(

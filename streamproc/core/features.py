@@ -1,8 +1,8 @@
 """Per-customer features as commutative update operations.
 
 An event becomes a short list of *ops* (add, max, min, decayed add, session-flag-gated
-add, category count). The ops are applied atomically in Redis by a small Lua
-interpreter (``adapters/profile_update.lua``) and, for tests and the in-memory
+add, cart/order link, category count). The ops are applied atomically in Redis by a small
+Lua interpreter (``adapters/profile_update.lua``) and, for tests and the in-memory
 twin, by :func:`apply_ops` here. Keeping the feature semantics in this module
 and the interpreters generic means the Lua side never encodes business rules.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from streamproc.core import seen
@@ -38,20 +38,17 @@ OP_MAX: Final = 2
 OP_MIN: Final = 3
 OP_DECAY: Final = 4
 OP_CATEGORY: Final = 5
-OP_MARK: Final = 6
+OP_SESSION: Final = 6
 OP_LAST: Final = 7
+OP_LINK: Final = 8
 
 Op = tuple[Any, ...]
 
 #: Profile fields holding event-id rings, one per input topic (floors: ``<lane>f``).
 LANE_CLICKSTREAM: Final = "jc"
 LANE_PURCHASES: Final = "jp"
-#: Rings of earlier versions (14-byte records) and the lanes they convert to. New names,
-#: because a ring's length cannot tell the two record sizes apart (84 = 6 x 14 = 7 x 12).
-LEGACY_LANES: Final[dict[str, str]] = {"ic": LANE_CLICKSTREAM, "ip": LANE_PURCHASES}
 #: Profile fields that hold raw bytes (msgpack str from Lua; see ``adapters.redis_store``).
-#: Legacy rings too: a profile not updated since the upgrade still holds them.
-BINARY_FIELDS: Final = (LANE_CLICKSTREAM, LANE_PURCHASES, *LEGACY_LANES, "ss", "lk", "lsd")
+BINARY_FIELDS: Final = (LANE_CLICKSTREAM, LANE_PURCHASES, "ss", "lk", "lsd")
 
 #: Storage code -> readable feature name. Short codes keep a profile well under 1 KB.
 FIELDS: Final[dict[str, str]] = {
@@ -96,7 +93,6 @@ PROFILE_FORMAT: Final = 1
 #: absent fields at the end are left out, so the fields most customers lack come last.
 #: APPEND ONLY: stored profiles are read by position, so a field never moves and a field
 #: no longer written keeps its slot. The Lua interpreter gets this list with its config.
-#: Legacy rings (LEGACY_LANES) have no slot: every update converts them away first.
 STORED_FIELDS: Final[tuple[str, ...]] = (
     # Every customer.
     "ev", "fs", "la", "lq", "dt", "se", "pv", "vv", "sr", "v7", "v30",
@@ -127,7 +123,8 @@ CATEGORY_WEIGHT_VIEW: Final = 1.0
 CATEGORY_WEIGHT_CART: Final = 2.0
 CATEGORY_WEIGHT_ORDER: Final = 4.0
 
-#: Orders without a session id are attributed to the last session if it is this recent.
+#: Orders without a session id are attributed to the last session if it is this recent
+#: (event time; the Lua interpreter gets it with its config).
 ORDER_SESSION_WINDOW_S: Final = 4 * 3600.0
 
 VIEW_TYPES: Final = frozenset({"page_view", "product_view"})
@@ -157,9 +154,11 @@ class FeatureConfig:
     dedupe_purchases: int = 8
     #: Most recently touched sessions remembered per customer for session counts (9 bytes each).
     sessions: int = 4
-    #: Sessions with a cart or an order remembered per customer (17 bytes each).
+    #: Sessions with a cart or an order remembered per customer (17 bytes each): they
+    #: count ordered sessions and link carts to orders (seen.touch_link).
     links: int = 64
-    #: Event time both topics must move past a cart/order link before it is forgotten.
+    #: Event time a topic must move past a cart/order link before no event of its session
+    #: can follow there (a session's events, orders included, lie within it).
     link_window_s: int = 86_400
     #: Wall-clock lifetime of a link whose other topic never catches up (a customer who
     #: never orders has no purchase time to settle against).
@@ -173,6 +172,7 @@ class FeatureConfig:
         """The config as sent to the Lua interpreter."""
         return {"taus": DECAY_TAUS, "maxcat": self.max_categories, "scap": self.sessions,
                 "lcap": self.links, "lwin": self.link_window_s, "lttl": self.link_ttl_s,
+                "swin": ORDER_SESSION_WINDOW_S,
                 "icap": {LANE_CLICKSTREAM: self.dedupe_events,
                          LANE_PURCHASES: self.dedupe_purchases},
                 "pfmt": PROFILE_FORMAT, "fields": list(STORED_FIELDS)}
@@ -203,12 +203,9 @@ def profile_row(state: Mapping[str, Any]) -> list[Any]:
 def profile_from_row(row: Sequence[Any]) -> dict[str, Any]:
     """The profile mapping of a stored row (the inverse of :func:`profile_row`).
 
-    An empty row is an empty profile (Lua packs an empty table as an empty array). A
-    row of another format, or longer than STORED_FIELDS (a newer version's), raises.
+    A row of another format, or longer than STORED_FIELDS (a newer version's), raises.
     """
-    if not row:
-        return {}
-    version = row[0]
+    version = row[0] if row else None
     if type(version) is not int or version != PROFILE_FORMAT:
         raise ProfileFormatError(f"unknown profile format {version!r}")
     if len(row) - 1 > len(STORED_FIELDS):
@@ -230,7 +227,7 @@ def clickstream_ops(event: Any, ts: float) -> list[Op]:
     sid: str | None = event.session_id
     session = seen.session_digest(sid) if sid else b""
     if sid:
-        ops.append((OP_MARK, session, SESSION_SEEN, "se", 1.0, 0, "", 0.0))
+        ops.append((OP_SESSION, session, SESSION_SEEN, "se", 1.0))
         ops.append((OP_LAST, "ls", sid, "lsd", session))
     if kind in VIEW_TYPES:
         ops.append((OP_ADD, "pv" if kind == "page_view" else "vv", 1.0))
@@ -245,7 +242,11 @@ def clickstream_ops(event: Any, ts: float) -> list[Op]:
         ops.append((OP_DECAY, "c7", 1.0))
         ops.append((OP_DECAY, "c30", 1.0))
         if sid:
-            ops.append((OP_MARK, session, SESSION_CART, "cs", 1.0, SESSION_ORDER, "cc", 1.0))
+            # Cart sessions are counted in the clickstream's own session ring, so the
+            # purchases topic running ahead cannot make them count twice; the link joins
+            # the session to its order, whichever topic comes first.
+            ops.append((OP_SESSION, session, SESSION_CART, "cs", 1.0))
+            ops.append((OP_LINK, session, SESSION_CART, "", 0.0, SESSION_ORDER, "cc", 1.0))
         if event.category:
             ops.append((OP_CATEGORY, event.category, CATEGORY_WEIGHT_CART))
     elif kind == "remove_from_cart":
@@ -280,7 +281,7 @@ def purchase_ops(event: Any, ts: float) -> list[Op]:
     ops.append((OP_ADD, "it", float(items)))
     # An empty session means "the customer's last session" (resolved where the state is).
     session = seen.session_digest(event.session_id) if event.session_id else b""
-    ops.append((OP_MARK, session, SESSION_ORDER, "os", 1.0, SESSION_CART, "cc", 1.0))
+    ops.append((OP_LINK, session, SESSION_ORDER, "os", 1.0, SESSION_CART, "cc", 1.0))
     return ops
 
 
@@ -290,11 +291,13 @@ def apply_ops(
     ts: float,
     now: int,
     config: FeatureConfig,
-) -> None:
+) -> int:
     """Apply one event's ops to ``state`` in place (the Python twin of the Lua interpreter).
 
     ``now`` is the wall clock in whole seconds, for the expiry of cart/order links.
+    Returns the cart/order links a full link ring cost (see :func:`seen.touch_link`).
     """
+    dropped = 0
     for op in ops:
         code = op[0]
         if code == OP_ADD:
@@ -311,13 +314,16 @@ def apply_ops(
             _decay_add(state, op[1], op[2], ts)
         elif code == OP_CATEGORY:
             _category_add(state, op[1], op[2], config.max_categories)
-        elif code == OP_MARK:
-            _mark(state, op, ts, now, config)
+        elif code == OP_SESSION:
+            _count_session(state, op, ts, config)
+        elif code == OP_LINK:
+            dropped += _link(state, op, ts, now, config)
         elif code == OP_LAST and ts >= state.get(op[1] + "@", -math.inf):
             state[op[1]] = op[2]
             state[op[1] + "@"] = ts
             if len(op) > 3:
                 state[op[3]] = op[4]
+    return dropped
 
 
 def _decay_add(state: MutableMapping[str, Any], field: str, value: float, ts: float) -> None:
@@ -345,33 +351,47 @@ def _category_add(state: MutableMapping[str, Any], category: str, weight: float,
     cats[category] = floor + weight
 
 
-def _mark(state: MutableMapping[str, Any], op: Op, ts: float, now: int,
-          config: FeatureConfig) -> None:
-    _, session, flag, field, value, other, other_field, other_value = op
-    if not session:
-        session = state.get("lsd")
-        if session is None or ts - state.get("ls@", -math.inf) > ORDER_SESSION_WINDOW_S:
-            return
-    if flag == SESSION_SEEN:
-        # Session counting reads one topic, in order: a small ring of recent sessions is exact.
-        before, state["ss"] = seen.touch_session(state.get("ss", b""), session, flag,
-                                                 config.sessions)
-        if not before & flag:
-            state[field] = state.get(field, 0.0) + value
+def _session_key(state: Mapping[str, Any], session: bytes, ts: float) -> bytes | None:
+    # An empty session means "the customer's last session", if it is recent enough.
+    if session:
+        return session
+    last: bytes | None = state.get("lsd")
+    if last is None or ts - state.get("ls@", -math.inf) > ORDER_SESSION_WINDOW_S:
+        return None
+    return last
+
+
+def _count_session(state: MutableMapping[str, Any], op: Op, ts: float,
+                   config: FeatureConfig) -> None:
+    # Counts of one topic, read in order: a small ring of recent sessions is exact.
+    _, session, flag, counter, value = op
+    key = _session_key(state, session, ts)
+    if key is None:
         return
-    # Cart and order links join the two topics, which may be far apart during a
-    # catch-up: a link waits until both topics have moved past it (seen.touch_link).
-    clicks = seen.newest_ms(state.get(LANE_CLICKSTREAM, b""))
-    orders = seen.newest_ms(state.get(LANE_PURCHASES, b""))
-    settled = None if clicks is None or orders is None else min(clicks, orders)
-    before, state["lk"] = seen.touch_link(state.get("lk", b""), session, flag, ts, now=now,
-                                          ttl=config.link_ttl_s, settled_ms=settled,
-                                          window=config.link_window_s,
-                                          capacity=config.links)
+    before, state["ss"] = seen.touch_session(state.get("ss", b""), key, flag, config.sessions)
     if not before & flag:
-        state[field] = state.get(field, 0.0) + value
+        state[counter] = state.get(counter, 0.0) + value
+
+
+def _link(state: MutableMapping[str, Any], op: Op, ts: float, now: int,
+          config: FeatureConfig) -> int:
+    # Cart and order links join the two topics, which may be far apart during a
+    # catch-up: a link waits until the topics have moved past it (seen.touch_link).
+    _, session, flag, counter, value, other, other_counter, other_value = op
+    key = _session_key(state, session, ts)
+    if key is None:
+        return 0
+    before, state["lk"], dropped = seen.touch_link(
+        state.get("lk", b""), key, flag, ts, now=now, ttl=config.link_ttl_s,
+        clicks_ms=seen.newest_ms(state.get(LANE_CLICKSTREAM, b"")),
+        orders_ms=seen.newest_ms(state.get(LANE_PURCHASES, b"")),
+        window=config.link_window_s, capacity=config.links)
+    if before is not None and not before & flag:
+        if counter:
+            state[counter] = state.get(counter, 0.0) + value
         if before & other:
-            state[other_field] = state.get(other_field, 0.0) + other_value
+            state[other_counter] = state.get(other_counter, 0.0) + other_value
+    return dropped
 
 
 def _is_purchase(event: Any) -> bool:
@@ -388,43 +408,21 @@ def event_lane(event: Any) -> str:
     return LANE_PURCHASES if _is_purchase(event) else LANE_CLICKSTREAM
 
 
-def upgrade_lanes(state: MutableMapping[str, Any], config: FeatureConfig) -> bool:
-    """Convert id rings of earlier versions to the current lanes in place; True if any.
-
-    Each legacy ring (and its floor) is folded into its lane with
-    :func:`seen.upgrade_id_ring` and removed. Lua does the same when it loads a profile.
-    """
-    changed = False
-    for old, lane in LEGACY_LANES.items():
-        if old not in state and old + "f" not in state:
-            continue
-        ring, floor = seen.upgrade_id_ring(state.pop(old, b""), state.pop(old + "f", None),
-                                           state.get(lane, b""), state.get(lane + "f"),
-                                           config.capacity(lane))
-        if ring:
-            state[lane] = ring
-        if floor is not None:
-            state[lane + "f"] = floor
-        changed = True
-    return changed
-
-
 def apply_event(state: MutableMapping[str, Any], event_key: bytes, lane: str, ops: Iterable[Op],
-                ts: float, now: int, config: FeatureConfig) -> int:
-    """Dedupe one event against its lane's id ring, then apply it: APPLIED, DUPLICATE or LATE.
+                ts: float, now: int, config: FeatureConfig) -> tuple[int, int]:
+    """Dedupe one event against its lane's id ring, then apply it.
 
-    ``event_key`` is :func:`seen.event_digest` of the event id. Rings of earlier versions
-    are converted first, whatever the outcome, as the Lua interpreter does on every update.
+    ``event_key`` is :func:`seen.event_digest` of the event id. Returns APPLIED,
+    DUPLICATE or LATE, and the cart/order links a full link ring cost.
     """
-    upgrade_lanes(state, config)
     status, ring, floor = seen.admit_event(state.get(lane, b""), state.get(lane + "f"),
                                            event_key, ts, config.capacity(lane))
-    if status == seen.APPLIED:
-        state[lane] = ring
-        if floor is not None:
-            state[lane + "f"] = floor
-        apply_ops(state, ops, ts, now, config)
-    return status
+    if status != seen.APPLIED:
+        return status, 0
+    state[lane] = ring
+    if floor is not None:
+        state[lane + "f"] = floor
+    return status, apply_ops(state, ops, ts, now, config)
 
 
 @dataclass(slots=True)
@@ -435,6 +433,8 @@ class InMemoryProfiles:
     states: dict[str, dict[str, Any]]
     #: Wall clock for link expiry (the Redis store passes the client's clock the same way).
     clock: Callable[[], float] = time.time
+    #: Cart/order links a full link ring cost, per customer (CustomerUpdate.links_dropped).
+    links_dropped: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, config: FeatureConfig | None = None,
@@ -446,8 +446,11 @@ class InMemoryProfiles:
               lane: str = LANE_CLICKSTREAM) -> int:
         """Apply one event unless it is a duplicate or late: APPLIED, DUPLICATE or LATE."""
         state = self.states.setdefault(customer_id, {})
-        return apply_event(state, seen.event_digest(event_id), lane, ops, ts, int(self.clock()),
-                           self.config)
+        status, dropped = apply_event(state, seen.event_digest(event_id), lane, ops, ts,
+                                      int(self.clock()), self.config)
+        if dropped:
+            self.links_dropped[customer_id] = self.links_dropped.get(customer_id, 0) + dropped
+        return status
 
 
 # ---------------------------------------------------------------- reading

@@ -14,22 +14,28 @@ its own and a customer's memory stays O(1) in the number of events:
   topic partition arrives in its own order and one topic may run ahead of the
   other during a catch-up. A false duplicate needs a new id whose 48-bit digest
   matches one of the customer's <= 28 remembered ones (20 + 8 by default): about
-  28 / 2**48, ~1e-13 per event (one expected in ~10 trillion events). Rings of earlier
-  versions (8-byte digests, 14-byte records) convert exactly (:func:`upgrade_id_ring`):
-  the 6-byte digest is the 8-byte one's first 6 bytes.
+  28 / 2**48, ~1e-13 per event (one expected in ~10 trillion events).
 * **Sessions**: records of an 8-byte digest of the session id and a byte of flags
-  (session counted, had a cart, had an order), the ``capacity`` most recently
-  touched sessions. Session counts are exact while a customer has no more than
-  that many sessions open at once.
-* **Cart/order links**: records of the session digest, a byte of flags, the
-  session's newest event time (whole seconds) and a wall-clock expiry (seconds),
-  sorted by event time. They join the two topics (an order counts a cart session
-  as converted), which may be far apart during a catch-up, so a link is forgotten
-  only once *both* topics have moved ``window`` seconds of event time past it for
-  this customer, or its wall-clock expiry passed, or the ring overflows (the oldest
-  session goes). While each topic arrives in event-time order per customer and an
-  order comes within ``window`` of its cart, the counts do not depend on how the
-  two topics interleave.
+  (session counted, cart counted), the ``capacity`` most recently touched sessions of
+  the clickstream. Session and cart-session counts come from this ring alone: it reads
+  one topic, so how the two topics interleave cannot change them. They are exact while
+  a customer has no more than that many sessions open at once.
+* **Cart/order links**: records of the session digest, a byte of flags (cart seen,
+  order seen), the session's newest event time (whole seconds) and a wall-clock expiry
+  (seconds), sorted by event time. They count ordered sessions and join the two topics
+  (an order counts a cart session as converted), which may be far apart during a
+  catch-up. Assuming each topic arrives in event-time order per customer and a
+  session's events, orders included, lie within ``window`` seconds, a link is dropped
+  only when that loses nothing: a cart-only link once the purchases have moved
+  ``window`` past it (its order would have come) or its wall-clock expiry passed (a
+  customer whose purchases never catch up); a link with an order once the purchases
+  have moved past it and, for an order-only link, also the clickstream (its cart would
+  have come) or its expiry. When more links wait than the ring holds, the oldest one
+  that no count depends on goes (a cart-only link, or an order-only link the purchases
+  have moved past), losing at most one conversion; if every link holds an order the
+  purchases may still repeat, the new order is neither linked nor counted. So a full
+  ring makes ``converted_cart_sessions`` (and, in that last case, ``ordered_sessions``)
+  fall short, never any count exceed the truth; :func:`touch_link` reports each drop.
 
 Both interpreters (``adapters/profile_update.lua`` and :mod:`streamproc.core.features`)
 implement these rules; the Redis conformance test checks they write identical bytes.
@@ -45,8 +51,6 @@ from typing import Final
 #: Bytes of an event id digest and of an id record (digest + 6-byte time).
 ID_DIGEST: Final = 6
 ID_RECORD: Final = ID_DIGEST + 6
-#: Id records of earlier versions: the 8-byte :func:`digest` + 6-byte time.
-OLD_ID_RECORD: Final = 14
 SESSION_RECORD: Final = 9
 LINK_RECORD: Final = 17
 _TIME_BYTES: Final = 6
@@ -71,8 +75,7 @@ def event_digest(text: str) -> bytes:
     """The 6-byte digest that stands for an event id: the first bytes of :func:`digest`.
 
     Shorter than a session digest because it only has to tell apart the few ids one
-    customer's ring remembers (see the module docstring for the odds); a prefix rather
-    than a 6-byte blake2b so that rings of earlier versions convert exactly.
+    customer's ring remembers (see the module docstring for the odds).
     """
     return digest(text)[:ID_DIGEST]
 
@@ -132,26 +135,6 @@ def _insert_id(ring: bytes, floor: int | None, key: bytes, ms: int,
     return ring, floor
 
 
-def upgrade_id_ring(old: bytes, old_floor: int | None, ring: bytes, floor: int | None,
-                    capacity: int) -> tuple[bytes, int | None]:
-    """Fold an id ring of 14-byte records (earlier versions) into a 12-byte ring.
-
-    Each old record loses digest bytes 7-8 and is inserted in event-time order, the
-    newer floor wins, and overflow evicts the oldest as :func:`admit_event` does. Into
-    an empty ring of enough capacity this is an exact conversion, order kept. ``ring``
-    is only non-empty when an older worker wrote to a converted profile (a rolling
-    upgrade); records it already holds are not added twice.
-    """
-    if old_floor is not None and (floor is None or old_floor > floor):
-        floor = old_floor
-    for at in range(0, len(old) - OLD_ID_RECORD + 1, OLD_ID_RECORD):
-        key = old[at:at + ID_DIGEST]
-        if find_record(ring, key, ID_RECORD) < 0:
-            ms = int.from_bytes(old[at + OLD_ID_RECORD - _TIME_BYTES:at + OLD_ID_RECORD], "big")
-            ring, floor = _insert_id(ring, floor, key, ms, capacity)
-    return ring, floor
-
-
 def touch_session(ring: bytes, key: bytes, flag: int, capacity: int) -> tuple[int, bytes]:
     """Set ``flag`` on a session, making it the most recent: ``(flags before, ring)``."""
     at = find_record(ring, key, SESSION_RECORD)
@@ -176,34 +159,48 @@ def _u32(value: float) -> int:
     return min(_MAX_U32, max(0, math.floor(value)))
 
 
-def touch_link(ring: bytes, key: bytes, flag: int, ts: float, *, now: int, ttl: int,
-               settled_ms: int | None, window: int, capacity: int) -> tuple[int, bytes]:
-    """Set ``flag`` on a session's cart/order link: ``(flags before, ring)``.
+def _done(topic_ms: int | None, rec_t: int, window: int) -> bool:
+    # The topic has moved `window` seconds past a link: no event of its session can follow.
+    return topic_ms is not None and topic_ms // 1000 - window > rec_t
 
-    ``settled_ms`` is the event time both topics have reached for this customer (the
-    older of the two rings' newest times; None while one topic has none): links more
-    than ``window`` seconds older than it, and links past their wall-clock expiry, are
-    dropped first.
+
+def touch_link(ring: bytes, key: bytes, flag: int, ts: float, *, now: int, ttl: int,
+               clicks_ms: int | None, orders_ms: int | None, window: int,
+               capacity: int) -> tuple[int | None, bytes, int]:
+    """Set ``flag`` on a session's cart/order link: ``(flags before, ring, links dropped)``.
+
+    ``clicks_ms`` and ``orders_ms`` are the newest event times of the two topics for
+    this customer (None while a topic has none). Links that can go without loss are
+    dropped first (see the module docstring). Flags before are None when the session
+    could not be linked (the ring is full of links no count can spare): nothing is to
+    be counted for it. Links dropped is 1 when a full ring cost a link, else 0.
     """
-    low = None if settled_ms is None else settled_ms // 1000 - window
     kept, before, t, expiry = [], 0, _u32(ts), _u32(now + ttl)
     for at in range(0, len(ring), LINK_RECORD):
         rec = ring[at:at + LINK_RECORD]
-        rec_t = int.from_bytes(rec[9:13], "big")
+        flags, rec_t = rec[8], int.from_bytes(rec[9:13], "big")
         rec_exp = int.from_bytes(rec[13:17], "big")
-        if rec_exp <= now or (low is not None and rec_t < low):
+        if flags & SESSION_ORDER:
+            gone = _done(orders_ms, rec_t, window) and bool(
+                flags & SESSION_CART or _done(clicks_ms, rec_t, window) or rec_exp <= now)
+        else:
+            gone = _done(orders_ms, rec_t, window) or rec_exp <= now
+        if gone:
             continue
         if rec[:8] == key:
-            before = rec[8]
+            before = flags
             t, expiry = max(t, rec_t), max(expiry, rec_exp)
         else:
             kept.append(rec)
-    # Sorted by event time, ties in arrival order, so overflow evicts the oldest session.
+    # Sorted by event time, ties in arrival order: overflow looks at the oldest first.
     at = len(kept)
     while at > 0 and int.from_bytes(kept[at - 1][9:13], "big") > t:
         at -= 1
-    kept.insert(at, key + bytes([before | flag]) + t.to_bytes(4, "big")
-                + expiry.to_bytes(4, "big"))
-    if len(kept) > capacity:
-        del kept[0]
-    return before, b"".join(kept)
+    new = key + bytes([before | flag]) + t.to_bytes(4, "big") + expiry.to_bytes(4, "big")
+    kept.insert(at, new)
+    if len(kept) <= capacity:
+        return before, b"".join(kept), 0
+    victim = next((rec for rec in kept if not rec[8] & SESSION_ORDER
+                   or _done(orders_ms, int.from_bytes(rec[9:13], "big"), window)), new)
+    kept.remove(victim)
+    return (None if victim is new else before), b"".join(kept), 1

@@ -401,6 +401,9 @@ class IngestPipeline:
             self.metrics.events.labels(*labels).inc(count)
         for topic, count in dupes.items():
             self.metrics.duplicates.labels(topic).inc(count)
+        dropped = sum(u.links_dropped for u in updates)
+        if dropped:
+            self.metrics.cart_links_dropped.inc(dropped)
         for times in activity.values():
             times.sort()
         return activity, late

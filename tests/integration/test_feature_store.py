@@ -4,26 +4,26 @@ The same streams (generator traffic and hypothesis-made streams with duplicates 
 shuffles) go through ``RedisProfileStore.apply_batch`` on a real redis-server, in
 batches of random sizes, and through ``InMemoryProfiles``. Decoded states must be
 exactly equal (floats included: both sides do the same IEEE operations in the same
-order, with the same libm ``exp``), and the per-event applied/duplicate flags must match.
-Profiles written by earlier versions (event-id rings of 14-byte records) are converted
-the same way by both. Lua stores each profile exactly as ``encode_profile`` (the Python
-twin of its save) encodes the twin's state, byte for byte.
+order, with the same libm ``exp``), and the per-event applied/duplicate flags and the
+cart/order links a full ring cost must match. Lua stores each profile exactly as
+``encode_profile`` (the Python twin of its save) encodes the twin's state, byte for byte.
 """
 
 from __future__ import annotations
 
-import copy
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from streamproc.adapters import keys
 from streamproc.adapters.redis_store import (
@@ -32,13 +32,9 @@ from streamproc.adapters.redis_store import (
     RedisProfileStore,
     encode_blob,
     encode_profile,
-    pack_like_lua,
     split_value,
 )
-from streamproc.core import seen
 from streamproc.core.features import (
-    LANE_CLICKSTREAM,
-    LANE_PURCHASES,
     STORED_FIELDS,
     FeatureConfig,
     InMemoryProfiles,
@@ -47,8 +43,21 @@ from streamproc.core.features import (
 )
 from streamproc.core.generator import TrafficGenerator
 from streamproc.core.replay import event_namespace, event_time
+from streamproc.runtime.app import create_worker
 from streamproc.runtime.embedded import Service
-from tests.unit.test_features import lane_of, ops_of, streams, to_legacy, with_duplicates
+from streamproc.runtime.pipeline import OutRecord, RawMessage, no_acks
+from streamproc.settings import Settings
+from tests.reference import reference_profiles
+from tests.unit.test_features import (
+    assert_session_counts_within_truth,
+    cart_then_order_sessions,
+    interleavings,
+    lane_of,
+    ops_of,
+    streams,
+    waiting_sessions,
+    with_duplicates,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +81,11 @@ WALL = 1_800_000_000
 
 
 async def write_profiles(store: RedisProfileStore, states: dict[str, dict[str, Any]],
-                         scoring: bytes = b"", *, as_map: bool = False) -> None:
-    """Store profiles as the Lua interpreter lays them out; ``as_map``: as earlier versions.
-
-    Earlier versions stored a profile as a msgpack map (``cmsgpack.pack`` of the table).
-    """
+                         scoring: bytes = b"") -> None:
+    """Store profiles as the Lua interpreter lays them out."""
     for cid, state in states.items():
-        blob = pack_like_lua(state) if as_map else encode_profile(state)
-        await store.client.set(keys.profile_key(store.prefix, cid), stored_value(blob, scoring))
+        await store.client.set(keys.profile_key(store.prefix, cid),
+                               stored_value(encode_profile(state), scoring))
 
 
 def stored_value(profile: bytes, scoring: bytes = b"") -> bytes:
@@ -150,31 +156,29 @@ async def assert_stored_by_lua_as_by_python(store: RedisProfileStore,
 
 async def _conform(store: RedisProfileStore, events: Sequence[PreparedEvent],
                    sizes: Sequence[int], config: FeatureConfig,
-                   tick: int = 0, start: dict[str, dict[str, Any]] | None = None,
-                   start_as_map: bool = False) -> InMemoryProfiles:
+                   tick: int = 0) -> InMemoryProfiles:
     """Apply ``events`` to Redis in batches and to the twin; assert equal flags and states.
 
-    Both sides read the same wall clock, which moves ``tick`` seconds per batch. ``start``
-    holds profiles both sides begin with (written to Redis first, as maps of earlier
-    versions with ``start_as_map``). Every customer an event reached ends up stored as
-    ``encode_profile`` encodes the twin's state.
+    Both sides read the same wall clock, which moves ``tick`` seconds per batch. Every
+    customer an event reached ends up stored as ``encode_profile`` encodes the twin's state.
     """
     now = WALL
     twin = InMemoryProfiles.empty(config, clock=lambda: now)
-    if start:
-        await write_profiles(store, start, as_map=start_as_map)
-        twin.states = copy.deepcopy(start)
     for batch in _batches(events, sizes):
         now += tick
         expected: dict[str, list[int]] = {}
+        dropped_before = dict(twin.links_dropped)
         for ev in batch:
             status = twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
             expected.setdefault(ev.customer_id, []).append(status)
         updates = await store.apply_batch(batch, now=now)
         assert [u.customer_id for u in updates] == list(expected)
         for update in updates:
-            assert update.statuses == expected[update.customer_id], update.customer_id
-            assert update.state == twin.states.get(update.customer_id, {}), update.customer_id
+            cid = update.customer_id
+            assert update.statuses == expected[cid], cid
+            assert update.state == twin.states.get(cid, {}), cid
+            assert update.links_dropped == (twin.links_dropped.get(cid, 0)
+                                            - dropped_before.get(cid, 0)), cid
     customers = sorted(twin.states)
     stored = await store.get_states(customers)
     for cid, state in zip(customers, stored, strict=True):
@@ -192,22 +196,6 @@ def _prepare(stream: Sequence[dict[str, Any]]) -> list[PreparedEvent]:
         out.append(PreparedEvent(value["customer_id"], value["event_id"], ts, ops,
                                  lane_of(value)))
     return out
-
-
-def split_history(data: st.DataObject,
-                  config: FeatureConfig) -> tuple[list[PreparedEvent], int, InMemoryProfiles]:
-    """A messy stream, where it is cut, and a twin that applied the part before the cut.
-
-    The part before the cut is what an earlier version applied; the rest (with
-    redeliveries of that part) goes to both interpreters.
-    """
-    stream = data.draw(st.permutations(data.draw(with_duplicates(data.draw(streams())))))
-    cut = data.draw(st.integers(0, len(stream)))
-    events = _prepare(stream)
-    before = InMemoryProfiles.empty(config, clock=lambda: WALL)
-    for ev in events[:cut]:
-        before.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
-    return events, cut, before
 
 
 @settings(max_examples=40, deadline=None, database=None,
@@ -237,34 +225,44 @@ async def test_lua_matches_the_python_twin_on_messy_streams(
 
 @settings(max_examples=30, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(st.data(), st.sampled_from([
-    FeatureConfig(),
-    FeatureConfig(dedupe_events=2, dedupe_purchases=1, sessions=2),
-    FeatureConfig(dedupe_events=5, dedupe_purchases=3, links=3, link_window_s=0),
-]))
-async def test_lua_and_the_twin_convert_profiles_of_earlier_versions_alike(
-        redis_server: Service, data: st.DataObject, config: FeatureConfig) -> None:
-    # An earlier version applied the first part of a messy stream (old rings: ic/ip);
-    # both interpreters take the rest from there, converting on each customer's update.
-    # With `rolling`, a newer version applied that part and an older one (a rolling
-    # upgrade) some of it again: both rings are there, to be merged.
-    events, cut, before = split_history(data, config)
-    rolling = data.draw(st.booleans())
-    older = [ev for ev in events[:cut] if not rolling or data.draw(st.booleans())]
-    legacy = to_legacy(before.states,
-                       [(ev.customer_id, ev.event_id, ev.ts, ev.lane) for ev in older],
-                       config)
-    if rolling:
-        legacy = {cid: {**state, **legacy[cid]} for cid, state in before.states.items()}
+@given(st.data(), st.integers(1, 8))
+async def test_lua_costs_conversions_never_an_overcount_when_the_link_ring_is_full(
+        redis_server: Service, data: st.DataObject, links: int) -> None:
+    # More sessions waiting for the other topic than the ring holds, in any interleaving
+    # of the two topics, in batches: Lua decides and reports exactly as the twin does.
+    stream = data.draw(waiting_sessions())
+    merged = data.draw(interleavings(data.draw(with_duplicates(stream))))
     sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))
+    config = FeatureConfig(links=links)
     client = aioredis.Redis(port=redis_server.port)
     try:
-        twin = await _conform(_store(client, config), events[cut:], sizes, config,
-                              start=legacy, start_as_map=True)
-        for cid in {ev.customer_id for ev in events[cut:]}:
-            assert not {"ic", "ip", "icf", "ipf"} & twin.states[cid].keys()
+        store = _store(client, config)
+        twin = await _conform(store, _prepare(merged), sizes, config)
+        [truth] = reference_profiles(stream).values()
+        assert_session_counts_within_truth(await store.get_state("c-1") or {},
+                                           twin.links_dropped.get("c-1", 0), truth)
     finally:
         await client.aclose()
+
+
+async def test_150_cart_then_order_sessions_with_the_purchases_ahead(
+        redis_client: aioredis.Redis) -> None:
+    # Issue 19: cart_sessions 215-236 instead of 150, converted 64-86, with the purchases
+    # topic ahead of the clickstream; exact when paced.
+    clicks, orders = cart_then_order_sessions(150)
+    config = FeatureConfig()
+    [truth] = reference_profiles(clicks + orders).values()
+    paced = [e for n in range(150) for e in (*clicks[3 * n:3 * n + 3], orders[n])]
+    for stream, converted in ((orders + clicks, config.links), (paced, 150)):
+        store = _store(redis_client, config)
+        dropped = 0
+        for batch in _batches(_prepare(stream), [50]):
+            dropped += sum(u.links_dropped for u in await store.apply_batch(batch, now=WALL))
+        state = await store.get_state("hot")
+        assert state is not None
+        assert (state["se"], state["cs"], state["os"], state["cc"]) == (150, 150, 150, converted)
+        assert_session_counts_within_truth(state, dropped, truth)
+        assert (dropped > 0) == (stream is not paced)
 
 
 async def test_lua_matches_the_python_twin_on_generator_traffic(redis_server: Service) -> None:
@@ -418,7 +416,7 @@ async def test_values_written_before_the_shared_key_still_read_and_move(
         store = _store(client, FeatureConfig())
         t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
         [fresh] = await store.apply_batch([_view("c-1", 0, t0)], now=WALL)
-        bare = encode_blob({"ev": 1.0, "la": t0, "fs": t0})
+        bare = encode_profile({"ev": 1.0, "la": t0, "fs": t0})
         for cid in ("c-1", "c-2"):  # the layout of earlier versions: two keys
             await client.set(keys.profile_key(store.prefix, cid), bare)
             await client.set(keys.output_state_key(store.prefix, cid), encode_blob({"la": t0}))
@@ -447,81 +445,46 @@ async def test_values_written_before_the_shared_key_still_read_and_move(
         await client.aclose()
 
 
-def _order(cid: str, n: int, ts: float) -> PreparedEvent:
-    value = {"event_id": f"o-{cid}-{n}", "customer_id": cid, "order_id": f"o-{n}",
-             "type": "order", "total": 10.0, "session_id": f"s-{cid}",
-             "items": [{"product_id": "p", "quantity": 1, "unit_price": 10.0}]}
-    ns = event_namespace(value)
-    return PreparedEvent(cid, value["event_id"], ts, event_ops(ns, ts), event_lane(ns))
+class _Collect:
+    """A publisher that keeps what it is handed (the outputs are not under test here)."""
+
+    def __init__(self) -> None:
+        self.records: list[OutRecord] = []
+
+    async def send(self, records: Sequence[OutRecord]) -> Any:
+        self.records += records
+        return no_acks()
 
 
-async def test_profiles_with_old_event_id_rings_are_converted_on_their_next_update(
-        redis_server: Service) -> None:
-    config = FeatureConfig()  # 20 clickstream and 8 purchase ids
-    t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
-    clicks = [_view(cid, n, t0 + 60.0 * n) for cid in ("c-1", "c-2") for n in range(30)]
-    orders = [_order(cid, n, t0 + 60.0 * n + 30.0) for cid in ("c-1", "c-2") for n in range(12)]
-    history = clicks + orders
-    # What the running version stored after `history`: 8-byte digests, 14-byte records.
-    before = InMemoryProfiles.empty(config, clock=lambda: WALL)
-    for ev in history:
-        assert before.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane) == seen.APPLIED
-    legacy = to_legacy(before.states, [(ev.customer_id, ev.event_id, ev.ts, ev.lane)
-                                       for ev in history], config)
-    old = legacy["c-1"]
-    assert (len(old["ic"]), len(old["ip"])) == (20 * 14, 8 * 14)
-    assert old["icf"] == seen.record_ms(t0 + 60.0 * 9)  # clicks 0-9 were evicted
-    assert old["ipf"] == seen.record_ms(t0 + 60.0 * 3 + 30.0)  # orders 0-3 too
-    assert not {LANE_CLICKSTREAM, LANE_PURCHASES} & old.keys()
-
-    client = aioredis.Redis(port=redis_server.port)
+async def test_the_ingest_pipeline_counts_the_links_a_full_ring_dropped(
+        make_settings: Callable[..., Settings]) -> None:
+    # The worker's own pipeline reads the Lua reply: its counter says what the twin says.
+    settings = make_settings(ingest={"linked_sessions": 8})
+    registry = CollectorRegistry()
+    worker = create_worker(settings, registry)
+    worker.pipeline.publisher = _Collect()
+    worker.pipeline.scoring = None  # no Faust consumer here, and scoring is not under test
+    # Sessions 4 hours apart: each order link stays a day, so the ring of 8 has room
+    # for every order and keeps the newest 8 for the carts that come after them.
+    clicks, orders = cart_then_order_sessions(20, gap_ms=4 * 3_600_000)
+    topics = settings.topics
+    messages = [RawMessage(topics.purchases if "order_id" in e else topics.clickstream, 0, n,
+                           b"hot", orjson.dumps(e)) for n, e in enumerate(orders + clicks)]
+    twin = InMemoryProfiles.empty(settings.ingest.feature_config())
+    for ev in _prepare(orders + clicks):
+        twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane)
     try:
-        store = _store(client, config)
-        scoring = encode_blob({"la": t0})
-        await write_profiles(store, legacy, scoring, as_map=True)
-        assert await store.get_state("c-1") == old  # readable before any update
-        twin = InMemoryProfiles.empty(config, clock=lambda: WALL)
-        twin.states = copy.deepcopy(legacy)
-
-        late_click = _view("c-1", 99, t0 + 60.0 * 9)  # a new id at the old floor
-        batch = [
-            clicks[29], clicks[10],  # remembered in the old clickstream ring
-            orders[11], orders[4],  # remembered in the old purchase ring
-            clicks[3], late_click,  # evicted long ago / new but older than the floor
-            _view("c-1", 30, t0 + 60.0 * 30),  # new
-            _order("c-1", 12, t0 + 60.0 * 9 + 1.0),  # new; the purchase floor is older
-        ]
-        [update] = await store.apply_batch(batch, now=WALL)
-        L, D, A = seen.LATE, seen.DUPLICATE, seen.APPLIED
-        assert update.statuses == [D, D, D, D, L, L, A, A]
-        assert update.statuses == [twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts,
-                                              ev.lane) for ev in batch]
-        assert update.output_state == {"la": t0}  # the scoring state is kept
-        state = update.state
-        assert state == twin.states["c-1"]
-        assert await store.get_state("c-1") == state
-        # Only the new fields: 12-byte records, the old ones first in their order, and the
-        # floors carried over, then raised by the one record each new event evicted.
-        assert not {"ic", "ip", "icf", "ipf"} & state.keys()
-        assert len(state[LANE_CLICKSTREAM]) == 20 * 12
-        assert state[LANE_CLICKSTREAM][:-12] == b"".join(
-            old["ic"][at:at + 6] + old["ic"][at + 8:at + 14] for at in range(14, 20 * 14, 14))
-        assert state["jcf"] == seen.record_ms(t0 + 60.0 * 10)  # the new click evicted one
-        assert state["jpf"] == seen.record_ms(t0 + 60.0 * 4 + 30.0)
-        assert state["ev"] == old["ev"] + 2
-
-        # A customer whose batch holds only duplicates is converted (and written) too.
-        [dup] = await store.apply_batch([clicks[30 + 25], orders[12 + 10]], now=WALL)
-        assert dup.statuses == [D, D]
-        for ev in (clicks[55], orders[22]):
-            assert twin.apply(ev.customer_id, ev.event_id, ev.ops, ev.ts, ev.lane) == D
-        assert dup.state == twin.states["c-2"] == await store.get_state("c-2")
-        assert dup.state[LANE_CLICKSTREAM] == b"".join(
-            legacy["c-2"]["ic"][at:at + 6] + legacy["c-2"]["ic"][at + 8:at + 14]
-            for at in range(0, 20 * 14, 14))
-        assert dup.state["jpf"] == legacy["c-2"]["ipf"]
-        assert not {"ic", "ip", "icf", "ipf"} & dup.state.keys()
-        assert {k: v for k, v in dup.state.items() if k not in ("jc", "jp", "jcf", "jpf")} \
-            == {k: v for k, v in legacy["c-2"].items() if k not in ("ic", "ip", "icf", "ipf")}
+        for at in range(0, len(messages), 25):
+            batch = worker.pipeline.prepare(messages[at:at + 25])
+            assert not batch.out  # every event valid
+            await (await worker.pipeline.stage(batch))
+        state = await worker.pipeline.store.get_state("hot")
+        assert state is not None
+        counts = ("se", "cs", "os", "cc")
+        assert [state[c] for c in counts] == [twin.states["hot"][c] for c in counts]
+        assert [state[c] for c in counts] == [20, 20, 20, 8]  # the ring's 8 orders convert
+        assert twin.links_dropped["hot"] > 0
+        assert registry.get_sample_value("streamproc_cart_links_dropped_total") \
+            == twin.links_dropped["hot"]
     finally:
-        await client.aclose()
+        await worker.pipeline.store.client.aclose()

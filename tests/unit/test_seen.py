@@ -3,36 +3,20 @@
 The guarantee that replaces per-event dedupe keys: whatever the arrival order,
 duplicates and ring size, no event id is ever applied twice; a first arrival is
 only refused (as late) when it is older than everything the ring remembers; and
-with a ring large enough for the stream nothing is refused at all. Rings of
-earlier versions (8-byte digests, 14-byte records) convert without forgetting
-anything, also when an older worker wrote to an already converted profile.
+with a ring large enough for the stream nothing is refused at all. The link ring drops
+only links no count depends on, or, when full, costs a conversion and says so.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproc.core import seen
-from streamproc.core.features import (
-    LANE_CLICKSTREAM,
-    LANE_PURCHASES,
-    FeatureConfig,
-    InMemoryProfiles,
-    ProfileView,
-    upgrade_lanes,
-)
-from tests.unit.test_features import (
-    lane_of,
-    old_admit,
-    ops_of,
-    streams,
-    to_legacy,
-    with_duplicates,
-)
+from streamproc.core.features import FeatureConfig, InMemoryProfiles, ProfileView
+from tests.unit.test_features import lane_of, ops_of, streams, with_duplicates
 
 FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -157,93 +141,66 @@ def test_small_rings_never_overcount_a_profile(data: st.DataObject, capacity: in
         assert view.get("ev") <= len({v["event_id"] for v in noisy if v["customer_id"] == cid})
 
 
-# ------------------------------------------------------------ old rings
+# ------------------------------------------------------------ links
+
+CART, ORDER = seen.SESSION_CART, seen.SESSION_ORDER
+DAY = 86_400
 
 
-def _old_run(events: list[tuple[int, float]], capacity: int
-             ) -> tuple[list[int], bytes, int | None, dict[int, float]]:
-    ring, floor, out = b"", None, []
-    known: dict[int, float] = {}
-    for ident, ts in events:
-        ts = known.setdefault(ident, ts)
-        status, ring, floor = old_admit(ring, floor, f"e-{ident}", ts, capacity)
-        out.append(status)
-    return out, ring, floor, known
+def _touch(ring: bytes, session: str, flag: int, ts: float, *, clicks: float | None,
+           orders: float | None, capacity: int = 2) -> tuple[int | None, bytes, int]:
+    # Topic positions in seconds, as the id rings' newest records give them (ms).
+    return seen.touch_link(ring, seen.digest(session), flag, ts, now=0, ttl=10**9,
+                           clicks_ms=None if clicks is None else int(clicks * 1000),
+                           orders_ms=None if orders is None else int(orders * 1000),
+                           window=DAY, capacity=capacity)
 
 
-@FAST
-@given(arrivals, st.integers(1, 8), st.integers(0, 80))
-def test_an_old_ring_converts_exactly_and_decides_as_before(
-        events: list[tuple[int, float]], capacity: int, cut: int) -> None:
-    # Up to `cut` an earlier version decides; then the ring is converted and the new code
-    # decides the rest: every decision is the one a never-converted ring would make.
-    statuses, old, old_floor, known = _old_run(events[:cut], capacity)
-    ring, floor = seen.upgrade_id_ring(old, old_floor, b"", None, capacity)
-    assert ring == b"".join(old[at:at + 6] + old[at + 8:at + 14]
-                            for at in range(0, len(old), 14))
-    assert floor == old_floor
-    for ident, ts in events[cut:]:
-        ts = known.setdefault(ident, ts)
-        status, ring, floor = seen.admit_event(ring, floor, seen.event_digest(f"e-{ident}"),
-                                               ts, capacity)
-        statuses.append(status)
-    assert statuses == _run(events, capacity)
+def _sessions(ring: bytes) -> list[tuple[bytes, int]]:
+    return [(ring[at:at + 8], ring[at + 8]) for at in range(0, len(ring), seen.LINK_RECORD)]
 
 
-@FAST
-@given(arrivals, st.lists(st.booleans(), min_size=1, max_size=8), st.integers(1, 8))
-def test_a_rolling_upgrade_never_lets_the_new_code_count_an_event_twice(
-        events: list[tuple[int, float]], turns: list[bool], capacity: int) -> None:
-    # Older and newer workers take turns on one customer. An older worker sees only the
-    # old ring (a newer one removed it: it starts afresh), so it may count again what a
-    # newer one counted: the stated limit of a rolling upgrade. A newer worker folds the
-    # old ring in before deciding, so it never counts an event counted before by either.
-    state: dict[str, Any] = {}
-    lane, config = LANE_CLICKSTREAM, FeatureConfig(dedupe_events=capacity)
-    counted: set[int] = set()
-    known: dict[int, float] = {}
-    step = max(1, len(events) // len(turns))
-    for n, (ident, ts) in enumerate(events):
-        ts = known.setdefault(ident, ts)
-        if turns[min(n // step, len(turns) - 1)]:
-            status, state["ic"], floor = old_admit(state.get("ic", b""), state.get("icf"),
-                                                   f"e-{ident}", ts, capacity)
-            if floor is not None:
-                state["icf"] = floor
-        else:
-            upgrade_lanes(state, config)
-            assert not {"ic", "icf"} & state.keys()
-            status, state[lane], floor = seen.admit_event(
-                state.get(lane, b""), state.get(lane + "f"), seen.event_digest(f"e-{ident}"),
-                ts, capacity)
-            if floor is not None:
-                state[lane + "f"] = floor
-            assert status != seen.APPLIED or ident not in counted, ident
-        if status == seen.APPLIED:
-            counted.add(ident)
-        assert len(state.get(lane, b"")) <= capacity * seen.ID_RECORD
+def test_a_full_ring_of_orders_drops_the_older_cart_not_an_order() -> None:
+    # The purchases ran ahead: two orders wait for their carts; an older cart comes.
+    ring = b""
+    for n, ts in enumerate((1000.0, 2000.0)):
+        before, ring, dropped = _touch(ring, f"s-{n + 1}", ORDER, ts, clicks=None, orders=ts)
+        assert (before, dropped) == (0, 0)
+    before, ring, dropped = _touch(ring, "s-0", CART, 500.0, clicks=500.0, orders=2000.0)
+    # Not linked (its order was given up before), and the orders still wait.
+    assert (before, dropped) == (None, 1)
+    assert [flags for _, flags in _sessions(ring)] == [ORDER, ORDER]
+    before, ring, _ = _touch(ring, "s-1", CART, 1100.0, clicks=1100.0, orders=2000.0)
+    assert before == ORDER  # converted: the caller counts it
+    assert _sessions(ring)[0] == (seen.digest("s-1"), ORDER | CART)
 
 
-def test_the_twin_converts_old_rings_on_any_update() -> None:
-    config = FeatureConfig(dedupe_events=3, dedupe_purchases=2)
-    clicks = [(f"c-{n}", 100.0 + n) for n in range(5)]
-    orders = [(f"o-{n}", 100.5 + n) for n in range(3)]
-    applied = [("c-1", eid, ts, LANE_CLICKSTREAM) for eid, ts in clicks]
-    applied += [("c-1", eid, ts, LANE_PURCHASES) for eid, ts in orders]
-    [old] = to_legacy({"c-1": {"ev": 8.0}}, applied, config).values()
-    assert set(old) == {"ev", "ic", "icf", "ip", "ipf"}
-    assert (len(old["ic"]), len(old["ip"])) == (3 * 14, 2 * 14)
-    assert (old["icf"], old["ipf"]) == (101_000, 100_500)
-    profiles = InMemoryProfiles.empty(config)
-    profiles.states["c-1"] = dict(old)
-    # A duplicate changes no counter, yet the profile is converted.
-    assert profiles.apply("c-1", "c-4", [], 104.0) == seen.DUPLICATE
-    state = profiles.states["c-1"]
-    assert set(state) == {"ev", LANE_CLICKSTREAM, "jcf", LANE_PURCHASES, "jpf"}
-    assert state[LANE_CLICKSTREAM] == b"".join(
-        seen.event_digest(eid) + seen.record_ms(ts).to_bytes(6, "big") for eid, ts in clicks[2:])
-    assert (state["jcf"], state["jpf"]) == (old["icf"], old["ipf"])
-    assert profiles.apply("c-1", "o-2", [], 102.5, LANE_PURCHASES) == seen.DUPLICATE
-    assert profiles.apply("c-1", "c-1", [], 101.0) == seen.LATE  # at the carried floor
-    assert profiles.apply("c-1", "c-9", [], 101.001) == seen.APPLIED
-    assert not upgrade_lanes(profiles.states["c-1"], config)  # nothing left to convert
+def test_a_full_ring_refuses_an_order_rather_than_forget_a_recent_one() -> None:
+    ring = b""
+    for n in range(2):
+        _, ring, _ = _touch(ring, f"s-{n}", ORDER, 1000.0 + n, clicks=None, orders=1000.0 + n)
+    # Both orders are within a day: their sessions may order again, so neither can go.
+    before, ring2, dropped = _touch(ring, "s-2", ORDER, 1002.0, clicks=None, orders=1002.0)
+    assert (before, ring2, dropped) == (None, ring, 1)
+    # A day later the oldest order's session cannot order again: it makes room.
+    later = 1000.0 + DAY + 1
+    before, ring, dropped = _touch(ring, "s-3", ORDER, later, clicks=None, orders=later)
+    assert (before, dropped) == (0, 1)
+    assert [key for key, _ in _sessions(ring)] == [seen.digest("s-1"), seen.digest("s-3")]
+
+
+def test_links_go_as_soon_as_no_count_depends_on_them() -> None:
+    ring = b""
+    _, ring, _ = _touch(ring, "cart", CART, 1000.0, clicks=1000.0, orders=None, capacity=8)
+    _, ring, _ = _touch(ring, "order", ORDER, 1000.0, clicks=1000.0, orders=1000.0, capacity=8)
+    _, ring, _ = _touch(ring, "both", CART, 1000.0, clicks=1000.0, orders=1000.0, capacity=8)
+    _, ring, _ = _touch(ring, "both", ORDER, 1000.0, clicks=1000.0, orders=1000.0, capacity=8)
+    assert len(_sessions(ring)) == 3
+    past = 1000.0 + DAY + 1
+    # The clickstream moved a day on: the order-only link's cart cannot come, but its
+    # session may still order; the others wait for the purchases.
+    _, ring, _ = _touch(ring, "x", CART, past, clicks=past, orders=1000.0, capacity=8)
+    assert len(_sessions(ring)) == 4
+    # The purchases moved a day on: no order can follow, every old link goes.
+    _, ring, _ = _touch(ring, "y", ORDER, past, clicks=past, orders=past, capacity=8)
+    assert [key for key, _ in _sessions(ring)] == [seen.digest("x"), seen.digest("y")]
