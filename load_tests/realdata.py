@@ -214,6 +214,7 @@ def evaluate_run(population: Mapping[str, cdnow.Customer], split: cdnow.Split,
             churned=churned).to_dict()
     return {
         "customers": len(ids), "missing_from_read_api": len(missing),
+        "streamproc_probabilities": sum(p is not None for p in streamed),
         "labels": {name: {"days": days[name], "base_rate": sum(y) / len(y) if y else None}
                    for name, y in labels.items()},
         "scores": scores, "alerts": alerts, "threshold": stream.threshold,

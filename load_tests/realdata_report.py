@@ -84,5 +84,6 @@ def print_report(doc: Mapping[str, Any], console: Console) -> None:
     console.print(f"streamproc model v{model.get('version', '-')} (churn ready "
                   f"{model.get('churn_ready', '-')}, {model.get('labels_seen', '-')} labels; "
                   f"{quality or 'no quality'}), horizon {s['horizon_days']:g} days; "
+                  f"{doc['streamproc_probabilities']} churn probabilities, "
                   f"{doc['missing_from_read_api']} customers missing from the read API; "
                   f"replay + wait {s.get('replay_seconds', '-')}s, run {s.get('seconds', '-')}s")
