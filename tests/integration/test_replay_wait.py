@@ -170,3 +170,13 @@ async def test_event_time_only_moves_forward(make_settings: Callable[..., Settin
     await second.advance({0: 60.0, 1: 70.0})
     assert await partition_watermarks(redis_client, prefix) == {0: 100.0, 1: 70.0}
     assert await current_event_time(redis_client, prefix) == 100.0
+
+
+def test_now_before_any_worker_swept_is_a_clear_error(
+        cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["segments"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("streamproc: no event time recorded under key prefix")
+    assert err.endswith("pass an explicit as_of (--as-of ISO)")
+    doc = _json_out(capsys, ["segments", "--json", "--as-of", "1997-10-01T00:00:00Z"])
+    assert (doc["as_of"], doc["customers"]) == ("1997-10-01T00:00:00+00:00", 0)
