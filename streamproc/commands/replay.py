@@ -70,11 +70,6 @@ class PartitionRange:
     last_offset: int
     newest: float
 
-    def to_dict(self) -> dict[str, float]:
-        """JSON form."""
-        return {"first_offset": self.first_offset, "last_offset": self.last_offset,
-                "newest_event_time": self.newest}
-
 
 @dataclass
 class Produced:
@@ -93,7 +88,10 @@ class Produced:
         got.newest = max(got.newest, newest)
 
     def holds(self, topic: str, partition: int, offset: int) -> bool:
-        """Whether ``offset`` of that topic-partition was written by this replay."""
+        """Whether ``offset`` lies in the range this replay wrote on that topic-partition.
+
+        Another producer writing the same partition meanwhile interleaves with that range.
+        """
         got = self.ranges.get((topic, partition))
         return got is not None and got.first_offset <= offset <= got.last_offset
 
@@ -416,8 +414,9 @@ def print_wait(summary: ReplaySummary, report: WaitReport, out: Any = None) -> N
     out = out or sys.stdout
     dead = sum(report.dead_letters.values())
     reasons = ", ".join(f"{r}={n}" for r, n in report.dead_letters.most_common())
-    print(f"processed by the workers: {summary.sent_events - dead} events applied, {dead} "
-          f"dead-lettered{f' ({reasons})' if reasons else ''}; "
+    print(f"processed by the workers: {summary.sent_events - dead} events applied (or "
+          f"skipped as already counted), {dead} dead-lettered"
+          f"{f' ({reasons})' if reasons else ''}; "
           f"{report.churn_alerts} churn alerts and {report.segment_changes} segment changes "
           f"emitted meanwhile ({report.seconds:.1f}s)", file=out)
     done = ", ".join(f"{p}: {datetime.fromtimestamp(g.watermark, UTC).isoformat()}"
