@@ -2,6 +2,9 @@
 
 Used by the CLI and by evaluations. Scores come from the currently published
 model version, so the answer is the same whichever worker owns the customer.
+Without an ``as_of``, customers are scored as of the deployment's current event
+time (the workers' watermark, see ``streamproc.adapters.event_time``), the same
+instant for everyone, so a customer idle for longer has the larger recency.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from streamproc.adapters.event_time import current_event_time
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
 from streamproc.core.features import ProfileView
@@ -60,6 +64,14 @@ class CustomerNotFound(LookupError):
     """No profile is stored for this customer id."""
 
 
+class NoEventTime(LookupError):
+    """No worker has recorded an event time yet, so "now" is unknown: pass ``as_of``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(f"no event time recorded under key prefix {prefix!r} yet (no worker "
+                         "has swept a partition with events); pass an explicit as_of")
+
+
 class AnalyticsReader:
     """Reads profiles and scores them with the current model version."""
 
@@ -86,17 +98,36 @@ class AnalyticsReader:
                 self._bundle = (await self.models.load_bundle(version)).bundle
         return self._bundle
 
+    async def event_time(self) -> datetime | None:
+        """The deployment's current event time (the workers' watermark), None before any."""
+        at = await current_event_time(self.client, self.settings.redis.key_prefix)
+        return None if at is None else datetime.fromtimestamp(at, UTC)
+
+    async def resolve_as_of(self, as_of: datetime | None) -> datetime:
+        """``as_of`` itself, or the current event time when None (NoEventTime if unknown)."""
+        if as_of is not None:
+            return as_of
+        now = await self.event_time()
+        if now is None:
+            raise NoEventTime(self.settings.redis.key_prefix)
+        return now
+
     async def customer(self, customer_id: str, as_of: datetime | None = None) -> CustomerReport:
-        """One customer's report; ``as_of`` defaults to the customer's last event."""
+        """One customer's report as of ``as_of`` (default: the current event time)."""
         states, outs = await self.profiles.get_customers([customer_id])
         state = states[0]
         if state is None:
             raise CustomerNotFound(customer_id)
-        return (await self._reports([customer_id], [state], outs, as_of))[0]
+        when = await self.resolve_as_of(as_of)
+        return (await self._reports([customer_id], [state], outs, when))[0]
 
     async def all_customers(self, as_of: datetime | None = None,
                             chunk: int = 500) -> AsyncIterator[CustomerReport]:
-        """Stream a report for every known customer, scored in vectorised chunks."""
+        """Stream a report for every known customer, scored in vectorised chunks.
+
+        Everyone is scored as of one instant: ``as_of``, or the current event time.
+        """
+        as_of = await self.resolve_as_of(as_of)
         ids: list[str] = []
         async for cid in self.profiles.customers():
             ids.append(cid)
@@ -108,7 +139,7 @@ class AnalyticsReader:
             for report in await self._chunk(ids, as_of):
                 yield report
 
-    async def _chunk(self, ids: list[str], as_of: datetime | None) -> list[CustomerReport]:
+    async def _chunk(self, ids: list[str], as_of: datetime) -> list[CustomerReport]:
         states, outs = await self.profiles.get_customers(ids)
         present = [(c, s, o) for c, s, o in zip(ids, states, outs, strict=True) if s is not None]
         return await self._reports([p[0] for p in present], [p[1] for p in present],
@@ -116,10 +147,10 @@ class AnalyticsReader:
 
     async def _reports(self, ids: Sequence[str], states: Sequence[dict[str, Any]],
                        outs: Sequence[dict[str, Any] | None],
-                       as_of: datetime | None) -> list[CustomerReport]:
+                       as_of: datetime) -> list[CustomerReport]:
         bundle = await self.bundle()
-        views = [ProfileView(cid, as_of.timestamp() if as_of else float(st.get("la", 0.0)), st)
-                 for cid, st in zip(ids, states, strict=True)]
+        at = as_of.timestamp()
+        views = [ProfileView(cid, at, st) for cid, st in zip(ids, states, strict=True)]
         scores: list[Score | None] = list(bundle.score_many(views)) if bundle else \
             [None] * len(views)
         reports = []

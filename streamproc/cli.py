@@ -19,6 +19,9 @@ CONFIG_HELP = (
     "STREAMPROC_* variables are rejected. See README.md for every setting."
 )
 
+AS_OF_HELP = ("score as of this event time, ISO-8601 or 'now' (default: now, the current "
+              "event time: the workers' watermark, the same instant for every customer)")
+
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line on stderr (exit 2), like every other error."""
@@ -28,8 +31,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _as_of(text: str) -> object:
+    """An ISO-8601 instant, or None for ``now`` (the current event time)."""
     from streamproc.commands import parse_as_of
 
+    if text.strip().lower() == "now":
+        return None
     try:
         return parse_as_of(text)
     except ValueError as exc:
@@ -81,7 +87,8 @@ def _replay(args: argparse.Namespace) -> int:
     from streamproc.commands.replay import replay
 
     return replay(load_settings(), Path(args.file), fmt=args.format, rate=args.rate,
-                  topic_map=args.topic_map, as_json=args.json)
+                  topic_map=args.topic_map, as_json=args.json, wait=args.wait,
+                  wait_timeout_s=args.wait_timeout)
 
 
 def _customer(args: argparse.Namespace) -> int:
@@ -109,15 +116,16 @@ def _segments(args: argparse.Namespace) -> int:
         segments_document,
     )
 
-    summaries, version = run(collect_segments(load_settings(), args.as_of))
+    report = run(collect_segments(load_settings(), args.as_of))
+    summaries, version = report.summaries, report.model_version
     if args.html:
         try:
-            Path(args.html).write_text(render_html(summaries, version, args.as_of),
+            Path(args.html).write_text(render_html(summaries, version, report.as_of),
                                        encoding="utf-8")
         except OSError as exc:
             raise CommandError(f"cannot write {args.html}: {exc.strerror or exc}") from None
     if args.json:
-        print_json(segments_document(summaries, version, args.as_of))
+        print_json(segments_document(summaries, version, report.as_of))
     elif args.html:
         print(f"wrote {args.html} ({sum(s.size for s in summaries)} customers, "
               f"{len(summaries)} segments)")
@@ -222,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "JSONL: one event or batch envelope {\"events\": [...]} per line. CSV: a header of "
         "event fields, one event per row, empty cells omitted, items as a JSON string. Every "
         "line is first validated locally with the worker's decoder; rejected lines are "
-        "reported with the reason and NOT sent. Broker from STREAMPROC_KAFKA__* (see README).")
+        "reported with the reason and NOT sent; exit 1 if every line was rejected. Broker "
+        "from STREAMPROC_KAFKA__* (see README).")
     replay.add_argument("file", metavar="FILE", help="events file (.jsonl or .csv)")
     replay.add_argument("--format", choices=["jsonl", "csv"], default=None,
                         help="file format (default: from the extension; .csv else jsonl)")
@@ -232,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a topic: clickstream=TOPIC or purchases=TOPIC "
                         "(repeatable; default: STREAMPROC_TOPICS__*)")
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
+    replay.add_argument("--wait", action="store_true",
+                        help="then wait until the workers have processed every sent event and "
+                        "run the idle checks due up to each partition's watermark (its last "
+                        "replayed event time minus STREAMPROC_INGEST__ALLOWED_LATENESS_S); "
+                        "print what was applied, dead-lettered and alerted")
+    replay.add_argument("--wait-timeout", type=_positive(float), default=300.0,
+                        metavar="SECONDS", help="with --wait, give up (exit 1) when the workers "
+                        "made no progress for this long (default: 300)")
     replay.set_defaults(func=_replay)
 
     customer = sub.add_parser(
@@ -239,16 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Profile, segment, RFM tier and churn probability with its top reasons, "
         "scored with the current model version. Exit 1 if the customer is unknown.")
     customer.add_argument("customer_id", metavar="ID", help="customer id")
-    customer.add_argument("--as-of", type=_as_of, default=None, metavar="ISO",
-                          help="score as of this event time (default: the customer's last event)")
+    customer.add_argument("--as-of", type=_as_of, default=None, metavar="ISO|now",
+                          help=AS_OF_HELP)
     customer.add_argument("--json", action="store_true", help="print JSON")
     customer.set_defaults(func=_customer)
 
     segments = sub.add_parser(
         "segments", help="segment sizes and median profiles",
         description="Sizes and median profiles of every segment over all stored customers.")
-    segments.add_argument("--as-of", type=_as_of, default=None, metavar="ISO",
-                          help="score as of this event time (default: each customer's last event)")
+    segments.add_argument("--as-of", type=_as_of, default=None, metavar="ISO|now",
+                          help=AS_OF_HELP)
     segments.add_argument("--json", action="store_true", help="print JSON")
     segments.add_argument("--html", default=None, metavar="FILE",
                           help="also write a self-contained HTML report (SVG chart + table)")

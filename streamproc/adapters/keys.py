@@ -55,6 +55,11 @@ def watermark_key(prefix: str, topic: str, partition: int) -> str:
     return f"{prefix}:wm:{topic}:{partition}"
 
 
+def event_time_key(prefix: str) -> str:
+    """Sorted set of each input partition's watermark as of its latest idle sweep."""
+    return f"{prefix}:event_time"
+
+
 def checks_key(prefix: str, partition: int) -> str:
     """Sorted set of customers due an idle re-score, by event time, for one partition."""
     return f"{prefix}:checks:{partition}"

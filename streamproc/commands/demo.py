@@ -265,7 +265,7 @@ async def _poll(settings: Settings, state: DemoState, stop: asyncio.Event) -> No
                 state.model_version = bundle.version
                 state.churn_ready = bundle.churn_ready
                 state.quality = dict(bundle.quality)
-            if time.monotonic() - last_segments >= 4.0:
+            if state.latest_event is not None and time.monotonic() - last_segments >= 4.0:
                 last_segments = time.monotonic()
                 state.segments = summarize_segments(
                     [report_row(r) async for r in reader.all_customers(state.latest_event)])

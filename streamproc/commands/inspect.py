@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from streamproc.api import AnalyticsReader, CustomerNotFound, CustomerReport
+from streamproc.api import AnalyticsReader, CustomerNotFound, CustomerReport, NoEventTime
 from streamproc.commands import CommandError, print_json
 from streamproc.core.outputs import ChurnAlert, SegmentChanged
 from streamproc.settings import Settings
@@ -35,12 +35,17 @@ UNASSIGNED = "unassigned"
 
 async def fetch_customer(settings: Settings, customer_id: str,
                          as_of: datetime | None) -> CustomerReport:
-    """One customer's report; an unknown id is a CommandError (exit 1)."""
+    """One customer's report as of ``as_of`` (None: now, the current event time).
+
+    An unknown id, or no event time recorded yet, is a CommandError (exit 1).
+    """
     reader = AnalyticsReader(settings)
     try:
         return await reader.customer(customer_id, as_of)
     except CustomerNotFound:
         raise CommandError(f"unknown customer: {customer_id}") from None
+    except NoEventTime as exc:
+        raise CommandError(f"{exc} (--as-of ISO)") from None
     finally:
         await reader.close()
 
@@ -130,22 +135,33 @@ def report_row(report: CustomerReport) -> dict[str, Any]:
     return row
 
 
-async def collect_segments(settings: Settings,
-                           as_of: datetime | None) -> tuple[list[SegmentSummary], int | None]:
-    """Summaries over every stored customer, and the model version that scored them."""
+@dataclass(frozen=True, slots=True)
+class SegmentsReport:
+    """Segment summaries, the model version that scored them and the instant they describe."""
+
+    summaries: list[SegmentSummary]
+    model_version: int | None
+    as_of: datetime
+
+
+async def collect_segments(settings: Settings, as_of: datetime | None) -> SegmentsReport:
+    """Summaries over every stored customer as of ``as_of`` (None: the current event time)."""
     reader = AnalyticsReader(settings)
     try:
-        rows = [report_row(r) async for r in reader.all_customers(as_of)]
+        when = await reader.resolve_as_of(as_of)
+        rows = [report_row(r) async for r in reader.all_customers(when)]
         bundle = await reader.bundle()
+    except NoEventTime as exc:
+        raise CommandError(f"{exc} (--as-of ISO)") from None
     finally:
         await reader.close()
-    return summarize_segments(rows), bundle.version if bundle else None
+    return SegmentsReport(summarize_segments(rows), bundle.version if bundle else None, when)
 
 
 def segments_document(summaries: Sequence[SegmentSummary], model_version: int | None,
-                      as_of: datetime | None) -> dict[str, Any]:
+                      as_of: datetime) -> dict[str, Any]:
     """The ``segments --json`` document."""
-    return {"as_of": as_of.isoformat() if as_of else None, "model_version": model_version,
+    return {"as_of": as_of.isoformat(), "model_version": model_version,
             "customers": sum(s.size for s in summaries),
             "segments": [s.to_dict() for s in summaries]}
 
@@ -167,7 +183,7 @@ def print_segments(summaries: Sequence[SegmentSummary], model_version: int | Non
 
 
 def render_html(summaries: Sequence[SegmentSummary], model_version: int | None,
-                as_of: datetime | None) -> str:
+                as_of: datetime) -> str:
     """A self-contained HTML report: inline SVG bar chart of sizes and a table (no scripts)."""
     esc = html.escape
     total = sum(s.size for s in summaries)
@@ -195,7 +211,7 @@ def render_html(summaries: Sequence[SegmentSummary], model_version: int | None,
             _num(s.segment_id), s.name, str(s.size), f"{s.share:.1%}",
             *(_num(s.medians.get(n)) for n in SEGMENT_FIELDS))) + "</tr>"
         for s in summaries)
-    when = esc(as_of.isoformat()) if as_of else "each customer's last event"
+    when = esc(as_of.isoformat())
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<title>streamproc segments</title><style>"
@@ -336,6 +352,7 @@ async def print_alerts(settings: Settings, *, follow: bool, from_beginning: bool
 __all__ = [
     "SEGMENT_FIELDS",
     "SegmentSummary",
+    "SegmentsReport",
     "TailRecord",
     "collect_segments",
     "fetch_customer",

@@ -1,7 +1,8 @@
 """``streamproc replay``: send JSONL or CSV events to the input topics (also the backfill path).
 
 Every line is validated locally with the same decoder the worker uses; lines it would
-dead-letter are reported with the reason and not sent.
+dead-letter are reported with the reason and not sent. With ``--wait`` the command then
+waits for the workers to process what it sent (``streamproc.commands.replay_wait``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -25,6 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from streamproc.commands import CommandError, utc_now
 from streamproc.core.events import Source, ValidationLimits, decode_message
 from streamproc.settings import Settings
+
+if TYPE_CHECKING:
+    from streamproc.commands.replay_wait import WaitReport
 
 Format = Literal["jsonl", "csv"]
 
@@ -53,6 +58,42 @@ class Outgoing:
     key: str
     value: bytes
     events: int
+    #: The latest event time among its events (seconds since the epoch).
+    newest: float = 0.0
+
+
+@dataclass
+class PartitionRange:
+    """What a replay wrote to one topic-partition: offsets and the latest event time."""
+
+    first_offset: int
+    last_offset: int
+    newest: float
+
+
+@dataclass
+class Produced:
+    """Where a replay's messages landed, from the broker's acknowledgements."""
+
+    ranges: dict[tuple[str, int], PartitionRange] = field(default_factory=dict)
+
+    def record(self, topic: str, partition: int, offset: int, newest: float) -> None:
+        """One acknowledged message."""
+        got = self.ranges.get((topic, partition))
+        if got is None:
+            self.ranges[(topic, partition)] = PartitionRange(offset, offset, newest)
+            return
+        got.first_offset = min(got.first_offset, offset)
+        got.last_offset = max(got.last_offset, offset)
+        got.newest = max(got.newest, newest)
+
+    def holds(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether ``offset`` lies in the range this replay wrote on that topic-partition.
+
+        Another producer writing the same partition meanwhile interleaves with that range.
+        """
+        got = self.ranges.get((topic, partition))
+        return got is not None and got.first_offset <= offset <= got.last_offset
 
 
 @dataclass
@@ -201,7 +242,8 @@ def validate(lines: Iterable[Line], limits: ValidationLimits, summary: ReplaySum
             bad = {r.index for r in decoded.rejections}
             kept = [e for i, e in enumerate(line.value["events"]) if i not in bad]
             raw = orjson.dumps(kept[0] if len(kept) == 1 else {**line.value, "events": kept})
-        yield Outgoing(source, key, raw, len(decoded.events))
+        newest = max(e.timestamp.timestamp() for e in decoded.events)
+        yield Outgoing(source, key, raw, len(decoded.events), newest)
 
 
 def parse_topic_map(pairs: Sequence[str], settings: Settings) -> dict[Source, str]:
@@ -236,8 +278,11 @@ class Pacer:
 
 async def send(settings: Settings, messages: Iterable[Outgoing], topics: Mapping[Source, str],
                summary: ReplaySummary, *, rate: float | None, progress: Progress | None,
-               total: int | None = None) -> None:
-    """Send keyed by customer id, paced, and wait for every acknowledgement."""
+               total: int | None = None) -> Produced:
+    """Send keyed by customer id, paced, and wait for every acknowledgement.
+
+    Returns where every message landed (partition, offset), for ``--wait``.
+    """
     from streamproc.runtime.kafka import aiokafka_security
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all",
@@ -250,7 +295,16 @@ async def send(settings: Settings, messages: Iterable[Outgoing], topics: Mapping
                            f"{exc}") from None
     pacer = Pacer(rate)
     task = progress.add_task("replaying", total=total) if progress else None
+    produced = Produced()
     pending: list[asyncio.Future[Any]] = []
+    newest: list[float] = []
+
+    async def settle() -> None:
+        for meta, at in zip(await asyncio.gather(*pending), newest, strict=True):
+            produced.record(meta.topic, meta.partition, meta.offset, at)
+        pending.clear()
+        newest.clear()
+
     try:
         for message in messages:
             wait = pacer.delay(message.events)
@@ -258,16 +312,17 @@ async def send(settings: Settings, messages: Iterable[Outgoing], topics: Mapping
                 await asyncio.sleep(wait)
             pending.append(await producer.send(topics[message.source], message.value,
                                                key=message.key.encode()))
+            newest.append(message.newest)
             summary.sent_messages += 1
             summary.sent_events += message.events
             if len(pending) >= 2000:
-                await asyncio.gather(*pending)
-                pending.clear()
+                await settle()
             if progress is not None and task is not None:
                 progress.update(task, completed=summary.lines)
-        await asyncio.gather(*pending)
+        await settle()
     finally:
         await producer.stop()
+    return produced
 
 
 def _count_lines(path: Path) -> int | None:
@@ -279,8 +334,13 @@ def _count_lines(path: Path) -> int | None:
 
 
 def replay(settings: Settings, path: Path, *, fmt: str | None, rate: float | None,
-           topic_map: Sequence[str], as_json: bool) -> int:
-    """The ``replay`` command; rejected lines are reported, not fatal (exit 0)."""
+           topic_map: Sequence[str], as_json: bool, wait: bool = False,
+           wait_timeout_s: float = 300.0) -> int:
+    """The ``replay`` command.
+
+    Rejected lines are reported and skipped; if nothing at all could be sent, that is an
+    error (exit 1). With ``wait`` it returns once the workers processed what was sent.
+    """
     if not path.is_file():
         raise CommandError(f"no such file: {path}")
     kind = detect_format(path, fmt)
@@ -294,26 +354,76 @@ def replay(settings: Settings, path: Path, *, fmt: str | None, rate: float | Non
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                         transient=True) if err.is_terminal else None
-    started = time.monotonic()
     messages = validate(read_lines(path, kind), limits, summary)
 
-    async def go() -> None:
-        await send(settings, messages, topics, summary, rate=rate, progress=progress,
-                   total=total)
+    async def go() -> WaitReport | None:
+        from streamproc.commands.replay_wait import output_marks
+
+        marks = await output_marks(settings) if wait else {}
+        started = time.monotonic()
+        produced = await send(settings, messages, topics, summary, rate=rate,
+                              progress=progress, total=total)
+        summary.seconds = time.monotonic() - started
+        if not wait or not summary.sent_messages:
+            return None
+        return await _wait(settings, produced, marks, wait_timeout_s, progress)
 
     if progress is not None:
         with progress:
-            asyncio.run(go())
+            report = asyncio.run(go())
     else:
-        asyncio.run(go())
-    summary.seconds = time.monotonic() - started
+        report = asyncio.run(go())
     if as_json:
         from streamproc.commands import print_json
 
-        print_json(summary.to_dict())
+        doc = summary.to_dict()
+        if report is not None:
+            doc["wait"] = report.to_dict()
+        print_json(doc)
     else:
         print_summary(summary, path, topics)
+        if report is not None:
+            print_wait(summary, report)
+    if summary.rejected and not summary.sent_events:
+        raise CommandError(f"every event of {path} was rejected ({summary.rejected}); "
+                           "nothing was sent")
     return 0
+
+
+async def _wait(settings: Settings, produced: Produced, marks: Mapping[Any, int],
+                stall_timeout_s: float, progress: Progress | None) -> WaitReport:
+    from streamproc.commands.replay_wait import WaitReport, count_outputs, wait_for_workers
+
+    started = time.monotonic()
+    task = progress.add_task("waiting for the workers", total=None) if progress else None
+
+    def status(text: str) -> None:
+        if progress is not None and task is not None:
+            progress.update(task, description=text)
+
+    goals = await wait_for_workers(settings, produced, stall_timeout_s=stall_timeout_s,
+                                   status=status)
+    report = WaitReport(goals)
+    await count_outputs(settings, marks, produced, report)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def print_wait(summary: ReplaySummary, report: WaitReport, out: Any = None) -> None:
+    """Human summary of ``--wait``: processed, dead-lettered, alerted, and how far checks ran."""
+    out = out or sys.stdout
+    dead = sum(report.dead_letters.values())
+    reasons = ", ".join(f"{r}={n}" for r, n in report.dead_letters.most_common())
+    print(f"processed by the workers: {summary.sent_events - dead} events applied (or "
+          f"skipped as already counted), {dead} dead-lettered"
+          f"{f' ({reasons})' if reasons else ''}; "
+          f"{report.churn_alerts} churn alerts and {report.segment_changes} segment changes "
+          f"emitted meanwhile ({report.seconds:.1f}s)", file=out)
+    done = ", ".join(f"{p}: {datetime.fromtimestamp(g.watermark, UTC).isoformat()}"
+                     for p, g in report.goals.items())
+    print(f"idle checks and label expiries done up to the watermark of each partition "
+          f"(its last replayed event time minus the allowed lateness): {done}; later ones run "
+          "when later events move event time on", file=out)
 
 
 def print_summary(summary: ReplaySummary, path: Path, topics: Mapping[Source, str],

@@ -71,9 +71,11 @@ class ValidationLimits:
 
 DEFAULT_LIMITS: Final = ValidationLimits()
 
-#: Earliest accepted event time; anything older is a producer bug (epoch seconds sent as ms, etc.).
-MIN_TIMESTAMP: Final = datetime(2000, 1, 1, tzinfo=UTC)
-_MIN_TS_MS: Final = MIN_TIMESTAMP.timestamp() * 1000.0
+#: Earliest accepted event time, the Unix epoch: not a business rule (history of any age
+#: replays) but what the store can hold, since it keeps event times as unsigned integers
+#: (dedupe records in milliseconds, session links in seconds).
+MIN_TIMESTAMP: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_TS_MS: Final = 0.0
 _MAX_TS_MS: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000.0
 _ROUNDING_ABS: Final = 0.01
 _MAX_TEXT: Final = 2048
@@ -206,14 +208,6 @@ Amount = Annotated[
     AfterValidator(_check_amount),
     _SchemaExtra.of({"maximum": DEFAULT_LIMITS.max_amount}),
 ]
-PositiveAmount = Annotated[
-    float,
-    Strict(),
-    AllowInfNan(False),
-    at.Gt(0),
-    AfterValidator(_check_amount),
-    _SchemaExtra.of({"maximum": DEFAULT_LIMITS.max_amount}),
-]
 Quantity = Annotated[
     int,
     Strict(),
@@ -228,7 +222,7 @@ Currency = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Z]{3}$")]
 
 
 def _parse_ts(value: object) -> datetime:
-    """Aware UTC datetime from ISO-8601 with offset or epoch milliseconds; range >= 2000-01-01."""
+    """Aware UTC datetime from ISO-8601 with offset or epoch milliseconds; not before 1970."""
     if isinstance(value, str):
         if len(value) > _MAX_SHORT:
             raise PydanticCustomError("timestamp_parsing", "Timestamp string is too long")
@@ -245,7 +239,7 @@ def _parse_ts(value: object) -> datetime:
         if not math.isfinite(ms) or ms < _MIN_TS_MS or ms > _MAX_TS_MS:
             raise PydanticCustomError(
                 "timestamp_range",
-                "Epoch milliseconds {value} is outside 2000-01-01..9999-12-31",
+                "Epoch milliseconds {value} is outside 1970-01-01..9999-12-31",
                 {"value": value},
             )
         return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
@@ -258,7 +252,8 @@ def _parse_ts(value: object) -> datetime:
             "timestamp_naive", "Timestamp must carry a UTC offset (e.g. 'Z' or '+02:00')"
         )
     if parsed < MIN_TIMESTAMP:  # aware comparison: no conversion, so no overflow near year 1
-        raise PydanticCustomError("timestamp_range", "Timestamp is before 2000-01-01T00:00:00Z")
+        raise PydanticCustomError(
+            "timestamp_range", "Timestamp is before 1970-01-01T00:00:00Z (the Unix epoch)")
     try:
         return parsed.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00
@@ -308,7 +303,7 @@ EventTime = Annotated[
                 {"type": "number", "minimum": _MIN_TS_MS},
             ],
             "description": "ISO-8601 with a UTC offset, or epoch milliseconds; "
-            "normalised to UTC. Not before 2000-01-01, not more than "
+            "normalised to UTC. Not before 1970-01-01 (the Unix epoch), not more than "
             f"{DEFAULT_LIMITS.max_future_skew_s:g}s in the future.",
         },
         mode="validation",
@@ -423,7 +418,10 @@ class LineItem(BaseModel):
 
 
 class PurchaseEvent(BaseModel):
-    """An order or a refund from the purchases topic; refunds carry a positive total."""
+    """An order or a refund from the purchases topic; refunds carry a positive total.
+
+    An order may total 0 (a promotion or a replacement: items priced 0); it is still an order.
+    """
 
     model_config = ConfigDict(
         frozen=True,
@@ -441,7 +439,11 @@ class PurchaseEvent(BaseModel):
                             }
                         }
                     },
-                }
+                },
+                {
+                    "if": {"properties": {"type": {"const": "refund"}}, "required": ["type"]},
+                    "then": {"properties": {"total": {"exclusiveMinimum": 0}}},
+                },
             ]
         },
     )
@@ -455,7 +457,7 @@ class PurchaseEvent(BaseModel):
     items: list[LineItem] = Field(
         json_schema_extra={"maxItems": DEFAULT_LIMITS.max_items_per_order}
     )
-    total: PositiveAmount
+    total: Amount
     currency: Currency
     session_id: Id | None = None
     channel: ShortText | None = None
@@ -475,6 +477,9 @@ class PurchaseEvent(BaseModel):
     @field_validator("total", mode="after")
     @classmethod
     def _total_matches_items(cls, value: float, info: ValidationInfo) -> float:
+        if value <= 0 and info.data.get("type") == "refund":
+            raise PydanticCustomError(
+                "greater_than", "Input should be greater than 0 for a refund")
         items = info.data.get("items")
         if info.data.get("type") != "order" or not items:
             return value

@@ -17,6 +17,7 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 
+from streamproc.adapters.event_time import EventTimeWriter
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
 from streamproc.core.eventclock import (
@@ -274,10 +275,16 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     scorer.clock_for = clock_for
 
+    event_time = EventTimeWriter(client, settings.redis.key_prefix)
+
     async def sweep_idle() -> None:
         # Deferred activity, idle re-scoring and label expiry follow event time per partition.
+        # Each partition's watermark is then stored for readers (the API's "now").
+        watermarks: dict[int, float] = {}
         for partition in sorted(iter_partitions(app.consumer.assignment(), topics.clickstream)):
+            watermarks[partition] = clock_for(partition).watermark
             await (await scorer.sweep(partition, publisher.send))
+        await retrier.call("event_time", lambda: event_time.advance(watermarks))
 
     async def refresh_model() -> None:
         await retrier.call("load_model", models.refresh)

@@ -69,6 +69,10 @@ def test_parser_defaults_and_types() -> None:
     assert replay.json
     customer = parser.parse_args(["customer", "c1", "--as-of", "2026-01-02T00:00:00"])
     assert customer.as_of == datetime(2026, 1, 2, tzinfo=UTC)
+    # "now" (and no --as-of) mean the current event time, resolved by the read API.
+    assert parser.parse_args(["customer", "c1", "--as-of", "now"]).as_of is None
+    assert parser.parse_args(["segments", "--as-of", "NOW"]).as_of is None
+    assert parser.parse_args(["segments"]).as_of is None
     alerts = parser.parse_args(["alerts", "-f", "--from-beginning"])
     assert alerts.follow
     assert alerts.from_beginning
@@ -192,7 +196,8 @@ def test_segment_summary_sizes_and_medians() -> None:
                                                      ("unassigned", 1)]
     assert summaries[0].medians == {"orders": 3.0, "recency_days": 4.0}
     assert summaries[0].share == 0.5
-    doc = segments_document(summaries, 3, None)
+    doc = segments_document(summaries, 3, NOW)
+    assert doc["as_of"] == NOW.isoformat()
     assert doc["customers"] == 4
     assert doc["model_version"] == 3
 

@@ -174,10 +174,17 @@ MALFORMED = [
     ),
     (
         "purchase_event",
-        "order",
+        "refund",
         _set("total", 0),
         "$.total",
-        "total: Input should be greater than 0",
+        "total: Input should be greater than 0 for a refund",
+    ),
+    (
+        "purchase_event",
+        "order",
+        _set("total", -1.0),
+        "$.total",
+        "total: Input should be greater than or equal to 0",
     ),
 ]
 
