@@ -16,8 +16,9 @@ pipeline produces them: snapshots labelled when the watermark passes ``t + H`` o
 customer comes back. "before" is the current :class:`streamproc.core.replay.Replay` and
 :class:`streamproc.core.modelset.Trainer` with the default settings.
 
-Run: ``python -m load_tests.churn_study [--json out.json]`` (needs ``lifetimes`` and
-``scikit-learn``: ``pip install lifetimes==0.11.3 scikit-learn``).
+Run: ``python -m load_tests.churn_study [--json out.json]`` (about 2 minutes; needs
+``lifetimes`` and ``scikit-learn``: ``pip install lifetimes==0.11.3 scikit-learn``).
+``--robustness`` runs BEFORE, the winner and the baselines at three cutoffs instead.
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ from streamproc.core.modelset import Trainer
 from streamproc.core.replay import Replay, ReplayConfig, event_namespace
 from streamproc.core.rhythm import GapQuantile, horizon_days
 from streamproc.core.rhythm_features import RHYTHM_FEATURES, rhythm_features
-from streamproc.core.value import ValueModel
+from streamproc.core.value import ValueModel, score_value
 
 CUTOFF = datetime(1997, 9, 30, 23, 59, 59, tzinfo=UTC)
-HOLDOUT_END = CUTOFF + timedelta(weeks=39)
+DATA_END = datetime(1998, 6, 30, 23, 59, 59, tzinfo=UTC)
+HOLDOUT_DAYS = 39 * 7
 
 
 # ---------------------------------------------------------------- data
@@ -111,6 +113,9 @@ class Split:
 
     calibration: list[Order]
     customers: list[str]
+    cutoff: float
+    #: The holdout window: 39 weeks, or up to the end of the data for a later cutoff.
+    holdout_days: float
     #: Days from the cutoff to each customer's first holdout order (inf: none).
     next_order_days: np.ndarray
     holdout_spend: np.ndarray
@@ -120,9 +125,10 @@ class Split:
         return (self.next_order_days > days).astype(np.int64)
 
 
-def split(orders: Sequence[Order]) -> Split:
-    """Cut the log at :data:`CUTOFF`; outcomes over the 39 weeks after it."""
-    cut, end = CUTOFF.timestamp(), HOLDOUT_END.timestamp()
+def split(orders: Sequence[Order], cutoff: datetime = CUTOFF) -> Split:
+    """Cut the log at ``cutoff``; outcomes over the 39 weeks after it (or to the data's end)."""
+    cut = cutoff.timestamp()
+    end = min(cut + HOLDOUT_DAYS * DAY, DATA_END.timestamp())
     cal = [o for o in orders if o.ts <= cut]
     customers = sorted({o.customer_id for o in cal})
     index = {c: i for i, c in enumerate(customers)}
@@ -133,7 +139,7 @@ def split(orders: Sequence[Order]) -> Split:
             i = index[o.customer_id]
             nxt[i] = min(nxt[i], (o.ts - cut) / DAY)
             spend[i] += o.dollars
-    return Split(cal, customers, nxt, spend)
+    return Split(cal, customers, cut, (end - cut) / DAY, nxt, spend)
 
 
 # ---------------------------------------------------------------- metrics
@@ -158,7 +164,7 @@ def calibration_deciles(p: np.ndarray, y: np.ndarray) -> list[tuple[float, float
 def churn_row(name: str, p: np.ndarray | None, rank: np.ndarray, sp: Split, h_days: float
               ) -> dict[str, Any]:
     """ROC/PR AUC on churn_39w, Brier and calibration on churn_H (when ``p`` is a probability)."""
-    y39 = sp.churn_within(39 * 7)
+    y39 = sp.churn_within(sp.holdout_days)
     yh = sp.churn_within(h_days)
     row: dict[str, Any] = {
         "design": name,
@@ -200,7 +206,7 @@ def value_row(name: str, pred: np.ndarray, sp: Split) -> dict[str, Any]:
 
 def rfm_table(sp: Split) -> dict[str, np.ndarray]:
     """Per-customer calibration summary as of the cutoff (days; lifetimes conventions)."""
-    cut = CUTOFF.timestamp()
+    cut = sp.cutoff
     index = {c: i for i, c in enumerate(sp.customers)}
     n = len(sp.customers)
     first = np.full(n, np.inf)
@@ -248,8 +254,9 @@ def bgnbd_baselines(sp: Split, h_days: float) -> dict[str, np.ndarray]:
     gg = GammaGammaFitter(penalizer_coef=0.0)
     gg.fit(f[repeat], per_day[repeat])
     aov = np.asarray(gg.conditional_expected_average_profit(f, np.where(repeat, per_day, 0.0)))
-    n39 = np.asarray(bg.conditional_expected_number_of_purchases_up_to_time(39 * 7, f, r, big_t))
-    return {"p39": p_none(39 * 7), "pH": p_none(h_days), "value39": n39 * aov}
+    hold = sp.holdout_days
+    n39 = np.asarray(bg.conditional_expected_number_of_purchases_up_to_time(hold, f, r, big_t))
+    return {"p39": p_none(hold), "pH": p_none(h_days), "value39": n39 * aov}
 
 
 def _repeat_day_values(sp: Split) -> np.ndarray:
@@ -289,7 +296,7 @@ def run_before(sp: Split, horizon_days: float = 30.0) -> tuple[np.ndarray, dict[
     replay = Replay(Trainer(churn_threshold=0.7, min_labels=500), cfg, record=True)
     for n, o in enumerate(sp.calibration):
         replay.feed(o.customer_id, order_event(o, n), o.ts)
-    cut = CUTOFF.timestamp()
+    cut = sp.cutoff
     replay.advance(cut)
     bundle = replay.trainer.bundle()
     views = [ProfileView(c, cut, replay.profiles.states[c]) for c in sp.customers]
@@ -323,7 +330,8 @@ class Design:
     #: "resolve": learn each label when it is known (an early comeback = 0 before the
     #: churned ones of the same week can be known); "horizon": learn every label at t + H.
     label_at: str = "horizon"
-    features: str = "rhythm"  # "current" (MODEL_FEATURES) or "rhythm"
+    #: "current" (MODEL_FEATURES), "rhythm" or "rhythm+missed" (BG/NBD's P(alive) term).
+    features: str = "rhythm"
     horizon: str = "rhythm"  # "rhythm" (online gap quantile) or a number of days
     learner: str = "bayes"
     class_weight: bool = False
@@ -410,6 +418,18 @@ class StudyRun:
     horizons: list[tuple[str, float]]
 
 
+def _missed_orders(view: ProfileView, typical_gap_days: float) -> float:
+    """BG/NBD's P(alive) term: repeat orders x log((T + g) / (t_x + g)) (days)."""
+    orders = view.get("o")
+    first, last = view.raw.get("fo"), view.raw.get("lo")
+    if first is None or last is None or orders < 2:
+        return 0.0
+    tenure = (view.as_of - float(first)) / DAY
+    span = (float(last) - float(first)) / DAY
+    g = typical_gap_days
+    return (orders - 1) * math.log((tenure + g) / (span + g))
+
+
 def _mix(customer_id: str, at: float) -> int:
     """A fixed pseudo-random rank for (customer, snapshot time)."""
     digest = hashlib.blake2b(f"{customer_id}@{at}".encode(), digest_size=8).digest()
@@ -422,9 +442,12 @@ class StudyDriver:
     def __init__(self, design: Design, start: float, grid_days: float = 7.0) -> None:
         self.d = design
         self.grid_s = grid_days * DAY
-        self.profiles = InMemoryProfiles.empty(clock=lambda: CUTOFF.timestamp())
+        # The clock only expires cart/order links, which purchase-only data never makes.
+        self.profiles = InMemoryProfiles.empty(clock=lambda: start)
         self.rhythm = GapQuantile()
-        names = RHYTHM_FEATURES if design.features == "rhythm" else MODEL_FEATURES
+        names: tuple[str, ...] = MODEL_FEATURES
+        if design.features.startswith("rhythm"):
+            names = RHYTHM_FEATURES + (("missed",) if design.features == "rhythm+missed" else ())
         if design.horizon_feature:
             names = (*names, "log_horizon_days")
         self.learner = Learner(design.learner, names)
@@ -457,6 +480,8 @@ class StudyDriver:
             x = model_features(view)
         else:
             x = rhythm_features(view, typical_gap_days=self.rhythm.typical_gap_days())
+        if self.d.features == "rhythm+missed":
+            x["missed"] = _missed_orders(view, self.rhythm.typical_gap_days())
         if self.d.horizon_feature:
             x["log_horizon_days"] = math.log(self.horizon_s() / DAY)
         return x
@@ -569,14 +594,16 @@ def run_design(design: Design, sp: Split) -> StudyRun:
     drv = StudyDriver(design, sp.calibration[0].ts)
     for n, o in enumerate(sp.calibration):
         drv.order(o, n)
-    cut = CUTOFF.timestamp()
+    cut = sp.cutoff
     drv.advance(cut)
-    p = np.zeros(len(sp.customers))
-    v = np.zeros(len(sp.customers))
-    for i, cid in enumerate(sp.customers):
-        x = drv.features(cid, cut)
-        p[i] = drv.learner.predict(x)
-        v[i] = drv.value.predict(x, 1.0 - p[i])
+    xs = [drv.features(cid, cut) for cid in sp.customers]
+    model = drv.learner.model
+    if isinstance(model, BayesLogit):
+        # The production path: frozen copies, scored as one vectorised batch.
+        p, v = score_value(model.freeze(), drv.value.freeze(), xs)
+    else:
+        p = np.array([drv.learner.predict(x) for x in xs])
+        v = np.array([drv.value.predict(x, 1.0 - pi) for x, pi in zip(xs, p, strict=True)])
     w = np.sort(np.array(list(drv.weight_by_customer.values())))[::-1]
     top = float(w[: max(1, len(w) // 20)].sum() / w.sum()) if len(w) else math.nan
     return StudyRun(p, v, drv.horizon_s() / DAY, drv.labels,
@@ -630,17 +657,63 @@ DESIGNS: tuple[Design, ...] = (
 )
 
 
+ROBUSTNESS_CUTOFFS = ("1997-06-30", "1997-09-30", "1997-12-31")
+
+
+def robustness(orders: Sequence[Order]) -> list[dict[str, Any]]:
+    """BEFORE, the winner and the baselines at three cutoffs (the choices must not hinge on one)."""
+    rows: list[dict[str, Any]] = []
+    for day in ROBUSTNESS_CUTOFFS:
+        cutoff = datetime.strptime(day, "%Y-%m-%d").replace(hour=23, minute=59, second=59,
+                                                            tzinfo=UTC)
+        sp = split(orders, cutoff)
+        p0, _ = run_before(sp)
+        win = run_design(WINNER, sp)
+        h = win.horizon_days
+        bg = bgnbd_baselines(sp, h)
+        lr_h = logistic_baseline(sp, sp.churn_within(h))
+        lr_hold = logistic_baseline(sp, sp.churn_within(sp.holdout_days))
+        recency = rfm_table(sp)["days_since_last"]
+        for name, prob, rank, value in (
+            ("BEFORE (H=30)", p0, p0, None),
+            ("BG/NBD (+GG)", bg["pH"], bg["p39"], bg["value39"]),
+            ("batch LR RFM+tenure", lr_h, lr_hold, None),
+            ("recency alone", None, recency, None),
+            ("WINNER", win.p, win.p, win.value),
+        ):
+            row = churn_row(name, prob, rank, sp, 30.0 if name.startswith("BEFORE") else h)
+            row = {"cutoff": day, "holdout_days": sp.holdout_days, **row}
+            if value is not None:
+                row.update({k: v for k, v in value_row(name, value, sp).items() if k != "design"})
+            rows.append(row)
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the baselines, the current model and every design; print the tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     ap.add_argument("--only", default=None, help="run only designs whose name contains this")
+    ap.add_argument("--cutoff", default="1997-09-30",
+                    help="calibration cutoff (a robustness check; the protocol's is 1997-09-30)")
+    ap.add_argument("--robustness", action="store_true",
+                    help="only BEFORE, the winner and the baselines, at three cutoffs")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    sp = split(load_orders(sample_path()))
-    y39 = sp.churn_within(39 * 7)
+    if args.robustness:
+        rows = robustness(load_orders(sample_path()))
+        print_table(rows, ["cutoff", "holdout_days", "design", "H_days", "auc_39w",
+                           "pr_auc_39w", "brier_H", "base_rate_H", "mean_p",
+                           "calib_max_dev_H", "spearman", "top10_share"])
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1, default=str))
+        return
+    cutoff = datetime.strptime(args.cutoff, "%Y-%m-%d").replace(
+        hour=23, minute=59, second=59, tzinfo=UTC)
+    sp = split(load_orders(sample_path()), cutoff)
+    y39 = sp.churn_within(sp.holdout_days)
     print(f"CDNOW sample: {len(sp.customers)} customers, {len(sp.calibration)} orders up to "
-          f"{CUTOFF.date()}; churn_39w base rate {y39.mean():.3f}")
+          f"{args.cutoff}; holdout {sp.holdout_days:.0f} days, churn base rate {y39.mean():.3f}")
     churn_rows: list[dict[str, Any]] = []
     value_rows: list[dict[str, Any]] = []
     info_rows: list[dict[str, Any]] = []

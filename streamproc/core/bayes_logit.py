@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -58,6 +59,7 @@ class BayesLogit:
         self.cov = np.eye(d) * prior_var
         self.forget_after = forget_after
         self.examples = 0.0
+        self._row_sum = np.zeros(d)  # weighted sum of feature rows: the reference customer
 
     def _row(self, x: Mapping[str, float]) -> np.ndarray:
         return np.array([1.0, *(float(x[f]) for f in self.features)])
@@ -83,6 +85,7 @@ class BayesLogit:
         self.cov -= np.outer(sx, sx) * (h / (1.0 + h * float(row @ sx)))
         self.mean += (self.cov @ row) * (w * (y - p))
         self.examples += w
+        self._row_sum += w * row
 
     @property
     def intercept(self) -> float:
@@ -93,3 +96,45 @@ class BayesLogit:
     def weights(self) -> dict[str, float]:
         """Per-feature weights on the log-odds."""
         return dict(zip(self.features, self.mean[1:].tolist(), strict=True))
+
+    def freeze(self) -> FrozenLinearLogit:
+        """An immutable scoring copy; reasons are relative to the average training example."""
+        reference = self._row_sum[1:] / self.examples if self.examples else np.zeros(
+            len(self.features))
+        return FrozenLinearLogit(self.features, self.mean[1:].copy(), float(self.mean[0]),
+                                 reference)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FrozenLinearLogit:
+    """A frozen logistic model over named features, vectorised, with exact contributions.
+
+    ``contributions`` are ``weight x (value - reference value)`` per feature, where the
+    reference is the average training example: "this raises the risk compared with a
+    typical customer". Their row sum plus :attr:`reference_logit` is the exact log-odds.
+    """
+
+    features: tuple[str, ...]
+    weights: np.ndarray
+    intercept: float
+    reference: np.ndarray
+
+    @property
+    def reference_logit(self) -> float:
+        """The log-odds of the reference (average) customer."""
+        return self.intercept + float(self.weights @ self.reference)
+
+    def rows(self, xs: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """Feature dicts as an (n, d) array in :attr:`features` order."""
+        return np.array([[float(x[f]) for f in self.features] for x in xs], dtype=np.float64)
+
+    def contributions(self, rows: np.ndarray) -> np.ndarray:
+        """Per-feature log-odds contributions (n, d) against the reference customer."""
+        out: np.ndarray = (rows - self.reference) * self.weights
+        return out
+
+    def probabilities(self, contributions: np.ndarray) -> np.ndarray:
+        """Churn probabilities from :meth:`contributions`."""
+        z = contributions.sum(axis=1) + self.reference_logit
+        out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -_CLIP, _CLIP)))
+        return out

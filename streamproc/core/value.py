@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from streamproc.core.bayes_logit import FrozenLinearLogit
 
 
 class BayesLinear:
@@ -97,3 +100,36 @@ class ValueModel:
         if self.buyers == 0:
             return 0.0
         return p_order * self.spend_if_ordered(features)
+
+    def freeze(self) -> FrozenValue:
+        """An immutable scoring copy (vectorised; see :class:`FrozenValue`)."""
+        reg = self._log_spend
+        return FrozenValue(reg.features, reg.mean.copy(), reg.residual_var, self.buyers > 0)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FrozenValue:
+    """Frozen hurdle value model: expected spend over H from churn probabilities and rows."""
+
+    features: tuple[str, ...]
+    coef: np.ndarray  # intercept first
+    residual_var: float
+    ready: bool
+
+    def expected_spend(self, rows: np.ndarray, p_churn: np.ndarray) -> np.ndarray:
+        """E[spend over H] for (n, d) feature rows in :attr:`features` order."""
+        if not self.ready:
+            return np.zeros(len(rows))
+        mu = self.coef[0] + rows @ self.coef[1:]
+        out: np.ndarray = (1.0 - p_churn) * np.exp(np.minimum(50.0, mu + self.residual_var / 2))
+        return out
+
+
+def score_value(churn: FrozenLinearLogit, value: FrozenValue,
+                xs: Sequence[Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Churn probabilities and expected spend over H for a batch of feature dicts."""
+    if churn.features != value.features:
+        raise ValueError("churn and value models must read the same features")
+    rows = churn.rows(xs)
+    p = churn.probabilities(churn.contributions(rows))
+    return p, value.expected_spend(rows, p)

@@ -78,3 +78,23 @@ def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="prior_var"):
         BayesLogit(["a"], prior_var=0.0)
     assert model.examples == 0.0
+
+
+def test_frozen_copy_scores_like_the_live_model_and_contributions_add_up() -> None:
+    xs, ys = _data(2000, 5)
+    model = BayesLogit(["a", "b"])
+    for x, y in zip(xs, ys, strict=True):
+        model.learn_one(x, y)
+    frozen = model.freeze()
+    rows = frozen.rows(xs[:50])
+    contrib = frozen.contributions(rows)
+    probs = frozen.probabilities(contrib)
+    live = np.array([model.predict_proba_one(x) for x in xs[:50]])
+    assert np.allclose(probs, live, atol=1e-12)
+    logit = np.log(probs / (1 - probs))
+    assert np.allclose(contrib.sum(axis=1) + frozen.reference_logit, logit, atol=1e-9)
+    # The reference is the average example: an average customer has no contributions.
+    mean_row = {f: float(np.mean([x[f] for x in xs])) for f in ("a", "b")}
+    assert np.allclose(frozen.contributions(frozen.rows([mean_row])), 0.0, atol=1e-9)
+    model.learn_one(xs[0], 1)  # the frozen copy does not move with the live model
+    assert np.allclose(frozen.probabilities(frozen.contributions(rows)), probs)

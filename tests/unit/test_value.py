@@ -49,3 +49,24 @@ def test_bad_input_is_refused() -> None:
         model.learn({"u": 0.0}, -1.0)
     with pytest.raises(ValueError, match="p_order"):
         model.predict({"u": 0.0}, 1.5)
+
+
+def test_frozen_value_matches_the_live_model_in_a_batch() -> None:
+    from streamproc.core.bayes_logit import BayesLogit
+    from streamproc.core.value import score_value
+
+    rng = np.random.default_rng(6)
+    churn, value = BayesLogit(["u"]), ValueModel(["u"])
+    for _ in range(500):
+        u = float(rng.normal())
+        churn.learn_one({"u": u}, int(rng.random() < 0.5))
+        value.learn({"u": u}, math.exp(1.0 + u))
+    xs = [{"u": -1.0}, {"u": 0.0}, {"u": 2.0}]
+    p, spend = score_value(churn.freeze(), value.freeze(), xs)
+    for i, x in enumerate(xs):
+        assert p[i] == pytest.approx(churn.predict_proba_one(x))
+        assert spend[i] == pytest.approx(value.predict(x, 1.0 - churn.predict_proba_one(x)))
+    with pytest.raises(ValueError, match="same features"):
+        score_value(churn.freeze(), ValueModel(["v"]).freeze(), xs)
+    assert ValueModel(["u"]).freeze().expected_spend(np.zeros((2, 1)), np.zeros(2)).tolist() == [
+        0.0, 0.0]
