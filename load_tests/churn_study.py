@@ -303,6 +303,8 @@ def run_before(sp: Split, horizon_days: float = 30.0) -> tuple[np.ndarray, dict[
     p = np.array([s.churn_probability for s in bundle.score_many(views)])
     labels = [e.label for e in replay.label_stream]
     info = {
+        "alert_list": [(0.7, a.customer_id, a.event_time, horizon_days * DAY)
+                       for a in replay.alerts],
         "labels": len(labels),
         "label_positive_rate": float(np.mean(labels)) if labels else math.nan,
         "snapshots": replay.snapshots,
@@ -343,12 +345,40 @@ class Design:
     horizon_feature: bool = False
 
 
+#: The default ``min_labels_before_alerts`` and candidate thresholds for the alert figures.
+MIN_LABELS_BEFORE_ALERTS = 500
+ALERT_THRESHOLDS = (0.7, 0.8, 0.9)
+
+
+def alert_rows(name: str, alerts: Sequence[tuple[float, str, float, float]],
+               orders: Sequence[Order], sp: Split) -> list[dict[str, Any]]:
+    """Per threshold: alerts per customer, precision (no order within H after the alert)."""
+    by_customer: dict[str, list[float]] = {}
+    for o in orders:
+        by_customer.setdefault(o.customer_id, []).append(o.ts)
+    rows = []
+    for thr in ALERT_THRESHOLDS:
+        mine = [a for a in alerts if a[0] == thr]
+        right = [not any(at < t <= at + h for t in by_customer[cid]) for _, cid, at, h in mine]
+        last30 = [r for r, a in zip(right, mine, strict=True) if a[2] > sp.cutoff - 30 * DAY]
+        rows.append({
+            "design": name, "threshold": thr, "alerts": len(mine),
+            "per_customer": len(mine) / len(sp.customers),
+            "customers_alerted": len({a[1] for a in mine}) / len(sp.customers),
+            "precision_H": float(np.mean(right)) if right else math.nan,
+            "precision_last_30d": float(np.mean(last30)) if last30 else math.nan,
+        })
+    return rows
+
+
 @dataclass
 class _Cust:
     pending: tuple[Snapshot, ...] = ()
     last_order: float | None = None
     #: Snapshot times whose horizon is still open (their value target is still growing).
     open: list[float] = field(default_factory=list)
+    #: Per alert threshold: alerted in the current at-risk episode (re-armed by an order).
+    alerted: set[float] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -416,6 +446,7 @@ class StudyRun:
     positive_rate: float
     weight_share_top5pct: float
     horizons: list[tuple[str, float]]
+    alerts: list[tuple[float, str, float, float]] = field(default_factory=list)
 
 
 def _missed_orders(view: ProfileView, typical_gap_days: float) -> float:
@@ -466,6 +497,8 @@ class StudyDriver:
         self.positives = 0
         self.weight_by_customer: dict[str, float] = {}
         self.horizon_path: list[tuple[str, float]] = []
+        #: One alert per at-risk episode: (threshold, customer, event time, horizon s).
+        self.alerts: list[tuple[float, str, float, float]] = []
 
     def horizon_s(self) -> float:
         """The horizon in use now."""
@@ -497,6 +530,12 @@ class StudyDriver:
         self.meta[(cid, at)] = _Meta(h, w, x)
         heapq.heappush(self.expiry, (at + h, cid))
         heapq.heappush(self.value_due, (at + h, cid, at))
+        if self.labels >= MIN_LABELS_BEFORE_ALERTS:
+            p = self.learner.predict(x)
+            for thr in ALERT_THRESHOLDS:
+                if p >= thr and thr not in cust.alerted:
+                    cust.alerted.add(thr)
+                    self.alerts.append((thr, cid, at, h))
 
     def _label(self, cid: str, fn: Callable[..., Any], at: float) -> None:
         cust = self.custs[cid]
@@ -580,6 +619,7 @@ class StudyDriver:
             self.rhythm.add((o.ts - cust.last_order) / DAY)
         if cust.last_order is None or o.ts > cust.last_order:
             cust.last_order = o.ts
+            cust.alerted.clear()  # came back: a new episode may be alerted
             if self.d.selection == "activity":
                 heapq.heappush(self.idle, (o.ts + self.grid_s, o.customer_id, o.ts))
                 if not cust.open or o.ts - max(cust.open) >= DAY:
@@ -607,7 +647,7 @@ def run_design(design: Design, sp: Split) -> StudyRun:
     w = np.sort(np.array(list(drv.weight_by_customer.values())))[::-1]
     top = float(w[: max(1, len(w) // 20)].sum() / w.sum()) if len(w) else math.nan
     return StudyRun(p, v, drv.horizon_s() / DAY, drv.labels,
-                    drv.positives / max(1, drv.labels), top, drv.horizon_path)
+                    drv.positives / max(1, drv.labels), top, drv.horizon_path, drv.alerts)
 
 
 # ---------------------------------------------------------------- report
@@ -651,10 +691,48 @@ DESIGNS: tuple[Design, ...] = (
     replace(WINNER, name="winner, labels as they arrive", tie_break="arrival"),
     replace(WINNER, name="winner, forget after 20k", learner="bayes-forget"),
     replace(WINNER, name="winner, activity selection", selection="activity"),
+    replace(WINNER, name="winner + BG/NBD P(alive) term", features="rhythm+missed"),
     Design("Bayes census rhythm, fixed H=132", horizon="132"),
     Design("Bayes census rhythm, fixed H=90", horizon="90"),
     Design("Bayes census rhythm, fixed H=60", horizon="60"),
 )
+
+
+def ceiling(sp: Split) -> list[dict[str, Any]]:
+    """Batch models on the winner's cutoff features, 5-fold CV on churn_39w: the data's limit."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    drv = StudyDriver(WINNER, sp.calibration[0].ts)
+    for n, o in enumerate(sp.calibration):
+        drv.order(o, n)
+    drv.advance(sp.cutoff)
+    rows = []
+    for cid in sp.customers:
+        view = ProfileView(cid, sp.cutoff, drv.profiles.states[cid])
+        x = rhythm_features(view, typical_gap_days=drv.rhythm.typical_gap_days())
+        x["missed"] = _missed_orders(view, drv.rhythm.typical_gap_days())
+        x["log_items_per_order"] = math.log1p(view.get("it") / max(1.0, view.get("o")))
+        rows.append(x)
+    y = sp.churn_within(sp.holdout_days)
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    out = []
+    for name, cols in (("rhythm features", RHYTHM_FEATURES),
+                       ("+ P(alive) term + items per order",
+                        (*RHYTHM_FEATURES, "missed", "log_items_per_order"))):
+        x_arr = np.array([[r[c] for c in cols] for r in rows])
+        for kind, model in (
+            ("batch LR", make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))),
+            ("gradient boosting", HistGradientBoostingClassifier(max_depth=3,
+                                                                 learning_rate=0.05,
+                                                                 random_state=0)),
+        ):
+            p = cross_val_predict(model, x_arr, y, cv=folds, method="predict_proba")[:, 1]
+            out.append({"design": f"{kind}, {name} (CV)", "auc_39w": roc_auc(p, y)})
+    return out
 
 
 ROBUSTNESS_CUTOFFS = ("1997-06-30", "1997-09-30", "1997-12-31")
@@ -731,7 +809,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             value_rows.append(value_row("BG/NBD + Gamma-Gamma (39 w)", bg["value39"], sp))
             value_rows.append(value_row("past spend", t["spend"], sp))
 
+    orders = load_orders(sample_path())
+    alert_table: list[dict[str, Any]] = []
     p0, info0 = run_before(sp, 30.0)
+    alert_table += [r for r in alert_rows("BEFORE (its own policy: threshold 0.7, 14-day "
+                                          "cooldown)", info0.pop("alert_list"), orders, sp)
+                    if r["threshold"] == 0.7]
     baselines(30.0, "H=30")
     churn_rows.append(churn_row("BEFORE: Replay+Trainer defaults (H=30)", p0, p0, sp, 30.0))
     info_rows.append({"design": "BEFORE", **info0})
@@ -746,6 +829,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             seen_h.add(h)
         churn_rows.append(churn_row(d.name, run.p, run.p, sp, run.horizon_days))
         value_rows.append(value_row(d.name, run.value, sp))
+        if d is WINNER:
+            alert_table += alert_rows(d.name + ", one per episode", run.alerts, orders, sp)
         info_rows.append({"design": d.name, "labels": run.labels,
                           "label_positive_rate": run.positive_rate,
                           "top5pct_customers_weight": run.weight_share_top5pct,
@@ -757,6 +842,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\nTraining labels per design")
     print_table(info_rows, ["design", "labels", "label_positive_rate",
                             "top5pct_customers_weight", "horizon_path"])
+    print("\nAlerts raised while streaming up to the cutoff (precision: no order within H after)")
+    print_table(alert_table, ["design", "threshold", "alerts", "per_customer",
+                              "customers_alerted", "precision_H", "precision_last_30d"])
+    print("\nCeiling: batch models fitted at the cutoff on the same features")
+    print_table(ceiling(sp), ["design", "auc_39w"])
     print("\nValue (holdout spend over 39 weeks)")
     print_table(value_rows, ["design", "spearman", "top10_share"])
     for r in churn_rows:
@@ -764,7 +854,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"deciles {r['design']}: {r['deciles_H']}")
     if args.json:
         args.json.write_text(json.dumps({"churn": churn_rows, "value": value_rows,
-                                         "labels": info_rows}, indent=1, default=str))
+                                         "labels": info_rows, "alerts": alert_table},
+                                        indent=1, default=str))
 
 
 if __name__ == "__main__":
