@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -218,13 +218,10 @@ class RefusingTansu:
         (self.workdir / f"{topic}.json").unlink()
 
     def stop(self) -> None:
-        self.service.proc.send_signal(signal.SIGCONT)
         self.service.stop()
 
 
 def _listening(port: int) -> bool:
-    import socket
-
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
