@@ -35,6 +35,7 @@ class Metrics:
     redis_seconds: Histogram
     redis_errors: Counter
     redis_up: Gauge
+    publish_errors: Counter
     ready: Gauge
     consumer_lag: Gauge
     watermark_seconds: Gauge
@@ -64,7 +65,8 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                        "(applied, duplicate, rejected).", ["topic", "event_type", "outcome"],
                        registry=reg),
         dead_letters=Counter("streamproc_dead_letters_total",
-                             "Records sent to the dead-letter topic, by reason code.",
+                             "Dead-letter records acknowledged by the broker, by source topic "
+                             "and reason code.",
                              ["topic", "reason"], registry=reg),
         duplicates=Counter("streamproc_duplicate_events_total",
                            "Redelivered events suppressed by the event_id dedupe.", ["topic"],
@@ -94,8 +96,12 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                              ["operation"], registry=reg),
         redis_up=Gauge("streamproc_redis_up", "1 when the last Redis call succeeded.",
                        registry=reg),
-        ready=Gauge("streamproc_ready", "1 when the worker is ready to process events.",
-                    registry=reg),
+        publish_errors=Counter(
+            "streamproc_publish_errors_total",
+            "Output records the broker did not acknowledge, by output topic; each is sent "
+            "again with backoff while its batch's offsets wait.", ["topic"], registry=reg),
+        ready=Gauge("streamproc_ready", "1 when the worker is ready to process events "
+                    "(started, Redis answering, outputs being acknowledged).", registry=reg),
         consumer_lag=Gauge("streamproc_consumer_lag_messages",
                            "Messages between the committed offset and the log end.",
                            ["topic", "partition"], registry=reg),

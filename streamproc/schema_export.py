@@ -186,6 +186,14 @@ def _output_examples() -> dict[str, dict[str, BaseModel]]:
         index=None,
         raw=b"{",
     )
+    page_view = b'{"event_id":"evt-0200","customer_id":"cust-0042","event_type":"page_view",' \
+        b'"timestamp":"2024-05-01T12:00:00Z"}'
+    bare_array = Rejection(
+        reason="not_object",
+        detail="expected a JSON object (event or batch envelope), got list",
+        index=None,
+        raw=b"[" + b",".join([page_view] * 8) + b"]",
+    )
     reasons = [
         Reason(feature="recency_days", contribution=0.31, text="no order for 41 days"),
         Reason(feature="sessions_7d", contribution=0.12, text="2 sessions in the last 7 days"),
@@ -253,6 +261,16 @@ def _output_examples() -> dict[str, dict[str, BaseModel]]:
                 partition=0,
                 offset=42,
                 received_at=_T0,
+            ),
+            # Cut to a small bound to show the shape; the worker's bound is DEAD_LETTER_MAX_BYTES.
+            "truncated": DeadLetter.from_rejection(
+                bare_array,
+                key=b"cust-0042",
+                topic="clickstream",
+                partition=1,
+                offset=9_001,
+                received_at=_T0,
+                max_bytes=900,
             ),
         },
     }

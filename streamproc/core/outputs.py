@@ -10,7 +10,7 @@ import base64
 import binascii
 import hashlib
 from datetime import UTC, datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 import annotated_types as at
 import orjson
@@ -28,6 +28,8 @@ from pydantic_core import PydanticCustomError
 from streamproc.core.events import Rejection, RejectReason
 
 __all__ = [
+    "DEAD_LETTER_MAX_BYTES",
+    "MAX_RECORD_BYTES",
     "ChurnAlert",
     "DeadLetter",
     "Reason",
@@ -38,10 +40,24 @@ __all__ = [
 ]
 
 _ID_HEX_CHARS = 32
+
+#: Largest Kafka record streamproc publishes, framing included: Kafka's default producer
+#: ``max.request.size``, under the default broker and topic limits (``message.max.bytes`` and
+#: ``max.message.bytes``, 1,048,588). The worker's producer is set to it (runtime/app.py).
+MAX_RECORD_BYTES: Final = 1_000_000
+#: A dead letter's key plus value stay under this: what the producer and broker count on top
+#: (record and batch headers, length varints: under 100 bytes in aiokafka's estimate) fits in
+#: the 1 KiB left.
+DEAD_LETTER_MAX_BYTES: Final = MAX_RECORD_BYTES - 1024
+#: Longest message key a dead letter keeps (a valid key, a customer id, is at most 512 bytes).
+DEAD_LETTER_MAX_KEY_BYTES: Final = 1024
+#: Longest ``detail`` a dead letter keeps (a detail may quote an arbitrarily long key).
+DEAD_LETTER_MAX_DETAIL_CHARS: Final = 2000
 _NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
 _Finite = Annotated[float, AllowInfNan(False)]
 _Probability = Annotated[float, AllowInfNan(False), at.Ge(0.0), at.Le(1.0)]
 _NonNegativeInt = Annotated[int, at.Ge(0)]
+_Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 RiskLevel = Literal["medium", "high", "critical"]
 
@@ -202,16 +218,34 @@ class ChurnAlert(_Output):
 
 
 class DeadLetter(_Output):
-    """A rejected input unit with where it came from and why; ``original`` is base64."""
+    """A rejected input unit with where it came from and why; ``original`` is base64.
 
-    original: _Base64
-    key: _Base64 | None
+    A dead letter always fits one Kafka record (key and value within DEAD_LETTER_MAX_BYTES,
+    just under the producer's 1,000,000-byte limit). When the rejected bytes do not fit,
+    ``original`` keeps their first bytes and ``original_truncated`` is true;
+    ``original_size`` and ``original_sha256`` always describe all of them, and the message
+    itself stays in the input topic at ``source_topic``/``source_partition``/``source_offset``.
+    """
+
+    original: _Base64 = Field(description="The rejected bytes (the whole message, or the "
+                              "batch element re-serialised), or their first bytes when "
+                              "original_truncated.")
+    original_truncated: bool = Field(description="True when the rejected bytes did not fit "
+                                     "one Kafka record: original holds only their first "
+                                     "bytes; fetch the message at the source coordinates.")
+    original_size: _NonNegativeInt = Field(description="Length of the rejected bytes.")
+    original_sha256: _Sha256 = Field(description="SHA-256 (hex) of the rejected bytes.")
+    key: _Base64 | None = Field(description="The message key, or its first "
+                                f"{DEAD_LETTER_MAX_KEY_BYTES} bytes when key_truncated.")
+    key_truncated: bool = Field(description="True when the message key was longer than "
+                                f"{DEAD_LETTER_MAX_KEY_BYTES} bytes.")
     source_topic: _NonEmpty
     source_partition: _NonNegativeInt
     source_offset: _NonNegativeInt
     batch_index: _NonNegativeInt | None
     reason: RejectReason
-    detail: str
+    detail: str = Field(description="What was wrong, for people (at most "
+                        f"{DEAD_LETTER_MAX_DETAIL_CHARS} characters).")
     received_at: UtcDatetime
 
     @classmethod
@@ -224,24 +258,45 @@ class DeadLetter(_Output):
         partition: int,
         offset: int,
         received_at: datetime,
+        max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> DeadLetter:
-        """Wrap a decoder rejection with its Kafka coordinates."""
-        return cls(
-            original=base64.b64encode(rejection.raw).decode("ascii"),
-            key=None if key is None else base64.b64encode(key).decode("ascii"),
+        """Wrap a decoder rejection with its Kafka coordinates, within ``max_bytes``.
+
+        ``max_bytes`` bounds the record's JSON plus the key it is published with
+        (:meth:`key_bytes`); the rejected bytes are cut to what room the rest leaves.
+        """
+        raw = rejection.raw
+        kept_key = None if key is None else key[:DEAD_LETTER_MAX_KEY_BYTES]
+        detail = rejection.detail
+        if len(detail) > DEAD_LETTER_MAX_DETAIL_CHARS:
+            detail = detail[:DEAD_LETTER_MAX_DETAIL_CHARS - 1] + "…"
+        letter = cls(
+            original="",
+            original_truncated=False,
+            original_size=len(raw),
+            original_sha256=hashlib.sha256(raw).hexdigest(),
+            key=None if kept_key is None else base64.b64encode(kept_key).decode("ascii"),
+            key_truncated=key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES,
             source_topic=topic,
             source_partition=partition,
             source_offset=offset,
             batch_index=rejection.index,
             reason=rejection.reason,
-            detail=rejection.detail,
+            detail=detail,
             received_at=received_at,
         )
+        # Base64 takes 4 characters per 3 bytes; "true" is one character shorter than "false".
+        room = max_bytes - len(kept_key or b"") - len(letter.to_bytes())
+        kept = max(0, room) // 4 * 3
+        update: dict[str, object] = {"original": base64.b64encode(raw[:kept]).decode("ascii")}
+        if len(raw) > kept:
+            update["original_truncated"] = True
+        return letter.model_copy(update=update)
 
     def original_bytes(self) -> bytes:
-        """The rejected bytes, for replay after a fix."""
+        """The rejected bytes (their first bytes when ``original_truncated``), for replay."""
         return base64.b64decode(self.original)
 
     def key_bytes(self) -> bytes | None:
-        """The original message key, if there was one."""
+        """The message key (its first bytes when ``key_truncated``), if there was one."""
         return None if self.key is None else base64.b64decode(self.key)

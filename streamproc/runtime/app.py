@@ -25,15 +25,17 @@ from streamproc.core.eventclock import (
     PartitionClock,
     partition_clock,
 )
+from streamproc.core.outputs import MAX_RECORD_BYTES
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.inflight import InFlight
-from streamproc.runtime.kafka import FaustPublisher, StreamprocApp, faust_credentials
+from streamproc.runtime.kafka import FaustProducer, StreamprocApp, faust_credentials
 from streamproc.runtime.pipeline import (
     IngestPipeline,
     PreparedBatch,
     RawMessage,
     Retrier,
+    RetryingPublisher,
     keep_collecting,
 )
 from streamproc.runtime.scoring import MIN_SNAPSHOT_GAP_S, ModelHolder, Scorer, iter_partitions
@@ -49,12 +51,13 @@ class WorkerState:
 
     started: bool = False
     redis_ok: bool = True
+    publish_ok: bool = True  # no output record waiting to be sent again
     batches: int = 0
 
     @property
     def ready(self) -> bool:
-        """Ready = started and Redis answering."""
-        return self.started and self.redis_ok
+        """Ready = started, Redis answering and outputs acknowledged by the broker."""
+        return self.started and self.redis_ok and self.publish_ok
 
 
 @dataclass
@@ -86,6 +89,8 @@ def _app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         # acks=0 corrupts the client connection on Tansu; all is the safe default anyway.
         producer_acks=-1,
+        # Dead letters are cut to fit this (core/outputs.py); Faust's default, said once.
+        producer_max_request_size=MAX_RECORD_BYTES,
         web_enabled=settings.metrics.port > 0,
         web_port=settings.metrics.port or 6066,
         web_bind=settings.metrics.host,
@@ -115,6 +120,10 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         state.redis_ok = ok
         metrics.ready.set(1 if state.ready else 0)
 
+    def on_publish(ok: bool) -> None:
+        state.publish_ok = ok
+        metrics.ready.set(1 if state.ready else 0)
+
     client = make_client(settings.redis)
     store = RedisProfileStore.from_settings(
         client, settings.redis, settings.ingest.feature_config())
@@ -125,7 +134,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                              settings.models.signing_key.get_secret_value().encode())
     models = ModelHolder(model_store, metrics, time.time)
     scorer = Scorer(settings, store, models, metrics, retrier)
-    publisher = FaustPublisher(app)
+    publisher = RetryingPublisher(FaustProducer(app), metrics, on_state=on_publish)
     pipeline = IngestPipeline(settings, store, publisher, metrics, retrier=retrier,
                               scoring=scorer)
     trainer = TrainerService(settings.models, model_store, metrics)
@@ -187,6 +196,14 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                     continue
                 await dispatch(held, held_events)
                 held, held_events = None, []
+        except Exception as exc:
+            # Restarting the agent (Faust's default) would leave the batches it had taken
+            # unacknowledged yet never redelivered, and later acks would commit past them.
+            # Stopping the worker redelivers them to whoever consumes the partition next.
+            log.critical("ingest failed (%s: %s); stopping the worker, its unacknowledged "
+                         "batches will be redelivered", type(exc).__name__, exc)
+            await app.crash(exc)
+            raise
         finally:
             # Batches already staging may finish, within half the shutdown budget.
             await inflight.drain(ingest.shutdown_timeout_s / 2)
@@ -334,5 +351,6 @@ def _health_pages(app: faust.App, state: WorkerState) -> None:
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            body = {"ready": state.ready, "started": state.started, "redis": state.redis_ok}
+            body = {"ready": state.ready, "started": state.started, "redis": state.redis_ok,
+                    "publish": state.publish_ok}
             return self.json(body, status=200 if state.ready else 503)

@@ -1,14 +1,13 @@
-"""Kafka plumbing: credentials, topic creation, a publisher and the fetch-wait override."""
+"""Kafka plumbing: credentials, topic creation, the producer and the fetch-wait override."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import ssl
 import threading
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -140,19 +139,14 @@ def _forced_exit(after: float) -> None:
     os._exit(0)
 
 
-class FaustPublisher:
-    """Publishes through the Faust app's producer and waits for every acknowledgement."""
+class FaustProducer:
+    """Hands records to the Faust app's producer (see ``pipeline.RetryingPublisher``)."""
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
 
-    async def send(self, records: Sequence[OutRecord]) -> Awaitable[None]:
-        """Hand every record to the producer, in order; the result completes on their acks."""
-        producer = self.app.producer
-        pending = [await producer.send(r.topic, r.key, r.value, None, None, None)
-                   for r in records]
-        return _all_acked(pending)
-
-
-async def _all_acked(pending: Sequence[Awaitable[Any]]) -> None:
-    await asyncio.gather(*pending)
+    async def hand(self, record: OutRecord) -> Awaitable[object]:
+        """Hand a record to the producer; the result completes on its ack, or raises."""
+        ack: Awaitable[object] = await self.app.producer.send(
+            record.topic, record.key, record.value, None, None, None)
+        return ack

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol, TypeVar, cast
+from typing import Final, Literal, Protocol, TypeVar, cast
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -74,6 +74,8 @@ class OutRecord:
     topic: str
     key: bytes | None
     value: bytes
+    #: Called once the broker acknowledged the record (counts it as published).
+    on_ack: Callable[[], object] | None = None
 
 
 class Publisher(Protocol):
@@ -81,6 +83,14 @@ class Publisher(Protocol):
 
     async def send(self, records: Sequence[OutRecord]) -> Awaitable[None]:
         """Hand every record to the producer, in order; the result completes on their acks."""
+        ...
+
+
+class RecordProducer(Protocol):
+    """The Kafka producer, one record at a time."""
+
+    async def hand(self, record: OutRecord) -> Awaitable[object]:
+        """Hand a record to the producer; the result completes on its ack, or raises."""
         ...
 
 
@@ -243,6 +253,93 @@ class Retrier:
         log.debug("redis %s failed: %s", operation, exc)
 
 
+#: Cap of the backoff between two attempts to publish records the broker did not acknowledge.
+PUBLISH_MAX_BACKOFF_S: Final = 5.0
+
+
+class RetryingPublisher:
+    """Publishes records until the broker has acknowledged every one of them.
+
+    A record the producer refuses or the broker does not acknowledge is handed again after
+    capped, jittered exponential backoff, for as long as it takes: its batch's offsets wait
+    (the awaitable :meth:`send` returns completes only on every ack), so input is never
+    skipped. Records already acknowledged are not sent again; a record is published twice
+    only when the broker wrote it but its acknowledgement was lost. While any record is
+    failing, ``on_state(False)`` (readiness) and every failure is counted by topic.
+    """
+
+    def __init__(self, producer: RecordProducer, metrics: Metrics, *,
+                 max_backoff_s: float = PUBLISH_MAX_BACKOFF_S,
+                 on_state: Callable[[bool], None] | None = None) -> None:
+        self.producer = producer
+        self.metrics = metrics
+        self.max_backoff_s = max_backoff_s
+        self.on_state = on_state
+        self._failing = 0  # sends currently retrying
+        self._rng = random.Random()  # noqa: S311 - jitter, not crypto
+
+    async def send(self, records: Sequence[OutRecord]) -> Awaitable[None]:
+        """Hand every record to the producer, in order; the result completes on their acks."""
+        return self._settle([(record, await self._hand(record)) for record in records])
+
+    async def _hand(self, record: OutRecord) -> Awaitable[object] | Exception:
+        try:
+            return await self.producer.hand(record)
+        except Exception as exc:  # refused before reaching the broker: sent again
+            return exc
+
+    async def _settle(self, pending: list[tuple[OutRecord, Awaitable[object] | Exception]],
+                      ) -> None:
+        delay = 0.05
+        failing = False
+        try:
+            while True:
+                failed: list[tuple[OutRecord, Exception]] = []
+                for record, ack in pending:
+                    error = ack if isinstance(ack, Exception) else await _error_of(ack)
+                    if error is not None:
+                        failed.append((record, error))
+                    elif record.on_ack is not None:
+                        record.on_ack()
+                if not failed:
+                    return
+                if not failing:
+                    failing = True
+                    self._failing += 1
+                    if self.on_state is not None:
+                        self.on_state(False)
+                wait = min(self.max_backoff_s, delay * (0.5 + self._rng.random()))
+                self._report(failed, wait)
+                await asyncio.sleep(wait)
+                delay = min(self.max_backoff_s, delay * 2)
+                pending = [(record, await self._hand(record)) for record, _ in failed]
+        finally:
+            if failing:
+                self._failing -= 1
+                if self._failing == 0 and self.on_state is not None:
+                    self.on_state(True)
+
+    def _report(self, failed: Sequence[tuple[OutRecord, Exception]], wait: float) -> None:
+        by_topic: dict[str, list[Exception]] = {}
+        for record, exc in failed:
+            by_topic.setdefault(record.topic, []).append(exc)
+        for topic, errors in by_topic.items():
+            self.metrics.publish_errors.labels(topic).inc(len(errors))
+            # Producer errors name topics and sizes, never a record's content.
+            log.error("publishing to %s failed (%s: %s); %d record(s) sent again in %.2fs, "
+                      "their batch's offsets wait", topic, type(errors[0]).__name__,
+                      str(errors[0])[:300], len(errors), wait)
+
+
+async def _error_of(ack: Awaitable[object]) -> Exception | None:
+    """What an acknowledgement failed with, None once the broker acknowledged."""
+    try:
+        await ack
+    except Exception as exc:  # whatever it is, the record was not acknowledged
+        return exc
+    return None
+
+
 class IngestPipeline:
     """Processes batches of raw messages into Redis profiles and output records."""
 
@@ -293,8 +390,9 @@ class IngestPipeline:
                 record = DeadLetter.from_rejection(
                     rejection, key=msg.key, topic=msg.topic, partition=msg.partition,
                     offset=msg.offset, received_at=now)
-                out.append(OutRecord(dl_topic, msg.key, record.to_bytes()))
-                self.metrics.dead_letters.labels(msg.topic, rejection.reason).inc()
+                out.append(OutRecord(dl_topic, record.key_bytes(), record.to_bytes(),
+                                     self.metrics.dead_letters.labels(msg.topic,
+                                                                      rejection.reason).inc))
                 self.metrics.events.labels(msg.topic, "unknown", "rejected").inc()
                 outcome.dead_letters += 1
             wm_key = (msg.topic, msg.partition)
@@ -422,8 +520,8 @@ class IngestPipeline:
         record = DeadLetter.from_rejection(
             Rejection("late_event", detail, origin.index, raw), key=msg.key, topic=msg.topic,
             partition=msg.partition, offset=msg.offset, received_at=now)
-        self.metrics.dead_letters.labels(msg.topic, "late_event").inc()
-        return OutRecord(self.settings.topics.dead_letter, msg.key, record.to_bytes())
+        return OutRecord(self.settings.topics.dead_letter, record.key_bytes(), record.to_bytes(),
+                         self.metrics.dead_letters.labels(msg.topic, "late_event").inc)
 
 
 def redact_keys(text: str) -> str:

@@ -11,9 +11,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 
-async def produce(bootstrap: str, records: Iterable[tuple[str, str | None, Any]]) -> int:
-    """Send (topic, key, value) records; dict/list values are JSON-encoded, bytes sent as-is."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+async def produce(bootstrap: str, records: Iterable[tuple[str, str | None, Any]], *,
+                  max_request_size: int = 1_048_576) -> int:
+    """Send (topic, key, value) records; dict/list values are JSON-encoded, bytes sent as-is.
+
+    ``max_request_size`` is aiokafka's own client-side limit on one record (its default
+    1 MiB); raise it to send the large messages a real producer may be configured to send.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                max_request_size=max_request_size)
     await producer.start()
     sent = 0
     try:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from streamproc.core.events import REJECT_REASONS, Rejection
 from streamproc.core.outputs import (
+    DEAD_LETTER_MAX_BYTES,
+    MAX_RECORD_BYTES,
     ChurnAlert,
     DeadLetter,
     Reason,
@@ -192,3 +196,67 @@ def test_dead_letter_preserves_any_bytes(
     assert restored.original_bytes() == raw
     assert restored.key_bytes() == key
     assert restored.detail == detail
+
+
+def _letter(raw: bytes, key: bytes | None = b"cust-1", detail: str = "too big",
+            max_bytes: int = DEAD_LETTER_MAX_BYTES) -> DeadLetter:
+    return DeadLetter.from_rejection(Rejection("oversized", detail, None, raw), key=key,
+                                     topic="clickstream", partition=2, offset=41,
+                                     received_at=T0, max_bytes=max_bytes)
+
+
+def _record_size(letter: DeadLetter) -> int:
+    """Key plus value, as published (runtime/pipeline.py sends ``key_bytes()`` as the key)."""
+    return len(letter.to_bytes()) + len(letter.key_bytes() or b"")
+
+
+def test_a_dead_letter_of_a_huge_message_fits_the_producer_and_says_where_the_rest_is() -> None:
+    raw = bytes(range(256)) * (5 * 4096)  # 5 MiB, every byte value
+    key = b"k" * 5000
+    letter = _letter(raw, key=key, detail=f"key {key!r} " * 100)
+    value = letter.to_bytes()
+    assert DEAD_LETTER_MAX_BYTES - 4 <= _record_size(letter) <= DEAD_LETTER_MAX_BYTES
+    # What aiokafka checks against the producer's max_request_size before sending.
+    framed = DefaultRecordBatchBuilder.estimate_size_in_bytes(letter.key_bytes(), value, [])
+    assert framed <= MAX_RECORD_BYTES
+    assert letter.original_truncated
+    assert raw.startswith(letter.original_bytes())
+    assert len(letter.original_bytes()) > 700_000  # as much as fits is kept
+    assert letter.original_size == len(raw)
+    assert letter.original_sha256 == hashlib.sha256(raw).hexdigest()
+    assert letter.key_truncated
+    assert letter.key_bytes() == key[:1024]
+    assert len(letter.detail) == 2000
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        "clickstream", 2, 41)
+    assert DeadLetter.from_bytes(value) == letter
+
+
+def test_a_dead_letter_keeps_the_whole_message_while_it_fits() -> None:
+    # Base64 grows 3 bytes to 4 characters: about 3/4 of the bound fits whole.
+    fits = 740_000
+    whole = _letter(b"x" * fits)
+    assert not whole.original_truncated
+    assert whole.original_bytes() == b"x" * fits
+    cut = _letter(b"x" * 760_000)
+    assert cut.original_truncated
+    assert _record_size(cut) <= DEAD_LETTER_MAX_BYTES
+
+
+@given(
+    raw=st.binary(max_size=40_000),
+    key=st.none() | st.binary(max_size=3000),
+    detail=st.text(max_size=3000),
+    max_bytes=st.integers(min_value=20_000, max_value=50_000),
+)
+def test_a_dead_letter_never_exceeds_its_bound(raw: bytes, key: bytes | None, detail: str,
+                                               max_bytes: int) -> None:
+    letter = _letter(raw, key=key, detail=detail, max_bytes=max_bytes)
+    assert _record_size(letter) <= max_bytes
+    kept = letter.original_bytes()
+    assert raw.startswith(kept)
+    assert letter.original_truncated == (kept != raw)
+    assert letter.original_size == len(raw)
+    assert letter.original_sha256 == hashlib.sha256(raw).hexdigest()
+    assert letter.key_truncated == (key is not None and len(key) > 1024)
+    assert DeadLetter.from_bytes(letter.to_bytes()) == letter
