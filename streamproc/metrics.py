@@ -34,6 +34,7 @@ class Metrics:
     redis_seconds: Histogram
     redis_errors: Counter
     redis_up: Gauge
+    redis_state_lost: Gauge
     ready: Gauge
     consumer_lag: Gauge
     watermark_seconds: Gauge
@@ -88,6 +89,11 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                              ["operation"], registry=reg),
         redis_up=Gauge("streamproc_redis_up", "1 when the last Redis call succeeded.",
                        registry=reg),
+        redis_state_lost=Gauge(
+            "streamproc_redis_state_lost",
+            "1 while Redis lacks this deployment's marker (flushed, restarted without its data "
+            "or replaced): the worker consumes and writes nothing until an operator restores "
+            "Redis or runs `streamproc deployment accept`.", registry=reg),
         ready=Gauge("streamproc_ready", "1 when the worker is ready to process events.",
                     registry=reg),
         consumer_lag=Gauge("streamproc_consumer_lag_messages",

@@ -17,6 +17,7 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 
+from streamproc.adapters.deployment import DeploymentGuard, Status
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
 from streamproc.core.eventclock import (
@@ -27,7 +28,12 @@ from streamproc.core.eventclock import (
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.inflight import InFlight
-from streamproc.runtime.kafka import FaustPublisher, StreamprocApp, faust_credentials
+from streamproc.runtime.kafka import (
+    FaustPublisher,
+    StreamprocApp,
+    faust_credentials,
+    group_consumed_before,
+)
 from streamproc.runtime.pipeline import (
     IngestPipeline,
     PreparedBatch,
@@ -49,11 +55,14 @@ class WorkerState:
     started: bool = False
     redis_ok: bool = True
     batches: int = 0
+    #: The deployment marker check (adapters.deployment): "lost" holds every Redis call.
+    redis_state: Status = "unverified"
+    redis_state_reason: str | None = None
 
     @property
     def ready(self) -> bool:
-        """Ready = started and Redis answering."""
-        return self.started and self.redis_ok
+        """Ready = started, Redis answering, and still the Redis this deployment wrote to."""
+        return self.started and self.redis_ok and self.redis_state == "ok"
 
 
 @dataclass
@@ -112,16 +121,37 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     def on_redis(ok: bool) -> None:
         state.redis_ok = ok
+        if not ok:
+            guard.suspect()  # it may come back empty: check the marker before going on
         metrics.ready.set(1 if state.ready else 0)
 
+    markers: list[bytes | None] = [None]  # the marker last written under
+
+    def on_guard(status: Status, reason: str | None) -> None:
+        state.redis_state, state.redis_state_reason = status, reason
+        metrics.redis_state_lost.set(1 if status == "lost" else 0)
+        metrics.ready.set(1 if state.ready else 0)
+        if status == "ok":
+            if markers[0] is not None and guard.marker.value != markers[0]:
+                # An accepted Redis holds none of the models in hand; the trainer finds
+                # its claim gone at its next store and starts over by itself.
+                models.forget()
+            markers[0] = guard.marker.value
+
     client = make_client(settings.redis)
+    guard = DeploymentGuard(client, settings.redis.key_prefix,
+                            history=lambda: group_consumed_before(settings), on_change=on_guard)
     store = RedisProfileStore.from_settings(
-        client, settings.redis, settings.ingest.feature_config())
-    retrier = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis)
+        client, settings.redis, settings.ingest.feature_config(), guard.marker)
+    # Every Redis call of the agents and timers waits while the marker is not verified;
+    # the guard's own checks go through a retrier of their own.
+    retrier = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis, gate=guard)
+    checks = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis)
     if settings.models.signing_key is None:
         raise ValueError("STREAMPROC_MODELS__SIGNING_KEY is required")
     model_store = ModelStore(client, settings.redis.key_prefix,
-                             settings.models.signing_key.get_secret_value().encode())
+                             settings.models.signing_key.get_secret_value().encode(),
+                             guard.marker)
     models = ModelHolder(model_store, metrics, time.time)
     scorer = Scorer(settings, store, models, metrics, retrier)
     publisher = FaustPublisher(app)
@@ -301,9 +331,13 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         _health_pages(app, state)
 
     async def mark_started() -> None:
-        await retrier.call("ping", client.ping)
+        async def check() -> None:
+            await checks.call("deployment_check", guard.verify)
+
+        await check()
         state.started = True
         metrics.ready.set(1 if state.ready else 0)
+        await guard.watch(check)
 
     app.task(mark_started)
 
@@ -327,5 +361,9 @@ def _health_pages(app: faust.App, state: WorkerState) -> None:
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            body = {"ready": state.ready, "started": state.started, "redis": state.redis_ok}
+            body: dict[str, object] = {"ready": state.ready, "started": state.started,
+                                       "redis": state.redis_ok,
+                                       "redis_state": state.redis_state}
+            if state.redis_state_reason is not None:
+                body["reason"] = state.redis_state_reason
             return self.json(body, status=200 if state.ready else 503)
