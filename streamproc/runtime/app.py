@@ -77,6 +77,7 @@ class Worker:
     scorer: Scorer
     trainer: TrainerService
     state: WorkerState
+    guard: DeploymentGuard
 
 
 def _app(settings: Settings) -> faust.App:
@@ -158,7 +159,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     pipeline = IngestPipeline(settings, store, publisher, metrics, retrier=retrier,
                               scoring=scorer)
     trainer = TrainerService(settings.models, model_store, metrics)
-    worker = Worker(app, settings, metrics, registry, pipeline, scorer, trainer, state)
+    worker = Worker(app, settings, metrics, registry, pipeline, scorer, trainer, state, guard)
 
     inputs = app.topic(settings.topics.clickstream, settings.topics.purchases,
                        key_type=bytes, value_type=bytes,
