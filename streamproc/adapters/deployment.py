@@ -238,13 +238,23 @@ class DeploymentGuard:
             self._on_change(status, reason)
 
     async def watch(self, check: Callable[[], Awaitable[None]],
+                    on_first: Callable[[], None] | None = None,
                     interval_s: float = CHECK_INTERVAL_S) -> None:
-        """Run ``check`` (a retried :meth:`verify`) every ``interval_s`` and when suspected."""
+        """Run ``check`` (a retried :meth:`verify`) now, then every ``interval_s`` and
+        whenever suspected; ``on_first`` once the first check returned."""
+        first = True
         while True:
+            self._wake.clear()
+            try:
+                await check()
+            except Exception:
+                # A check that dies would hold the worker's Redis calls for good.
+                log.exception("deployment marker check failed; trying again")
+            if first and on_first is not None:
+                on_first()
+            first = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval_s)
-            self._wake.clear()
-            await check()
 
 
 async def read_marker(client: aioredis.Redis, prefix: str) -> MarkerRecord | None:

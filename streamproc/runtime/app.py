@@ -335,10 +335,11 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         async def check() -> None:
             await checks.call("deployment_check", guard.verify)
 
-        await check()
-        state.started = True
-        metrics.ready.set(1 if state.ready else 0)
-        await guard.watch(check)
+        def started() -> None:
+            state.started = True
+            metrics.ready.set(1 if state.ready else 0)
+
+        await guard.watch(check, on_first=started)
 
     app.task(mark_started)
 

@@ -250,3 +250,32 @@ async def test_the_retrier_holds_a_refused_call_until_the_gate_opens(
     (update,) = await asyncio.wait_for(call, 5)
     assert update.applied == [True]
     assert metrics.redis_errors.labels("apply_batch")._value.get() == 0
+
+
+async def test_the_watch_checks_at_once_when_suspected_and_outlives_a_failed_check(
+        redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    guard = DeploymentGuard(redis_client, _prefix(), history=History())
+    calls: list[int] = []
+    started: list[int] = []
+
+    async def check() -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise RuntimeError("a bug in a check")
+
+    with caplog.at_level(logging.ERROR, logger=LOG):
+        task = asyncio.create_task(guard.watch(check, on_first=lambda: started.append(1),
+                                               interval_s=60))
+        try:
+            await asyncio.sleep(0.2)
+            assert (len(calls), started) == (1, [1])  # at once, then started
+            guard.suspect()
+            await asyncio.sleep(0.2)
+            assert len(calls) == 2  # a suspicion does not wait for the interval
+            guard.suspect()
+            await asyncio.sleep(0.2)
+            assert len(calls) == 3  # the failed check did not end the watch
+            assert started == [1]
+        finally:
+            task.cancel()
+    assert "deployment marker check failed" in caplog.text
