@@ -132,6 +132,9 @@ class DeploymentGuard:
     group has committed offsets): a worker that starts against a Redis without a marker
     creates one only when it did not. ``on_change(status, reason)`` reports every change
     of :attr:`status`; ``reason`` says what was found while it is ``"lost"``.
+    :attr:`on_replaced` is called when the worker goes on under another marker than the
+    one it wrote under (an operator accepted a new Redis): what it holds in memory from
+    the old one is stale.
     """
 
     def __init__(self, client: aioredis.Redis, prefix: str, *,
@@ -144,6 +147,7 @@ class DeploymentGuard:
         self.reason: str | None = None
         self._history = history
         self._on_change = on_change
+        self.on_replaced: Callable[[], None] | None = None
         self._clock = clock
         self._open = asyncio.Event()
         self._wake = asyncio.Event()
@@ -206,6 +210,8 @@ class DeploymentGuard:
     def _adopt(self, raw: bytes, record: MarkerRecord | None) -> None:
         previous = self.marker.value
         self.marker.value = raw
+        if previous is not None and raw != previous and self.on_replaced is not None:
+            self.on_replaced()
         if self.status == "lost":
             how = ("accepted by an operator" if record is not None
                    and record.origin == "operator" else "back")
@@ -223,8 +229,9 @@ class DeploymentGuard:
         if self.status != "lost":
             log.error("%s. This worker stopped consuming and writes nothing to Redis: restore "
                       "Redis from a backup (the workers resume by themselves), or accept this "
-                      "Redis with `streamproc deployment accept --yes` and replay the input "
-                      "topics (README, Operations: Redis lost its data)", reason)
+                      "Redis as it is with `streamproc deployment accept --yes` and replay the "
+                      "input topics to rebuild what it lost (README, Operations: Redis lost "
+                      "its data)", reason)
         self._set("lost", reason)
 
     def _set(self, status: Status, reason: str | None) -> None:

@@ -2,7 +2,8 @@
 
 The Lua interpreter in ``profile_update.lua`` applies the ops computed by
 ``streamproc.core.features``; this module only groups a batch by customer,
-ships it, and decodes the answer.
+ships it, and decodes the answer. Both write scripts run behind the deployment marker
+check (``deployment.guarded``): a Redis that lost the worker's marker refuses them.
 """
 
 from __future__ import annotations

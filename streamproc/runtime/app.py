@@ -126,18 +126,10 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
             guard.suspect()  # it may come back empty: check the marker before going on
         metrics.ready.set(1 if state.ready else 0)
 
-    markers: list[bytes | None] = [None]  # the marker last written under
-
     def on_guard(status: Status, reason: str | None) -> None:
         state.redis_state, state.redis_state_reason = status, reason
         metrics.redis_state_lost.set(1 if status == "lost" else 0)
         metrics.ready.set(1 if state.ready else 0)
-        if status == "ok":
-            if markers[0] is not None and guard.marker.value != markers[0]:
-                # An accepted Redis holds none of the models in hand; the trainer finds
-                # its claim gone at its next store and starts over by itself.
-                models.forget()
-            markers[0] = guard.marker.value
 
     client = make_client(settings.redis)
     guard = DeploymentGuard(client, settings.redis.key_prefix,
@@ -154,6 +146,9 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                              settings.models.signing_key.get_secret_value().encode(),
                              guard.marker)
     models = ModelHolder(model_store, metrics, time.time)
+    # An accepted Redis holds none of the models in hand (the trainer finds its claim gone
+    # at its next store and starts over by itself).
+    guard.on_replaced = models.forget
     scorer = Scorer(settings, store, models, metrics, retrier)
     publisher = FaustPublisher(app)
     pipeline = IngestPipeline(settings, store, publisher, metrics, retrier=retrier,

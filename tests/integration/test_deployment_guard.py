@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -28,10 +30,12 @@ from streamproc.adapters.deployment import (
 )
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import PreparedEvent, RedisProfileStore
+from streamproc.cli import main
 from streamproc.core.features import FeatureConfig, event_lane, event_ops
 from streamproc.core.replay import event_namespace
 from streamproc.metrics import create_metrics
 from streamproc.runtime.pipeline import Retrier
+from streamproc.settings import Settings, to_env
 
 pytestmark = pytest.mark.integration
 
@@ -57,8 +61,13 @@ class Guard:
                  ) -> None:
         self.history = history or History()
         self.changes: list[tuple[Status, str | None]] = []
+        self.replaced = 0
         self.guard = DeploymentGuard(client, prefix, history=self.history,
                                      on_change=lambda s, r: self.changes.append((s, r)))
+        self.guard.on_replaced = self._replaced
+
+    def _replaced(self) -> None:
+        self.replaced += 1
 
     async def verify(self) -> Status:
         await self.guard.verify()
@@ -187,6 +196,7 @@ async def test_a_lost_marker_is_reported_once_and_only_an_operator_or_a_restore_
     assert await g.verify() == "ok"
     assert await fresh.verify() == "ok"
     assert g.guard.is_open
+    assert (g.replaced, fresh.replaced) == (0, 0)  # the same Redis: what they hold is valid
 
     # Replaced by another deployment's first start: lost again, one more error.
     caplog.clear()
@@ -206,6 +216,7 @@ async def test_a_lost_marker_is_reported_once_and_only_an_operator_or_a_restore_
     assert await g.verify() == "ok"
     assert g.guard.marker.value == new.to_bytes()
     assert g.changes[-1] == ("ok", None)
+    assert g.replaced == 1  # the worker drops what it held from the old Redis (models)
 
 
 async def test_a_fresh_worker_holds_while_kafka_cannot_say_whether_it_consumed_before(
@@ -279,3 +290,26 @@ async def test_the_watch_checks_at_once_when_suspected_and_outlives_a_failed_che
         finally:
             task.cancel()
     assert "deployment marker check failed" in caplog.text
+
+
+def test_the_deployment_command_shows_and_accepts_the_marker(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    settings = make_settings()
+    for name, value in to_env(settings).items():
+        monkeypatch.setenv(name, value)
+    prefix = settings.redis.key_prefix
+
+    assert main(["deployment"]) == 0
+    assert f"no deployment marker at {prefix}:deployment" in capsys.readouterr().out
+    assert main(["deployment", "accept"]) == 2  # a deliberate act: --yes
+    assert "add --yes" in capsys.readouterr().err
+    assert main(["deployment", "accept", "--yes", "--json"]) == 0
+    accepted = orjson.loads(capsys.readouterr().out)
+    assert accepted["replaced"] is None
+    assert accepted["marker"]["origin"] == "operator"
+    assert main(["deployment", "status", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == {"key": f"{prefix}:deployment",
+                                                     "marker": accepted["marker"]}
+    assert main(["deployment", "accept", "--yes"]) == 0
+    assert f"(replaced {accepted['marker']['id']})" in capsys.readouterr().out
