@@ -180,6 +180,42 @@ def _model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deployment(args: argparse.Namespace) -> int:
+    from streamproc.commands import CommandError, print_json, run
+    from streamproc.commands.deployment import (
+        deployment_accept,
+        deployment_status,
+        marker_document,
+    )
+
+    settings = load_settings()
+    prefix = settings.redis.key_prefix
+    if args.action == "accept":
+        if not args.yes:
+            raise CommandError(
+                "deployment accept makes this Redis the deployment's state as it is now "
+                "(whatever it lost stays lost unless you replay it); add --yes", exit_code=2)
+        old, new = run(deployment_accept(settings))
+        if args.json:
+            print_json({"replaced": marker_document(old, prefix)["marker"],
+                        **marker_document(new, prefix)})
+        else:
+            print(f"{prefix}:deployment is now {new.id} (replaced "
+                  f"{old.id if old else 'no marker'}); workers that stopped on a lost Redis "
+                  "resume within seconds")
+        return 0
+    record = run(deployment_status(settings))
+    if args.json:
+        print_json(marker_document(record, prefix))
+    elif record is None:
+        print(f"no deployment marker at {prefix}:deployment: no worker has started against "
+              "this Redis yet, or Redis lost its data (see README, Operations)")
+    else:
+        print(f"{prefix}:deployment: {record.id}, created {record.created_at} "
+              f"({record.origin.replace('_', ' ')})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = _Parser(
@@ -296,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--yes", action="store_true", help="confirm reset")
     model.add_argument("--json", action="store_true", help="status as JSON")
     model.set_defaults(func=_model)
+
+    deployment = sub.add_parser(
+        "deployment", help="show the Redis deployment marker, or accept a Redis that lost it",
+        description="Workers write only to the Redis holding the deployment marker they "
+        "started with (<prefix>:deployment) and stop consuming when it is gone or changed "
+        "(Redis flushed, restarted without its data, or replaced). status: the marker; "
+        "accept --yes: write a new marker, making this Redis the deployment's state as it "
+        "is: stopped workers resume within seconds. Restore a backup or replay the input "
+        "topics to get back what was lost (README, Operations).")
+    deployment.add_argument("action", choices=["status", "accept"], nargs="?",
+                            default="status")
+    deployment.add_argument("--yes", action="store_true", help="confirm accept")
+    deployment.add_argument("--json", action="store_true", help="print JSON")
+    deployment.set_defaults(func=_deployment)
     return parser
 
 

@@ -36,6 +36,7 @@ class Metrics:
     redis_errors: Counter
     redis_up: Gauge
     publish_errors: Counter
+    redis_state_lost: Gauge
     ready: Gauge
     consumer_lag: Gauge
     watermark_seconds: Gauge
@@ -100,6 +101,11 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "streamproc_publish_errors_total",
             "Output records the broker did not acknowledge, by output topic; each is sent "
             "again with backoff while its batch's offsets wait.", ["topic"], registry=reg),
+        redis_state_lost=Gauge(
+            "streamproc_redis_state_lost",
+            "1 while Redis lacks this deployment's marker (flushed, restarted without its data "
+            "or replaced): the worker consumes and writes nothing until an operator restores "
+            "Redis or runs `streamproc deployment accept`.", registry=reg),
         ready=Gauge("streamproc_ready", "1 when the worker is ready to process events "
                     "(started, Redis answering, outputs being acknowledged).", registry=reg),
         consumer_lag=Gauge("streamproc_consumer_lag_messages",

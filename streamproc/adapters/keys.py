@@ -73,3 +73,8 @@ def deferred_key(prefix: str, partition: int) -> str:
 def model_key(prefix: str, name: str) -> str:
     """Key of a signed model snapshot (``current``, ``trainer`` or a version number)."""
     return f"{prefix}:model:{name}"
+
+
+def deployment_key(prefix: str) -> str:
+    """Key of the deployment marker: which Redis this deployment's state lives in."""
+    return f"{prefix}:deployment"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from streamproc.adapters import keys
+from streamproc.adapters.deployment import DeploymentMarker, guard_args, guarded
 from streamproc.core.modelset import ModelBundle, SnapshotRejected, Trainer, sign, verify_and_load
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ for i = 2, #KEYS do
 end
 return 1
 """
+# A plain SET of the owner token, as a script so the deployment guard covers it too.
+_CLAIM = "redis.call('SET', KEYS[1], ARGV[1])\nreturn 1\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,18 +83,31 @@ class PublishedBundle:
 class ModelStore:
     """Reads and writes signed snapshots under ``<prefix>:model:*``."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, key: bytes) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, key: bytes,
+                 marker: DeploymentMarker | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self._key = key
-        self._fenced_write = client.register_script(_FENCED_WRITE)
+        #: The trainer's writes and the worker's reads of ``current`` go only to a Redis
+        #: holding this marker (None: unchecked, for the model commands).
+        self.marker = marker
+        self._fenced_write = client.register_script(guarded(_FENCED_WRITE))
+        self._claim = client.register_script(guarded(_CLAIM))
 
     def _k(self, name: str) -> str:
         return keys.model_key(self.prefix, name)
 
     async def current_version(self) -> int:
-        """The published version number (0 when none)."""
-        raw = await self.client.get(self._k("current"))
+        """The published version number (0 when none).
+
+        With a marker, read with it: a Redis that lost its data raises ``StateLost``
+        rather than reporting that no version exists.
+        """
+        if self.marker is None:
+            raw = await self.client.get(self._k("current"))
+        else:
+            raw, mark = await self.client.mget([self._k("current"), self.marker.key])
+            self.marker.check(mark)
         return int(raw) if raw else 0
 
     def snapshot(self, bundle: ModelBundle, trainer: Trainer, published_at: float,
@@ -110,7 +126,7 @@ class ModelStore:
         once the next owner has claimed, those stores are refused, so they can neither
         overwrite the newer state nor move ``current`` back.
         """
-        await self.client.set(self._k(OWNER), owner)
+        await self._claim(keys=[self._k(OWNER)], args=[owner, *guard_args(self.marker)])
 
     async def store(self, version: int, items: Mapping[str, bytes | str | int],
                     owner: str) -> bool:
@@ -147,7 +163,8 @@ class ModelStore:
         sets = {name: value for name, value in writes.items() if value is not None}
         deletes = [name for name, value in writes.items() if value is None]
         done = await self._fenced_write(keys=[self._k(OWNER), *sets, *deletes],
-                                        args=[owner, len(sets), *sets.values()])
+                                        args=[owner, len(sets), *sets.values(),
+                                              *guard_args(self.marker)])
         return bool(done)
 
     async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:

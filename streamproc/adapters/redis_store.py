@@ -2,7 +2,8 @@
 
 The Lua interpreter in ``profile_update.lua`` applies the ops computed by
 ``streamproc.core.features``; this module only groups a batch by customer,
-ships it, and decodes the answer.
+ships it, and decodes the answer. Both write scripts run behind the deployment marker
+check (``deployment.guarded``): a Redis that lost the worker's marker refuses them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgpack
 import redis.asyncio as aioredis
 
 from streamproc.adapters import keys
+from streamproc.adapters.deployment import DeploymentMarker, guard_args, guarded
 from streamproc.core import seen
 from streamproc.core.features import (
     BINARY_FIELDS,
@@ -242,21 +244,25 @@ class RedisProfileStore:
         prefix: str,
         features: FeatureConfig,
         profile_ttl_s: int,
+        marker: DeploymentMarker | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
-        self._script = client.register_script(_SCRIPT)
-        self._scoring_write = client.register_script(_SCORING_WRITE)
+        #: Writes go only to a Redis holding this marker (None: unchecked, for tools).
+        self.marker = marker
+        self._script = client.register_script(guarded(_SCRIPT))
+        self._scoring_write = client.register_script(guarded(_SCORING_WRITE))
         wire = features.as_wire()
         wire.update(pttl=profile_ttl_s)
         self._config = encode_for_lua(wire)
 
     @classmethod
     def from_settings(cls, client: aioredis.Redis, settings: RedisSettings,
-                      features: FeatureConfig) -> RedisProfileStore:
+                      features: FeatureConfig,
+                      marker: DeploymentMarker | None = None) -> RedisProfileStore:
         """A store configured from :class:`RedisSettings`."""
         return cls(client, prefix=settings.key_prefix, features=features,
-                   profile_ttl_s=settings.profile_ttl_s)
+                   profile_ttl_s=settings.profile_ttl_s, marker=marker)
 
     async def apply_batch(self, events: Sequence[PreparedEvent],
                           now: int | None = None) -> list[CustomerUpdate]:
@@ -275,7 +281,8 @@ class RedisProfileStore:
                 (digest(ev.event_id), ev.ts, ev.ops, ev.lane))
         customers = list(groups)
         wall = int(time.time()) if now is None else now
-        argv: list[bytes | int] = [self._config, encode_for_lua(list(groups.values())), wall]
+        argv: list[bytes | int | str] = [self._config, encode_for_lua(list(groups.values())),
+                                         wall, *guard_args(self.marker)]
         reply = await self._script(
             keys=[keys.profile_key(self.prefix, c) for c in customers], args=argv
         )
@@ -366,7 +373,8 @@ class RedisProfileStore:
         names = [keys.profile_key(self.prefix, c) for c in states]
         blobs = [encode_blob(state) for state in states.values()]
         await self._scoring_write(keys=[*names, *sets],
-                                  args=[ttl_s, len(names), *blobs, encode_for_lua(ops)])
+                                  args=[ttl_s, len(names), *blobs, encode_for_lua(ops),
+                                        *guard_args(self.marker)])
 
     async def customers(self, count: int = 1000) -> AsyncIterator[str]:
         """Every customer with a stored profile (SCAN; safe on a live server)."""

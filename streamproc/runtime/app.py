@@ -17,6 +17,7 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 
+from streamproc.adapters.deployment import DeploymentGuard, Status
 from streamproc.adapters.event_time import EventTimeWriter
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
@@ -29,7 +30,12 @@ from streamproc.core.outputs import MAX_RECORD_BYTES
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.inflight import InFlight
-from streamproc.runtime.kafka import FaustProducer, StreamprocApp, faust_credentials
+from streamproc.runtime.kafka import (
+    FaustProducer,
+    StreamprocApp,
+    faust_credentials,
+    group_consumed_before,
+)
 from streamproc.runtime.pipeline import (
     IngestPipeline,
     PreparedBatch,
@@ -53,11 +59,16 @@ class WorkerState:
     redis_ok: bool = True
     publish_ok: bool = True  # no output record waiting to be sent again
     batches: int = 0
+    #: The deployment marker check (adapters.deployment): "lost" holds every Redis call.
+    redis_state: Status = "unverified"
+    redis_state_reason: str | None = None
 
     @property
     def ready(self) -> bool:
-        """Ready = started, Redis answering and outputs acknowledged by the broker."""
-        return self.started and self.redis_ok and self.publish_ok
+        """Ready = started, Redis answering and still the Redis this deployment wrote to,
+        and outputs acknowledged by the broker."""
+        return (self.started and self.redis_ok and self.redis_state == "ok"
+                and self.publish_ok)
 
 
 @dataclass
@@ -72,6 +83,7 @@ class Worker:
     scorer: Scorer
     trainer: TrainerService
     state: WorkerState
+    guard: DeploymentGuard
 
 
 def _app(settings: Settings) -> faust.App:
@@ -118,6 +130,13 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
 
     def on_redis(ok: bool) -> None:
         state.redis_ok = ok
+        if not ok:
+            guard.suspect()  # it may come back empty: check the marker before going on
+        metrics.ready.set(1 if state.ready else 0)
+
+    def on_guard(status: Status, reason: str | None) -> None:
+        state.redis_state, state.redis_state_reason = status, reason
+        metrics.redis_state_lost.set(1 if status == "lost" else 0)
         metrics.ready.set(1 if state.ready else 0)
 
     def on_publish(ok: bool) -> None:
@@ -125,20 +144,29 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         metrics.ready.set(1 if state.ready else 0)
 
     client = make_client(settings.redis)
+    guard = DeploymentGuard(client, settings.redis.key_prefix,
+                            history=lambda: group_consumed_before(settings), on_change=on_guard)
     store = RedisProfileStore.from_settings(
-        client, settings.redis, settings.ingest.feature_config())
-    retrier = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis)
+        client, settings.redis, settings.ingest.feature_config(), guard.marker)
+    # Every Redis call of the agents and timers waits while the marker is not verified;
+    # the guard's own checks go through a retrier of their own.
+    retrier = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis, gate=guard)
+    checks = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis)
     if settings.models.signing_key is None:
         raise ValueError("STREAMPROC_MODELS__SIGNING_KEY is required")
     model_store = ModelStore(client, settings.redis.key_prefix,
-                             settings.models.signing_key.get_secret_value().encode())
+                             settings.models.signing_key.get_secret_value().encode(),
+                             guard.marker)
     models = ModelHolder(model_store, metrics, time.time)
+    # An accepted Redis holds none of the models in hand (the trainer finds its claim gone
+    # at its next store and starts over by itself).
+    guard.on_replaced = models.forget
     scorer = Scorer(settings, store, models, metrics, retrier)
     publisher = RetryingPublisher(FaustProducer(app), metrics, on_state=on_publish)
     pipeline = IngestPipeline(settings, store, publisher, metrics, retrier=retrier,
                               scoring=scorer)
     trainer = TrainerService(settings.models, model_store, metrics)
-    worker = Worker(app, settings, metrics, registry, pipeline, scorer, trainer, state)
+    worker = Worker(app, settings, metrics, registry, pipeline, scorer, trainer, state, guard)
 
     inputs = app.topic(settings.topics.clickstream, settings.topics.purchases,
                        key_type=bytes, value_type=bytes,
@@ -325,9 +353,14 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         _health_pages(app, state)
 
     async def mark_started() -> None:
-        await retrier.call("ping", client.ping)
-        state.started = True
-        metrics.ready.set(1 if state.ready else 0)
+        async def check() -> None:
+            await checks.call("deployment_check", guard.verify)
+
+        def started() -> None:
+            state.started = True
+            metrics.ready.set(1 if state.ready else 0)
+
+        await guard.watch(check, on_first=started)
 
     app.task(mark_started)
 
@@ -351,6 +384,10 @@ def _health_pages(app: faust.App, state: WorkerState) -> None:
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            body = {"ready": state.ready, "started": state.started, "redis": state.redis_ok,
-                    "publish": state.publish_ok}
+            body: dict[str, object] = {"ready": state.ready, "started": state.started,
+                                       "redis": state.redis_ok,
+                                       "redis_state": state.redis_state,
+                                       "publish": state.publish_ok}
+            if state.redis_state_reason is not None:
+                body["reason"] = state.redis_state_reason
             return self.json(body, status=200 if state.ready else 503)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -81,6 +82,27 @@ async def ensure_topics(settings: Settings) -> None:
         for topic in wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics([topic])
+    finally:
+        await admin.close()
+
+
+async def group_consumed_before(settings: Settings) -> bool:
+    """Whether the consumer group has committed offsets past the start of an input partition.
+
+    A fact kept in Kafka, beside the Redis state: a worker that finds no deployment marker
+    in Redis asks it to tell a first start from a Redis that lost its data while no
+    worker ran. Partitions are named one by one (Tansu refuses a fetch of all of them).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                **aiokafka_security(settings.kafka))
+    await admin.start()
+    try:
+        topics = [settings.topics.clickstream, settings.topics.purchases]
+        partitions = [TopicPartition(t["topic"], p["partition"])
+                      for t in await admin.describe_topics(topics) for p in t["partitions"]]
+        offsets = await admin.list_consumer_group_offsets(settings.kafka.consumer_group,
+                                                          partitions=partitions)
+        return any(meta.offset > 0 for meta in offsets.values())
     finally:
         await admin.close()
 

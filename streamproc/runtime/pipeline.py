@@ -200,6 +200,20 @@ def no_acks() -> Awaitable[None]:
 Sender = Callable[[Sequence[OutRecord]], Awaitable[Awaitable[None]]]
 
 
+class Gate(Protocol):
+    """Holds Redis calls while Redis may not be the one the worker wrote to
+    (:class:`streamproc.adapters.deployment.DeploymentGuard`)."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def wait_open(self) -> None: ...
+
+    def refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a call the gate's check refused (the gate closes then)."""
+        ...
+
+
 class Retrier:
     """Retries Redis calls forever with capped, jittered exponential backoff.
 
@@ -208,22 +222,33 @@ class Retrier:
     """
 
     def __init__(self, metrics: Metrics, max_backoff_s: float,
-                 on_state: Callable[[bool], None] | None = None) -> None:
+                 on_state: Callable[[bool], None] | None = None,
+                 gate: Gate | None = None) -> None:
         self.metrics = metrics
         self.max_backoff_s = max_backoff_s
         self.on_state = on_state
+        self.gate = gate
         self._rng = random.Random()  # noqa: S311 - jitter, not crypto
 
     async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn`` until it succeeds, recording latency, errors and Redis health."""
+        """Run ``fn`` until it succeeds, recording latency, errors and Redis health.
+
+        With a gate, every attempt waits until the gate is open, and a call the gate
+        refused is held there (not counted as a Redis error) until it opens again.
+        """
         delay = 0.05
+        gate = self.gate
         while True:
+            if gate is not None and not gate.is_open:
+                await gate.wait_open()
             started = time.perf_counter()
             try:
                 result = await fn()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self._failed(operation, exc)
             except RedisError as exc:
+                if gate is not None and gate.refused(exc):
+                    continue
                 # BUSY/LOADING and friends are transient too; anything else (a script that
                 # refuses a value, a bug) stalls the batch until it is fixed, so say what.
                 transient = isinstance(exc, ReadOnlyError | TryAgainError) or str(

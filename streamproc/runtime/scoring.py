@@ -174,6 +174,14 @@ class ModelHolder:
         self._report()
         return True
 
+    def forget(self) -> None:
+        """Drop the model in hand: Redis was replaced (an operator accepted a new deployment
+        marker), so whatever it publishes next is loaded, the same version number too."""
+        self.bundle, self.published_at = None, 0.0
+        self._refused.clear()
+        self.metrics.model_version.set(0)
+        self._report()
+
     def _report(self) -> None:
         b = self.bundle
         if b is None:

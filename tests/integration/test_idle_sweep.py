@@ -42,6 +42,8 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
     # No Faust consumer here: the event-time clock is set by hand (nothing lags).
     worker.scorer.clock_for = lambda _p: PartitionClock(-math.inf, math.inf)
     try:
+        await worker.guard.verify()  # what the running app does first: Redis calls wait for it
+        assert worker.guard.is_open
         event = {"event_id": "e-1", "customer_id": "c-live", "event_type": "page_view",
                  "timestamp": "2026-11-01T10:00:00Z", "url": "/"}
         batch = worker.pipeline.prepare([RawMessage(settings.topics.clickstream, 0, 0,

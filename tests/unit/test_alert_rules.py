@@ -97,6 +97,7 @@ def test_rule_has_firing_and_quiet_test_cases(name: str) -> None:
     ("StreamprocDeadLetterRateHigh",
      ["rate(streamproc_dead_letters_total[5m])", "rate(streamproc_events_total[5m])"], "5m"),
     ("StreamprocRedisDown", ["streamproc_redis_up == 0"], "1m"),
+    ("StreamprocRedisStateLost", ["streamproc_redis_state_lost == 1"], None),
     ("StreamprocChurnModelQualityLow",
      ["streamproc_churn_roc_auc < 0.7", "streamproc_churn_model_ready == 1"], "30m"),
     ("StreamprocModelSnapshotStale", ["streamproc_model_snapshot_age_seconds > 3600"], "5m"),
@@ -104,7 +105,7 @@ def test_rule_has_firing_and_quiet_test_cases(name: str) -> None:
     ("StreamprocChurnAlertsStopped",
      ["streamproc_churn_alerts_total", "streamproc_churn_model_ready"], "30m"),
 ])
-def test_required_rules(name: str, fragments: list[str], for_: str) -> None:
+def test_required_rules(name: str, fragments: list[str], for_: str | None) -> None:
     rule = next((r for r in alert_rules() if r["alert"] == name), None)
     assert rule is not None, f"{name} is missing from alerts.yml"
     expr = " ".join(rule["expr"].split())
