@@ -19,6 +19,7 @@ import msgpack
 import redis.asyncio as aioredis
 
 from streamproc.adapters import keys
+from streamproc.adapters.scoring_codec import decode_state, encode_state, state_token
 from streamproc.core import seen
 from streamproc.core.features import (
     BINARY_FIELDS,
@@ -28,6 +29,7 @@ from streamproc.core.features import (
     profile_from_row,
     profile_row,
 )
+from streamproc.core.store import CustomerRecord, StateWrite
 from streamproc.settings import RedisSettings
 
 _SCRIPT = resources.files("streamproc.adapters").joinpath("profile_update.lua").read_text()
@@ -56,7 +58,8 @@ class CustomerUpdate:
 
     customer_id: str
     state: dict[str, Any]
-    output_state: dict[str, Any] | None
+    #: The profile with the customer's scoring state as stored (its token included).
+    scoring: CustomerRecord
     #: Per event of the customer, in batch order: seen.APPLIED, DUPLICATE or LATE.
     statuses: list[int]
 
@@ -71,23 +74,27 @@ VALUE_TAG: Final = 0xC1
 _HEAD: Final = 5
 
 
-def split_value(raw: bytes | str | None) -> tuple[bytes | None, bytes | None, bool]:
-    """A customer key's value as (profile blob, scoring-state blob, legacy).
+def split_value(raw: bytes | str | None) -> tuple[bytes | None, bytes | None]:
+    """A customer key's value as (profile blob, scoring-state blob), None where empty.
 
     The layout (see ``profile_update.lua``): the tag byte, the profile's length (4 bytes,
-    big-endian), the profile, then the scoring state. ``legacy`` marks a bare profile
-    written before the two shared a key, or no value at all: the state may still be in
-    the old state key.
+    big-endian), the profile, then the scoring state.
     """
     if not raw:
-        # No value: an earlier version may still hold this customer's state in its own key.
-        return None, None, True
+        return None, None
     if isinstance(raw, str):  # a client built with decode_responses; never ours
         raw = raw.encode("utf-8", "surrogateescape")
     if raw[0] != VALUE_TAG:
-        return raw, None, True
+        return raw, None
     n = int.from_bytes(raw[1:_HEAD], "big")
-    return raw[_HEAD:_HEAD + n] or None, raw[_HEAD + n:] or None, False
+    return raw[_HEAD:_HEAD + n] or None, raw[_HEAD + n:] or None
+
+
+def customer_record(customer_id: str, profile: dict[str, Any] | None,
+                    state_blob: bytes | None) -> CustomerRecord:
+    """A customer as the scoring store reads it, from its profile and state blob."""
+    state, stale = decode_state(customer_id, state_blob)
+    return CustomerRecord(customer_id, profile, state, state_token(state_blob), stale)
 
 
 def decode_blob(blob: bytes | str | None) -> dict[str, Any]:
@@ -235,7 +242,6 @@ class RedisProfileStore:
         self.client = client
         self.prefix = prefix
         self._script = client.register_script(_SCRIPT)
-        self._scoring_write = client.register_script(_SCORING_WRITE)
         wire = features.as_wire()
         wire.update(pttl=profile_ttl_s)
         self._config = encode_for_lua(wire)
@@ -268,14 +274,11 @@ class RedisProfileStore:
         )
         updates = []
         for customer_id, (blob, out_blob, flags) in zip(customers, reply, strict=True):
-            updates.append(
-                CustomerUpdate(
-                    customer_id=customer_id,
-                    state=decode_blob(blob or None),
-                    output_state=decode_blob(out_blob) if out_blob else None,
-                    statuses=[int(f) for f in flags],
-                )
-            )
+            profile = decode_blob(blob or None)
+            updates.append(CustomerUpdate(
+                customer_id=customer_id, state=profile,
+                scoring=customer_record(customer_id, profile, out_blob or None),
+                statuses=[int(f) for f in flags]))
         return updates
 
     async def get_state(self, customer_id: str) -> dict[str, Any] | None:
@@ -293,67 +296,6 @@ class RedisProfileStore:
             out.append(decode_blob(profile) if profile else None)
         return out
 
-    async def get_customers(
-        self, customer_ids: Sequence[str]
-    ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any] | None]]:
-        """Profiles and scoring states of many customers (one key each), None where absent."""
-        if not customer_ids:
-            return [], []
-        values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
-        profiles: list[bytes | None] = []
-        states: list[bytes | str | None] = []
-        legacy: list[int] = []
-        for i, value in enumerate(values):
-            profile, state, old = split_value(value)
-            profiles.append(profile)
-            states.append(state)
-            if old:
-                legacy.append(i)
-        if legacy:  # written before profile and state shared a key
-            olds = await self.client.mget(
-                [keys.output_state_key(self.prefix, customer_ids[i]) for i in legacy])
-            for i, blob in zip(legacy, olds, strict=True):
-                states[i] = blob
-        return ([decode_blob(p) if p else None for p in profiles],
-                [decode_blob(b) if b else None for b in states])
-
-    async def get_output_states(
-        self, customer_ids: Sequence[str]
-    ) -> list[dict[str, Any] | None]:
-        """Scoring states (segment, alert cooldown, pending snapshots), None where absent."""
-        return (await self.get_customers(customer_ids))[1]
-
-    async def put_output_states(
-        self,
-        states: Mapping[str, Mapping[str, Any]],
-        ttl_s: int,
-        *,
-        add: Mapping[str, Mapping[str, float]] | None = None,
-        remove: Mapping[str, Sequence[str]] | None = None,
-    ) -> None:
-        """Write scoring states and update schedule sorted sets atomically, in one command.
-
-        A state goes into its customer's key after the profile (``scoring_write.lua``),
-        keeping the profile and its TTL; ``ttl_s`` applies to a customer with no profile.
-
-        ``add`` maps a sorted-set key to members and scores, ``remove`` to members.
-        Like :meth:`apply_batch`, the call names every key it touches; on Redis Cluster
-        the keys of one call must share a slot.
-        """
-        sets = sorted({*(add or {}), *(remove or {})})
-        if not states and not sets:
-            return
-        ops = []
-        for key in sets:
-            flat: list[float | str] = []
-            for member, score in (add or {}).get(key, {}).items():
-                flat += [score, member]
-            ops.append([flat, list((remove or {}).get(key, ()))])
-        names = [keys.profile_key(self.prefix, c) for c in states]
-        blobs = [encode_blob(state) for state in states.values()]
-        await self._scoring_write(keys=[*names, *sets],
-                                  args=[ttl_s, len(names), *blobs, encode_for_lua(ops)])
-
     async def customers(self, count: int = 1000) -> AsyncIterator[str]:
         """Every customer with a stored profile (SCAN; safe on a live server)."""
         async for key in self.client.scan_iter(match=keys.profile_pattern(self.prefix),
@@ -365,3 +307,61 @@ class RedisProfileStore:
         """Bytes Redis uses for one customer's profile key."""
         used = await self.client.memory_usage(keys.profile_key(self.prefix, customer_id))
         return int(used or 0)
+
+
+class RedisScoringStore:
+    """The :class:`~streamproc.core.store.ScoringStore` on Redis: states in customers' keys,
+    schedules in sorted sets (``<prefix>:<schedule>``), written by ``scoring_write.lua``."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl_s: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        #: Applies to a state written for a customer with no key (its profile expired).
+        self.ttl_s = ttl_s
+        self._write = client.register_script(_SCORING_WRITE)
+
+    @classmethod
+    def from_settings(cls, client: aioredis.Redis, settings: RedisSettings) -> RedisScoringStore:
+        """A store configured from :class:`RedisSettings`."""
+        return cls(client, prefix=settings.key_prefix, ttl_s=settings.profile_ttl_s)
+
+    def schedule_key(self, schedule: str) -> str:
+        """The sorted set of a schedule (``core.store.schedule_name``)."""
+        return keys.schedule_key(self.prefix, schedule)
+
+    async def read(self, customer_ids: Sequence[str]) -> list[CustomerRecord]:
+        """Profiles and scoring states of customers, in order, in one round trip."""
+        if not customer_ids:
+            return []
+        values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
+        out = []
+        for cid, value in zip(customer_ids, values, strict=True):
+            profile, state = split_value(value)
+            out.append(customer_record(cid, decode_blob(profile) if profile else None, state))
+        return out
+
+    async def write(self, writes: Sequence[StateWrite]) -> list[str]:
+        """Apply every write whose token still names the stored state, in one command.
+
+        Returns the customers whose write was refused. Like ``apply_batch``, the call names
+        every key it touches; on Redis Cluster the keys of one call must share a slot.
+        """
+        if not writes:
+            return []
+        sets = sorted({name for w in writes for name in w.schedules})
+        index = {name: i + 1 for i, name in enumerate(sets)}
+        plan = [[w.token, w.customer_id,
+                 [[index[name], False if due is None else due]
+                  for name, due in w.schedules.items()]] for w in writes]
+        blobs = [b"" if w.state is None else encode_state(w.state) for w in writes]
+        refused = await self._write(
+            keys=[*(keys.profile_key(self.prefix, w.customer_id) for w in writes),
+                  *(self.schedule_key(name) for name in sets)],
+            args=[self.ttl_s, len(writes), *blobs, encode_for_lua(plan)])
+        return [writes[int(i) - 1].customer_id for i in refused]
+
+    async def due(self, schedule: str, upto: float, limit: int) -> list[str]:
+        """Up to ``limit`` customers of ``schedule`` due at or before ``upto``, oldest first."""
+        members = await self.client.zrangebyscore(self.schedule_key(schedule), "-inf", upto,
+                                                  start=0, num=limit)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]

@@ -18,12 +18,13 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 
 from streamproc.adapters.model_store import ModelStore
-from streamproc.adapters.redis_store import RedisProfileStore, make_client
+from streamproc.adapters.redis_store import RedisProfileStore, RedisScoringStore, make_client
 from streamproc.core.eventclock import (
     InputProgress,
     PartitionClock,
     partition_clock,
 )
+from streamproc.core.features import DAY
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.inflight import InFlight
@@ -35,7 +36,7 @@ from streamproc.runtime.pipeline import (
     Retrier,
     keep_collecting,
 )
-from streamproc.runtime.scoring import MIN_SNAPSHOT_GAP_S, ModelHolder, Scorer, iter_partitions
+from streamproc.runtime.scoring import ModelHolder, Scorer, iter_partitions
 from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import Settings
 
@@ -123,7 +124,8 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     model_store = ModelStore(client, settings.redis.key_prefix,
                              settings.models.signing_key.get_secret_value().encode())
     models = ModelHolder(model_store, metrics, time.time)
-    scorer = Scorer(settings, store, models, metrics, retrier)
+    scorer = Scorer(settings, RedisScoringStore.from_settings(client, settings.redis), models,
+                    metrics, retrier)
     publisher = FaustPublisher(app)
     pipeline = IngestPipeline(settings, store, publisher, metrics, retrier=retrier,
                               scoring=scorer)
@@ -135,6 +137,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                        key_serializer="raw", value_serializer="raw")
     ingest = settings.ingest
     catch_up = ingest.catchup_max_wait_s > 0
+    snapshot_gap_s = settings.models.min_snapshot_gap_days * DAY
 
     @app.agent(inputs, name="ingest")
     async def ingest_agent(stream: Any) -> None:
@@ -182,7 +185,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                                                 max_messages=ingest.batch_max_messages,
                                                 max_events=ingest.batch_max_events,
                                                 max_wait_s=ingest.catchup_max_wait_s,
-                                                max_span_s=MIN_SNAPSHOT_GAP_S):
+                                                max_span_s=snapshot_gap_s):
                     continue
                 await dispatch(held, held_events)
                 held, held_events = None, []
