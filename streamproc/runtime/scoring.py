@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from streamproc.adapters.model_store import ModelStore
 from streamproc.core.eventclock import PartitionClock
@@ -47,6 +47,16 @@ REFUSED_RETRY_S = 30.0
 #: Writes of one customer before giving up when other workers keep changing it meanwhile.
 WRITE_ATTEMPTS = 5
 CHECKS, DEFERRED = "checks", "deferred"
+
+
+class ModelSource(Protocol):
+    """Where the scorer gets the model version it scores with."""
+
+    bundle: ModelBundle | None
+
+    async def refresh(self) -> bool:
+        """Load a newer version if there is one; True if the model changed."""
+        ...
 
 
 class ModelHolder:
@@ -141,7 +151,7 @@ class _Decided:
 class Scorer:
     """Drives the scoring step for this worker's batches and partitions."""
 
-    def __init__(self, settings: Settings, store: ScoringStore, models: ModelHolder,
+    def __init__(self, settings: Settings, store: ScoringStore, models: ModelSource,
                  metrics: Metrics, retrier: Retrier,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings

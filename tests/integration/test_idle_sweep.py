@@ -38,7 +38,7 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
     worker.pipeline.publisher = publisher
     client = worker.pipeline.store.client
     prefix = settings.redis.key_prefix
-    checks = keys.checks_key(prefix, 0)
+    checks = keys.schedule_key(prefix, "checks:0")
     # No Faust consumer here: the event-time clock is set by hand (nothing lags).
     worker.scorer.clock_for = lambda _p: PartitionClock(-math.inf, math.inf)
     try:
@@ -58,7 +58,7 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
 
         assert await client.exists(keys.profile_key(prefix, "c-gone")) == 0
         assert await client.zscore(checks, "c-gone") is None
-        assert await client.zscore(keys.deferred_key(prefix, 0), "c-gone") is None
+        assert await client.zscore(keys.schedule_key(prefix, "deferred:0"), "c-gone") is None
         live_after = await client.get(keys.profile_key(prefix, "c-live"))
         assert live_after != live_before  # the live customer's idle check ran and was stored
         assert worker.metrics.idle_checks._value.get() == 1

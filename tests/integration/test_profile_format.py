@@ -26,6 +26,7 @@ from streamproc.adapters import keys
 from streamproc.adapters.redis_store import (
     PreparedEvent,
     RedisProfileStore,
+    RedisScoringStore,
     decode_blob,
     encode_blob,
     encode_profile,
@@ -40,6 +41,7 @@ from streamproc.core.features import (
     ProfileFormatError,
     ProfileView,
 )
+from streamproc.core.step import ScoringState
 from streamproc.runtime.embedded import Service
 from tests.integration.test_feature_store import (
     WALL,
@@ -121,8 +123,9 @@ async def test_generator_profiles_stored_as_maps_read_alike_and_become_arrays(
         assert decode_blob(encode_profile(old[cid])) == state
         assert ProfileView(cid, as_of, state).to_dict() == \
             ProfileView(cid, as_of, decode_blob(encode_profile(old[cid]))).to_dict()
-    assert (await store.get_customers(customers))[1] == [{"la": 1.0, "pend": []}] * len(
-        customers)
+    scoring_store = RedisScoringStore(redis_client, prefix=store.prefix, ttl_s=0)
+    assert [r.state for r in await scoring_store.read(customers)] == \
+        [ScoringState(last_activity=1.0)] * len(customers)
 
     # Redeliveries of the history for some customers only (all duplicates: converted
     # too), new events and redeliveries for the others.
@@ -141,7 +144,7 @@ async def test_generator_profiles_stored_as_maps_read_alike_and_become_arrays(
     for update in updates:
         assert update.statuses == expected[update.customer_id], update.customer_id
         assert update.state == twin.states[update.customer_id]
-        assert update.output_state == {"la": 1.0, "pend": []}
+        assert update.scoring.state == ScoringState(last_activity=1.0)
     for update in updates:
         stored = await _profile_bytes(redis_client, store.prefix, update.customer_id)
         assert msgpack.unpackb(stored, raw=True)[0] == 1  # an array of format 1
