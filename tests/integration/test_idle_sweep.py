@@ -61,6 +61,7 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
         assert await client.zscore(keys.schedule_key(prefix, "deferred:0"), "c-gone") is None
         live_after = await client.get(keys.profile_key(prefix, "c-live"))
         assert live_after != live_before  # the live customer's idle check ran and was stored
-        assert worker.metrics.idle_checks._value.get() == 1
+        # Every idle check due, each 7 days, until three 30-day horizons after the activity.
+        assert worker.metrics.idle_checks._value.get() == 12
     finally:
         await client.aclose()
