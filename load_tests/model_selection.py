@@ -39,6 +39,7 @@ from streamproc.core.segments import (
     make_clusterer,
     segment_features,
 )
+from streamproc.core.training import ProfileExample
 from streamproc.settings import IngestSettings, ModelSettings
 
 CLUSTERERS = ("kmeans", "kmeans-h0.2", "kmeans-h0.01", "streamkmeans", "clustream", "dbstream")
@@ -74,7 +75,7 @@ def record(customers: int, days: float, seed: int) -> tuple[Replay, TrafficGener
 
 def eval_clusterer(
     kind: str,
-    stream: list[tuple[str, dict[str, float]]],
+    stream: list[ProfileExample],
     final: list[dict[str, float]],
     personas: list[str],
     k: int,
@@ -83,7 +84,7 @@ def eval_clusterer(
     """ARI on end-of-period profiles, learn speed and size of one clusterer."""
     scaler = preprocessing.StandardScaler()
     model = make_clusterer(kind, k, seed)
-    rows = [segment_features(f) for _, f in stream]
+    rows = [segment_features(e.features) for e in stream]
     t0 = time.perf_counter()
     for x in rows:
         scaler.learn_one(x)

@@ -28,8 +28,13 @@ from streamproc.core import seen
 from streamproc.core.features import ProfileView, event_lane, event_ops
 from streamproc.core.labels import LabelledExample
 from streamproc.core.modelset import ModelBundle, Trainer, version_due
-from streamproc.core.policies import AlertDecision
-from streamproc.core.step import SegmentDecision, StepConfig, StepInput, step_many
+from streamproc.core.step import (
+    AlertOutcome,
+    SegmentDecision,
+    StepConfig,
+    StepInput,
+    step_many,
+)
 from streamproc.core.store import CustomerRecord, InMemoryStore, StateWrite, schedule_name
 from streamproc.core.training import ProfileExample, TrainingExample
 
@@ -73,12 +78,12 @@ class Replay:
     bundle: ModelBundle | None = None
     watermark: float = -math.inf
     newest: float = -math.inf
-    alerts: list[AlertDecision] = field(default_factory=list)
+    alerts: list[AlertOutcome] = field(default_factory=list)
     segment_changes: list[SegmentDecision] = field(default_factory=list)
     snapshots: int = 0
     dropped_snapshots: int = 0
     #: With ``record``: the profile stream the trainer learned and the labels, in order.
-    profile_stream: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+    profile_stream: list[ProfileExample] = field(default_factory=list)
     label_stream: list[LabelledExample] = field(default_factory=list)
     _since_cut: int = 0
 
@@ -131,7 +136,7 @@ class Replay:
         writes = []
         for (rec, inp), (state, out) in zip(work, stepped, strict=True):
             writes.append(StateWrite(inp.customer_id, rec.token, state, {CHECKS: out.next_due}))
-            self.alerts += [a.decision for a in out.alerts]
+            self.alerts += out.alerts
             self.segment_changes += out.segment_changes
             self.dropped_snapshots += out.dropped_snapshots
             self._learn(out.examples)
@@ -144,7 +149,7 @@ class Replay:
                 self.trainer.learn_profile_features(example.customer_id, example.features,
                                                     example.at)
                 if self.record:
-                    self.profile_stream.append((example.customer_id, example.features))
+                    self.profile_stream.append(example)
             else:
                 self.trainer.learn_label(example)
                 if self.record:

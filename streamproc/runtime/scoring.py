@@ -168,49 +168,58 @@ class Scorer:
             lambda _p: PartitionClock(-math.inf, math.inf)
 
     async def on_batch(self, batch: ActivityBatch) -> list[OutRecord]:
-        """Step every customer active in the batch; persist their scoring state.
+        """Step every customer active in the batch, then whoever its event time made due.
 
         The caller (IngestPipeline.stage) holds :attr:`lock` around the update and this call.
+        Due customers are stepped in the same pass as the batch that moved event time past
+        them rather than at the next timer sweep, so what is decided does not depend on the
+        timer (the replay, which sweeps after every message, decides alike).
         """
         if not self._loaded_once:
             self._loaded_once = True
             await self.retrier.call("load_model", self.models.refresh)
-        clocks: dict[int, PartitionClock] = {}
+        clocks = {p: self.clock_for(p) for p in sorted(set(batch.partitions.values()))}
         jobs: dict[str, _Job] = {}
         records: dict[str, CustomerRecord] = {}
         for update in batch.updates:
             cid = update.customer_id
-            if cid not in batch.activity:
-                continue
-            partition = batch.partitions.get(cid, 0)
-            if partition not in clocks:
-                clocks[partition] = self.clock_for(partition)
-            jobs[cid] = _Job(cid, partition, clocks[partition], "batch",
-                             tuple(batch.activity[cid]))
-            records[cid] = update.scoring
-        return await self._settle(jobs, records) if jobs else []
+            if cid in batch.activity:
+                partition = batch.partitions.get(cid, 0)
+                jobs[cid] = _Job(cid, partition, clocks[partition], "batch",
+                                 tuple(batch.activity[cid]))
+                records[cid] = update.scoring
+        out = await self._settle(jobs, records) if jobs else []
+        for partition, clock in clocks.items():
+            out += await self._sweep_due(partition, clock)
+        return out
 
     async def sweep(self, partition: int, send: Sender) -> Awaitable[None]:
         """Step deferred activity and due customers of one partition as event time allows.
 
-        The outputs are handed to ``send`` before the lock is released, so they reach their
-        topics in order with the batches' outputs; returns the awaitable of their acks.
+        The timer's pass: it finds what waits for a lagging input to catch up, and a
+        partition whose input stopped. The outputs are handed to ``send`` before the lock
+        is released, so they reach their topics in order with the batches' outputs; returns
+        the awaitable of their acks.
         """
-        clock = self.clock_for(partition)
+        async with self.lock:
+            out = await self._sweep_due(partition, self.clock_for(partition))
+            return await send(out) if out else no_acks()
+
+    async def _sweep_due(self, partition: int, clock: PartitionClock) -> list[OutRecord]:
+        """Step the partition's deferred customers its gate passed and those due by its
+        watermark (the caller holds the lock)."""
         if clock.watermark == -math.inf and clock.gate == -math.inf:
-            return no_acks()
-        ready = await self.retrier.call("sweep", lambda: self.store.due(
-            schedule_name(DEFERRED, partition), clock.gate, SWEEP_LIMIT))
-        idle = await self.retrier.call("sweep", lambda: self.store.due(
-            schedule_name(CHECKS, partition), clock.watermark, SWEEP_LIMIT))
+            return []
+        ready = await self.retrier.call("sweep", partial(
+            self.store.due, schedule_name(DEFERRED, partition), clock.gate, SWEEP_LIMIT))
+        idle = await self.retrier.call("sweep", partial(
+            self.store.due, schedule_name(CHECKS, partition), clock.watermark, SWEEP_LIMIT))
         jobs = {cid: _Job(cid, partition, clock, "idle") for cid in idle}
         jobs.update((cid, _Job(cid, partition, clock, "deferred")) for cid in ready)
         if not jobs:
-            return no_acks()
-        async with self.lock:
-            read = await self.retrier.call("sweep", lambda: self.store.read(list(jobs)))
-            out = await self._settle(jobs, {r.customer_id: r for r in read})
-            return await send(out) if out else no_acks()
+            return []
+        read = await self.retrier.call("sweep", partial(self.store.read, list(jobs)))
+        return await self._settle(jobs, {r.customer_id: r for r in read})
 
     async def _settle(self, jobs: Mapping[str, _Job],
                       records: Mapping[str, CustomerRecord]) -> list[OutRecord]:

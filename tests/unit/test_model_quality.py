@@ -86,11 +86,11 @@ def test_alerts_catch_churners_before_horizon_and_spare_loyal(
     end = gen.end.timestamp()
     truths = gen.truths()
     first_alert: dict[str, float] = {}
-    for a in replay.alerts:
+    for a in (outcome.decision for outcome in replay.alerts):
         first_alert.setdefault(a.customer_id, a.event_time)
     positives = [e.labelled_at for e in replay.label_stream if e.label == 1]
     ready_at = sorted(positives)[MIN_POSITIVES - 1]
-    ids = {a.alert_id for a in replay.alerts}
+    ids = {a.decision.alert_id for a in replay.alerts}
     assert len(ids) == len(replay.alerts)
     churners = [
         t
