@@ -12,8 +12,7 @@ customer's batch is scored and stored under the new feature set.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -27,28 +26,18 @@ from streamproc.core.features import ProfileView
 from streamproc.core.modelset import Trainer
 from streamproc.core.training import ProfileExample, decode_record, feature_set
 from streamproc.runtime.app import Worker, create_worker
-from streamproc.runtime.pipeline import OutRecord, RawMessage, no_acks
+from streamproc.runtime.pipeline import RawMessage
 from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import Settings
 from tests.conftest import SIGNING_KEY
+from tests.integration.test_idle_sweep import Collect
 
 pytestmark = pytest.mark.integration
 
 
-class _Collect:
-    """A publisher that keeps what it is handed."""
-
-    def __init__(self) -> None:
-        self.records: list[OutRecord] = []
-
-    async def send(self, records: Sequence[OutRecord]) -> Any:
-        self.records += records
-        return no_acks()
-
-
-def _worker(settings: Settings) -> tuple[Worker, _Collect]:
+def _worker(settings: Settings) -> tuple[Worker, Collect]:
     worker = create_worker(settings, CollectorRegistry())
-    publisher = _Collect()
+    publisher = Collect()
     worker.pipeline.publisher = publisher
     worker.scorer.clock_for = lambda _p: PartitionClock(-math.inf, math.inf)
     return worker, publisher

@@ -19,7 +19,7 @@ from streamproc.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-class _Collect:
+class Collect:
     """A publisher that keeps what it is handed (the sweep's outputs are not under test)."""
 
     def __init__(self) -> None:
@@ -34,7 +34,7 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
         make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     worker = create_worker(settings, CollectorRegistry())
-    publisher = _Collect()
+    publisher = Collect()
     worker.pipeline.publisher = publisher
     client = worker.pipeline.store.client
     prefix = settings.redis.key_prefix
