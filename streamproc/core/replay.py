@@ -106,15 +106,6 @@ class Replay:
                                         score_at=as_of))])
         self.advance(self.newest - self.lateness_s)
 
-    def feed(self, customer_id: str, value: Mapping[str, Any]) -> None:
-        """Process one event as a message of its own."""
-        self.feed_message(customer_id, [value])
-
-    def feed_all(self, events: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-        """Feed ``(customer_id, event dict)`` pairs, one message each."""
-        for customer_id, value in events:
-            self.feed(customer_id, value)
-
     def feed_messages(self, messages: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
         """Feed ``(topic, customer_id, message)`` as ``generator.batch_envelopes`` yields them."""
         for _, customer_id, message in messages:

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from streamproc.core import features as _features
 from streamproc.core.labels import (
-    LabelledExample,
     Snapshot,
     add_snapshot,
     next_idle_check,
@@ -136,11 +135,6 @@ class StepOutput:
     dropped_snapshots: int = 0
     #: When the customer next needs a step with no activity (None: never).
     next_due: float | None = None
-
-    @property
-    def labels(self) -> list[LabelledExample]:
-        """The delayed labels among the examples."""
-        return [e for e in self.examples if isinstance(e, LabelledExample)]
 
 
 @dataclass(slots=True)

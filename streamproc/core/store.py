@@ -187,14 +187,3 @@ class InMemoryStore:
         """Up to ``limit`` customers of ``schedule`` due at or before ``upto``, oldest first."""
         return self.due_now(schedule, upto, limit)
 
-
-__all__ = [
-    "CustomerRecord",
-    "InMemoryStore",
-    "ScoringStore",
-    "StateWrite",
-    "from_bfloat16",
-    "schedule_name",
-    "stored_precision",
-    "to_bfloat16",
-]

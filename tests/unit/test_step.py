@@ -13,7 +13,7 @@ from streamproc.core.labels import LabelledExample, Snapshot
 from streamproc.core.modelset import ModelBundle, Score
 from streamproc.core.outputs import SegmentInfo
 from streamproc.core.replay import event_namespace
-from streamproc.core.step import ScoringState, StepInput, step, step_many
+from streamproc.core.step import ScoringState, StepInput, StepOutput, step, step_many
 from streamproc.core.training import ProfileExample
 from streamproc.settings import ModelSettings
 
@@ -35,6 +35,10 @@ def profile(*days: float, cid: str = "c") -> dict[str, Any]:
 
 def features(cid: str, at: float, prof: Mapping[str, Any]) -> dict[str, float]:
     return model_features(ProfileView(cid, at, prof))
+
+
+def labels(out: StepOutput) -> list[LabelledExample]:
+    return [e for e in out.examples if isinstance(e, LabelledExample)]
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,8 @@ def test_idle_checks_fire_in_order_up_to_the_watermark_and_labels_follow() -> No
     # Each idle snapshot sees the recency of its own event time.
     assert [e.features["recency_days"] for e in out.examples
             if isinstance(e, ProfileExample)] == [float(d) for d in days]
-    labels = [(e.snapshot.scored_at, e.label, e.labelled_at) for e in out.labels]
-    assert labels == [(T0, 1, T0 + H), (T0 + 7 * DAY, 1, T0 + 7 * DAY + H)]
+    done = [(e.snapshot.scored_at, e.label, e.labelled_at) for e in labels(out)]
+    assert done == [(T0, 1, T0 + H), (T0 + 7 * DAY, 1, T0 + 7 * DAY + H)]
     assert [s.scored_at for s in st.pending] == [T0 + d * DAY for d in (14, 21, 28, 35)]
     assert out.next_due == T0 + 42 * DAY  # the next idle check comes before 14 + 30 days
     # Checks stop three horizons after the last activity; every label comes in the end.
@@ -153,7 +157,7 @@ def test_no_alert_before_the_model_is_ready_and_no_decision_without_one() -> Non
 def test_no_profile_means_labels_only() -> None:
     st, _ = step(None, StepInput("c", profile(0), (T0,), score_at=T0), None, CONFIG)
     st2, out = step(st, StepInput("c", None, watermark=T0 + 31 * DAY), bundle(), CONFIG)
-    assert [e.label for e in out.labels] == [1]
+    assert [e.label for e in labels(out)] == [1]
     assert (out.idle_checks, out.probabilities, st2.pending) == (0, (), ())
 
 
