@@ -108,7 +108,7 @@ class RedisSettings(_Group):
     ssl_ca_certs: str | None = Field(None, description="CA bundle for rediss:// URLs.")
     key_prefix: str = Field("sp", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Key prefix.")
     profile_ttl_s: int = Field(
-        400 * 86_400,
+        int(400 * DAY),
         ge=0,
         description="Profiles untouched this long expire (0 keeps them forever).",
     )
