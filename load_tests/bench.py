@@ -65,9 +65,9 @@ from load_tests.stats import (
 from load_tests.traffic import Record, new_producer, prepare_messages, probe_record, send_records
 from streamproc.adapters.keys import model_key
 from streamproc.adapters.model_store import published_items
-from streamproc.core.generator import TrafficGenerator
+from streamproc.core.generator import TrafficGenerator, batch_envelopes
 from streamproc.core.modelset import ModelBundle, Trainer
-from streamproc.core.replay import Replay, ReplayConfig
+from streamproc.core.replay import Replay
 from streamproc.runtime.embedded import (
     Service,
     free_port,
@@ -227,10 +227,11 @@ def warm_models(settings: Settings, seed: int, customers: int = 200,
     m = settings.models
     trainer = Trainer(n_segments=m.segments, seed=42, churn_threshold=m.churn_threshold,
                       min_labels=m.min_labels_before_alerts)
-    replay = Replay(trainer, ReplayConfig(horizon_s=m.churn_horizon_days * 86_400.0))
+    replay = Replay(trainer, m.step_config(), m.snapshot_every_examples,
+                    lateness_s=settings.ingest.allowed_lateness_s)
     gen = TrafficGenerator(customers=customers, seed=seed + 7,
                            start=datetime(2025, 9, 1, tzinfo=UTC), days=days)
-    replay.feed_all((e.key, e.value) for e in gen.events())
+    replay.feed_messages(batch_envelopes(gen.events(), 20, max_lag=300))
     return trainer.bundle(), trainer
 
 

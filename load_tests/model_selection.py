@@ -1,8 +1,9 @@
 """Measure segmentation and churn-model choices on generator traffic.
 
-Replays seeded synthetic traffic through the pure core once (features, snapshots,
-delayed labels), records the profile stream the trainer learns from and the
-delayed labels, then runs every candidate over the same streams:
+Replays seeded synthetic traffic once through the worker's scoring step on the in-memory
+store (``core/replay.py``, with the settings' defaults: features, snapshots, delayed
+labels, a model version every SNAPSHOT_EVERY_EXAMPLES), records the profile stream the
+trainer learns from and the delayed labels, then runs every candidate over the same streams:
 
 - clusterers: adjusted Rand index vs planted persona (every customer's profile at
   the end of the period), learn rows/s, pickle size;
@@ -26,7 +27,7 @@ from river import preprocessing
 
 from streamproc.core.churn import make_churn_model, roc_auc
 from streamproc.core.features import model_features
-from streamproc.core.generator import TrafficGenerator
+from streamproc.core.generator import TrafficGenerator, batch_envelopes
 from streamproc.core.labels import LabelledExample
 from streamproc.core.modelset import Trainer
 from streamproc.core.replay import Replay
@@ -38,6 +39,8 @@ from streamproc.core.segments import (
     make_clusterer,
     segment_features,
 )
+from streamproc.core.training import ProfileExample
+from streamproc.settings import IngestSettings, ModelSettings
 
 CLUSTERERS = ("kmeans", "kmeans-h0.2", "kmeans-h0.01", "streamkmeans", "clustream", "dbstream")
 CHURN_MODELS = ("logreg", "logreg-sgd0.01", "logreg-adam", "hatc", "arf5")
@@ -48,12 +51,16 @@ def record(customers: int, days: float, seed: int) -> tuple[Replay, TrafficGener
     gen = TrafficGenerator(
         customers=customers, seed=seed, start=datetime(2024, 1, 1, tzinfo=UTC), days=days
     )
-    replay = Replay(Trainer(seed=seed), record=True)
+    models = ModelSettings()
+    trainer = Trainer(n_segments=models.segments, seed=seed,
+                      churn_threshold=models.churn_threshold,
+                      min_labels=models.min_labels_before_alerts)
+    replay = Replay(trainer, models.step_config(), models.snapshot_every_examples,
+                    lateness_s=IngestSettings().allowed_lateness_s, record=True)
+    messages = list(batch_envelopes(gen.events(), 20, max_lag=300))
+    n = sum(len(m["events"]) if "events" in m else 1 for _, _, m in messages)
     t0 = time.perf_counter()
-    n = 0
-    for event in gen.events():
-        replay.feed(event.key, event.value, event.timestamp.timestamp())
-        n += 1
+    replay.feed_messages(messages)
     replay.advance(gen.end.timestamp())
     elapsed = time.perf_counter() - t0
     print(
@@ -68,7 +75,7 @@ def record(customers: int, days: float, seed: int) -> tuple[Replay, TrafficGener
 
 def eval_clusterer(
     kind: str,
-    stream: list[tuple[str, dict[str, float]]],
+    stream: list[ProfileExample],
     final: list[dict[str, float]],
     personas: list[str],
     k: int,
@@ -77,7 +84,7 @@ def eval_clusterer(
     """ARI on end-of-period profiles, learn speed and size of one clusterer."""
     scaler = preprocessing.StandardScaler()
     model = make_clusterer(kind, k, seed)
-    rows = [segment_features(f) for _, f in stream]
+    rows = [segment_features(e.features) for e in stream]
     t0 = time.perf_counter()
     for x in rows:
         scaler.learn_one(x)

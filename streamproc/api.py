@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 
 from streamproc.adapters.event_time import current_event_time
 from streamproc.adapters.model_store import ModelStore
-from streamproc.adapters.redis_store import RedisProfileStore, make_client
+from streamproc.adapters.redis_store import RedisProfileStore, RedisScoringStore, make_client
 from streamproc.core.features import ProfileView
 from streamproc.core.modelset import ModelBundle, Score
-from streamproc.runtime.scoring import CustomerScoringState
+from streamproc.core.store import CustomerRecord
 from streamproc.settings import Settings
 
 
@@ -81,6 +81,7 @@ class AnalyticsReader:
         self.profiles = RedisProfileStore.from_settings(
             self.client, settings.redis,
             settings.ingest.feature_config())
+        self.scoring = RedisScoringStore.from_settings(self.client, settings.redis)
         key = settings.models.signing_key
         self.models = ModelStore(self.client, settings.redis.key_prefix,
                                  key.get_secret_value().encode() if key else b"")
@@ -114,12 +115,11 @@ class AnalyticsReader:
 
     async def customer(self, customer_id: str, as_of: datetime | None = None) -> CustomerReport:
         """One customer's report as of ``as_of`` (default: the current event time)."""
-        states, outs = await self.profiles.get_customers([customer_id])
-        state = states[0]
-        if state is None:
+        [record] = await self.scoring.read([customer_id])
+        if record.profile is None:
             raise CustomerNotFound(customer_id)
         when = await self.resolve_as_of(as_of)
-        return (await self._reports([customer_id], [state], outs, when))[0]
+        return (await self._reports([record], when))[0]
 
     async def all_customers(self, as_of: datetime | None = None,
                             chunk: int = 500) -> AsyncIterator[CustomerReport]:
@@ -140,22 +140,19 @@ class AnalyticsReader:
                 yield report
 
     async def _chunk(self, ids: list[str], as_of: datetime) -> list[CustomerReport]:
-        states, outs = await self.profiles.get_customers(ids)
-        present = [(c, s, o) for c, s, o in zip(ids, states, outs, strict=True) if s is not None]
-        return await self._reports([p[0] for p in present], [p[1] for p in present],
-                                   [p[2] for p in present], as_of)
+        records = await self.scoring.read(ids)
+        return await self._reports([r for r in records if r.profile is not None], as_of)
 
-    async def _reports(self, ids: Sequence[str], states: Sequence[dict[str, Any]],
-                       outs: Sequence[dict[str, Any] | None],
+    async def _reports(self, records: Sequence[CustomerRecord],
                        as_of: datetime) -> list[CustomerReport]:
         bundle = await self.bundle()
         at = as_of.timestamp()
-        views = [ProfileView(cid, at, st) for cid, st in zip(ids, states, strict=True)]
+        views = [ProfileView(r.customer_id, at, r.profile or {}) for r in records]
         scores: list[Score | None] = list(bundle.score_many(views)) if bundle else \
             [None] * len(views)
         reports = []
-        for view, score, out in zip(views, scores, outs, strict=True):
-            published = CustomerScoringState.decode(view.customer_id, out).segment
+        for view, score, record in zip(views, scores, records, strict=True):
+            published = record.state.segment if record.state is not None else None
             base: dict[str, Any] = {
                 "customer_id": view.customer_id,
                 "as_of": datetime.fromtimestamp(view.as_of, UTC),

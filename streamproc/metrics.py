@@ -56,6 +56,9 @@ class Metrics:
     churn_recall: Gauge
     training_examples: Counter
     idle_checks: Counter
+    feature_set_mismatches: Counter
+    scoring_conflicts: Counter
+    multi_partition_customers: Counter
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -157,6 +160,20 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                   registry=reg),
         idle_checks=Counter("streamproc_idle_checks_total",
                             "Idle customers re-scored as the watermark advanced.", registry=reg),
+        feature_set_mismatches=Counter(
+            "streamproc_feature_set_mismatches_total",
+            "Stored model inputs of another feature set, skipped: pending snapshots dropped, "
+            "training examples skipped, model snapshots and trainer states not loaded.",
+            ["kind"], registry=reg),
+        scoring_conflicts=Counter(
+            "streamproc_scoring_conflicts_total",
+            "Scoring-state writes refused because another worker wrote the customer since it "
+            "was read: retried (read and decided again) or given up after the last attempt.",
+            ["outcome"], registry=reg),
+        multi_partition_customers=Counter(
+            "streamproc_multi_partition_customers_total",
+            "Customers whose events arrived on more than one partition (producers with "
+            "different partitioners), counted once each.", registry=reg),
     )
 
 

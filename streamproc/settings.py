@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamproc.core.events import ValidationLimits
-from streamproc.core.features import FeatureConfig
+from streamproc.core.features import DAY, FeatureConfig
+from streamproc.core.policies import AlertPolicy
+from streamproc.core.step import StepConfig
 
 ENV_PREFIX = "STREAMPROC_"
 NESTED_DELIMITER = "__"
@@ -106,7 +108,7 @@ class RedisSettings(_Group):
     ssl_ca_certs: str | None = Field(None, description="CA bundle for rediss:// URLs.")
     key_prefix: str = Field("sp", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Key prefix.")
     profile_ttl_s: int = Field(
-        400 * 86_400,
+        int(400 * DAY),
         ge=0,
         description="Profiles untouched this long expire (0 keeps them forever).",
     )
@@ -137,9 +139,8 @@ class IngestSettings(_Group):
         description=(
             "Longest a batch keeps growing while the input is backlogged; 0 turns catch-up "
             "batching off: every BATCH_WITHIN_S window is a batch. A batch also stops "
-            "growing once its events span a day of event time, the least gap between two "
-            "churn snapshots of a customer, so a replay of history learns from as many "
-            "snapshots as the live stream did."
+            "growing once its events span MODELS__MIN_SNAPSHOT_GAP_DAYS of event time, so a "
+            "replay of history learns from as many churn snapshots as the live stream did."
         ),
     )
     inflight_batches: int = Field(
@@ -265,12 +266,50 @@ class ModelSettings(_Group):
     check_interval_days: float = Field(
         7.0, gt=0, description="Idle customers are re-scored every this many event-time days."
     )
+    min_snapshot_gap_days: float = Field(
+        1.0, gt=0,
+        description=(
+            "Least event time between two churn snapshots of a customer's activity (each "
+            "snapshot becomes a training example when its label is known); at most "
+            "CHECK_INTERVAL_DAYS. Smaller gaps give more, more alike examples of active "
+            "customers."
+        ),
+    )
+    max_pending_snapshots: int = Field(
+        8, ge=1, le=64,
+        description=(
+            "Most snapshots per customer waiting for their churn label (38 bytes each in "
+            "the customer's key); beyond it the oldest is dropped unlabelled. Covers a "
+            "horizon of activity at the least snapshot gap only when it is at least "
+            "CHURN_HORIZON_DAYS / MIN_SNAPSHOT_GAP_DAYS."
+        ),
+    )
     snapshot_every_examples: int = Field(
         2000, ge=1, description="The trainer publishes a model version every N examples."
     )
     reload_interval_s: float = Field(
         2.0, gt=0, description="How often workers look for a newer model version."
     )
+
+    @model_validator(mode="after")
+    def _gap_within_interval(self) -> ModelSettings:
+        if self.min_snapshot_gap_days > self.check_interval_days:
+            raise ValueError("MIN_SNAPSHOT_GAP_DAYS must not exceed CHECK_INTERVAL_DAYS")
+        return self
+
+    def step_config(self) -> StepConfig:
+        """The scoring step's configuration (worker and replay alike), built once."""
+        return StepConfig(
+            horizon_s=self.churn_horizon_days * DAY,
+            check_interval_s=self.check_interval_days * DAY,
+            max_pending=self.max_pending_snapshots,
+            min_snapshot_gap_s=self.min_snapshot_gap_days * DAY,
+            hysteresis=self.segment_hysteresis,
+            # A zero cooldown still allows only one alert per event time (one id, one alert).
+            alert_policy=AlertPolicy(threshold=self.churn_threshold,
+                                     cooldown_s=max(self.alert_cooldown_days * DAY, 1.0),
+                                     min_labels=self.min_labels_before_alerts),
+        )
 
 
 class MetricsSettings(_Group):

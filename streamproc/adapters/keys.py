@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Final
 
 PROFILE_SUFFIX: Final = "p"
-OUTPUT_STATE_SUFFIX: Final = "s"
 
 
 def _tag(customer_id: str) -> str:
@@ -32,12 +31,6 @@ def profile_key(prefix: str, customer_id: str) -> str:
     return customer_base(prefix, customer_id) + PROFILE_SUFFIX
 
 
-def output_state_key(prefix: str, customer_id: str) -> str:
-    """Former key of the customer's scoring state, read only for values written before it
-    moved into the profile key (they expire, or move on the customer's next write)."""
-    return customer_base(prefix, customer_id) + OUTPUT_STATE_SUFFIX
-
-
 def profile_pattern(prefix: str) -> str:
     """SCAN pattern matching every profile key."""
     return f"{prefix}:{{*}}:{PROFILE_SUFFIX}"
@@ -50,24 +43,14 @@ def customer_from_key(prefix: str, key: str) -> str:
     return _untag(key[start:end])
 
 
-def watermark_key(prefix: str, topic: str, partition: int) -> str:
-    """Key of one input partition's watermark (max event time seen)."""
-    return f"{prefix}:wm:{topic}:{partition}"
-
-
 def event_time_key(prefix: str) -> str:
     """Sorted set of each input partition's watermark as of its latest idle sweep."""
     return f"{prefix}:event_time"
 
 
-def checks_key(prefix: str, partition: int) -> str:
-    """Sorted set of customers due an idle re-score, by event time, for one partition."""
-    return f"{prefix}:checks:{partition}"
-
-
-def deferred_key(prefix: str, partition: int) -> str:
-    """Sorted set of customers whose activity waits for a lagging input, by event time."""
-    return f"{prefix}:deferred:{partition}"
+def schedule_key(prefix: str, schedule: str) -> str:
+    """Sorted set of a scoring schedule (``core.store.schedule_name``), by due event time."""
+    return f"{prefix}:{schedule}"
 
 
 def model_key(prefix: str, name: str) -> str:

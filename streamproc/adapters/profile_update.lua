@@ -1,9 +1,7 @@
 -- Atomic, idempotent batch update of customer profiles.
 --
 -- KEYS[i]  key of customer i ("<prefix>:{<customer_id>}:p"). Its value holds the profile
---          and the scoring state (see CUSTOMER VALUE below); a value written before they
---          shared a key is a bare profile, its state in "<prefix>:{<customer_id>}:s"
---          (same hash tag, so each customer's keys live in one Redis Cluster slot).
+--          and the scoring state (see CUSTOMER VALUE below).
 -- ARGV[1]  msgpack config: taus (decayed field -> tau seconds), maxcat, icap (lane ->
 --          event ids kept), scap (sessions kept), lcap (cart/order links kept), lwin
 --          (link window, s), lttl (link wall-clock TTL, s), swin (how recent the last
@@ -285,19 +283,12 @@ end
 
 local result, writes = {}, {}
 for i, key in ipairs(KEYS) do
-  local base = sub(key, 1, -2)
   local blob = redis.call('GET', key)
   local out = false
-  local legacy = false
   if blob and string.byte(blob, 1) == 193 then
     local n = struct.unpack('>I4', blob, 2)
     if #blob > 5 + n then out = sub(blob, 6 + n) end
     blob = n > 0 and sub(blob, 6, 5 + n) or false
-  else
-    -- A bare profile, or none: an earlier version may have left the state in its own key
-    -- (it could outlive the profile there).
-    legacy = redis.call('GET', base .. 's') or false
-    out = legacy
   end
   local st, changed, dropped = {}, false, 0
   if blob then st = load_profile(key, blob) end
@@ -339,8 +330,7 @@ for i, key in ipairs(KEYS) do
   end
   if changed then
     blob = save_profile(key, st)
-    writes[#writes + 1] = {key, '\193' .. struct.pack('>I4', #blob) .. blob .. (out or ''),
-                           legacy and base .. 's'}
+    writes[#writes + 1] = {key, '\193' .. struct.pack('>I4', #blob) .. blob .. (out or '')}
   end
   result[i] = {blob or false, out, flags, dropped}
 end
@@ -352,6 +342,5 @@ for _, w in ipairs(writes) do
   else
     redis.call('SET', w[1], w[2])
   end
-  if w[3] then redis.call('DEL', w[3]) end
 end
 return result

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from streamproc.adapters import keys
 from streamproc.adapters.deployment import DeploymentMarker, guard_args, guarded
+from streamproc.adapters.scoring_codec import decode_state, encode_state, state_token
 from streamproc.core import seen
 from streamproc.core.features import (
     BINARY_FIELDS,
@@ -31,6 +32,7 @@ from streamproc.core.features import (
     profile_from_row,
     profile_row,
 )
+from streamproc.core.store import CustomerRecord, StateWrite
 from streamproc.settings import RedisSettings
 
 _SCRIPT = resources.files("streamproc.adapters").joinpath("profile_update.lua").read_text()
@@ -59,7 +61,8 @@ class CustomerUpdate:
 
     customer_id: str
     state: dict[str, Any]
-    output_state: dict[str, Any] | None
+    #: The profile with the customer's scoring state as stored (its token included).
+    scoring: CustomerRecord
     #: Per event of the customer, in batch order: seen.APPLIED, DUPLICATE or LATE.
     statuses: list[int]
     #: Cart/order links the customer's full link ring cost in this batch: each may be a
@@ -77,23 +80,27 @@ VALUE_TAG: Final = 0xC1
 _HEAD: Final = 5
 
 
-def split_value(raw: bytes | str | None) -> tuple[bytes | None, bytes | None, bool]:
-    """A customer key's value as (profile blob, scoring-state blob, legacy).
+def split_value(raw: bytes | str | None) -> tuple[bytes | None, bytes | None]:
+    """A customer key's value as (profile blob, scoring-state blob), None where empty.
 
     The layout (see ``profile_update.lua``): the tag byte, the profile's length (4 bytes,
-    big-endian), the profile, then the scoring state. ``legacy`` marks a bare profile
-    written before the two shared a key, or no value at all: the state may still be in
-    the old state key.
+    big-endian), the profile, then the scoring state.
     """
     if not raw:
-        # No value: an earlier version may still hold this customer's state in its own key.
-        return None, None, True
+        return None, None
     if isinstance(raw, str):  # a client built with decode_responses; never ours
         raw = raw.encode("utf-8", "surrogateescape")
     if raw[0] != VALUE_TAG:
-        return raw, None, True
+        return raw, None
     n = int.from_bytes(raw[1:_HEAD], "big")
-    return raw[_HEAD:_HEAD + n] or None, raw[_HEAD + n:] or None, False
+    return raw[_HEAD:_HEAD + n] or None, raw[_HEAD + n:] or None
+
+
+def customer_record(customer_id: str, profile: dict[str, Any] | None,
+                    state_blob: bytes | None) -> CustomerRecord:
+    """A customer as the scoring store reads it, from its profile and state blob."""
+    state, stale = decode_state(customer_id, state_blob)
+    return CustomerRecord(customer_id, profile, state, state_token(state_blob), stale)
 
 
 def _unpack(blob: bytes) -> Any:
@@ -251,7 +258,6 @@ class RedisProfileStore:
         #: Writes go only to a Redis holding this marker (None: unchecked, for tools).
         self.marker = marker
         self._script = client.register_script(guarded(_SCRIPT))
-        self._scoring_write = client.register_script(guarded(_SCORING_WRITE))
         wire = features.as_wire()
         wire.update(pttl=profile_ttl_s)
         self._config = encode_for_lua(wire)
@@ -288,15 +294,11 @@ class RedisProfileStore:
         )
         updates = []
         for customer_id, (blob, out_blob, flags, dropped) in zip(customers, reply, strict=True):
-            updates.append(
-                CustomerUpdate(
-                    customer_id=customer_id,
-                    state=decode_profile(blob or None),
-                    output_state=decode_blob(out_blob) if out_blob else None,
-                    statuses=[int(f) for f in flags],
-                    links_dropped=int(dropped),
-                )
-            )
+            profile = decode_profile(blob or None)
+            updates.append(CustomerUpdate(
+                customer_id=customer_id, state=profile,
+                scoring=customer_record(customer_id, profile, out_blob or None),
+                statuses=[int(f) for f in flags], links_dropped=int(dropped)))
         return updates
 
     async def get_state(self, customer_id: str) -> dict[str, Any] | None:
@@ -314,68 +316,6 @@ class RedisProfileStore:
             out.append(decode_profile(profile) if profile else None)
         return out
 
-    async def get_customers(
-        self, customer_ids: Sequence[str]
-    ) -> tuple[list[dict[str, Any] | None], list[dict[str, Any] | None]]:
-        """Profiles and scoring states of many customers (one key each), None where absent."""
-        if not customer_ids:
-            return [], []
-        values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
-        profiles: list[bytes | None] = []
-        states: list[bytes | str | None] = []
-        legacy: list[int] = []
-        for i, value in enumerate(values):
-            profile, state, old = split_value(value)
-            profiles.append(profile)
-            states.append(state)
-            if old:
-                legacy.append(i)
-        if legacy:  # written before profile and state shared a key
-            olds = await self.client.mget(
-                [keys.output_state_key(self.prefix, customer_ids[i]) for i in legacy])
-            for i, blob in zip(legacy, olds, strict=True):
-                states[i] = blob
-        return ([decode_profile(p) if p else None for p in profiles],
-                [decode_blob(b) if b else None for b in states])
-
-    async def get_output_states(
-        self, customer_ids: Sequence[str]
-    ) -> list[dict[str, Any] | None]:
-        """Scoring states (segment, alert cooldown, pending snapshots), None where absent."""
-        return (await self.get_customers(customer_ids))[1]
-
-    async def put_output_states(
-        self,
-        states: Mapping[str, Mapping[str, Any]],
-        ttl_s: int,
-        *,
-        add: Mapping[str, Mapping[str, float]] | None = None,
-        remove: Mapping[str, Sequence[str]] | None = None,
-    ) -> None:
-        """Write scoring states and update schedule sorted sets atomically, in one command.
-
-        A state goes into its customer's key after the profile (``scoring_write.lua``),
-        keeping the profile and its TTL; ``ttl_s`` applies to a customer with no profile.
-
-        ``add`` maps a sorted-set key to members and scores, ``remove`` to members.
-        Like :meth:`apply_batch`, the call names every key it touches; on Redis Cluster
-        the keys of one call must share a slot.
-        """
-        sets = sorted({*(add or {}), *(remove or {})})
-        if not states and not sets:
-            return
-        ops = []
-        for key in sets:
-            flat: list[float | str] = []
-            for member, score in (add or {}).get(key, {}).items():
-                flat += [score, member]
-            ops.append([flat, list((remove or {}).get(key, ()))])
-        names = [keys.profile_key(self.prefix, c) for c in states]
-        blobs = [encode_blob(state) for state in states.values()]
-        await self._scoring_write(keys=[*names, *sets],
-                                  args=[ttl_s, len(names), *blobs, encode_for_lua(ops),
-                                        *guard_args(self.marker)])
-
     async def customers(self, count: int = 1000) -> AsyncIterator[str]:
         """Every customer with a stored profile (SCAN; safe on a live server)."""
         async for key in self.client.scan_iter(match=keys.profile_pattern(self.prefix),
@@ -387,3 +327,67 @@ class RedisProfileStore:
         """Bytes Redis uses for one customer's profile key."""
         used = await self.client.memory_usage(keys.profile_key(self.prefix, customer_id))
         return int(used or 0)
+
+
+class RedisScoringStore:
+    """The :class:`~streamproc.core.store.ScoringStore` on Redis: states in customers' keys,
+    schedules in sorted sets (``<prefix>:<schedule>``), written by ``scoring_write.lua``."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl_s: int,
+                 marker: DeploymentMarker | None = None) -> None:
+        self.client = client
+        self.prefix = prefix
+        #: Applies to a state written for a customer with no key (its profile expired).
+        self.ttl_s = ttl_s
+        #: Writes go only to a Redis holding this marker (None: unchecked, for tools).
+        self.marker = marker
+        self._write = client.register_script(guarded(_SCORING_WRITE))
+
+    @classmethod
+    def from_settings(cls, client: aioredis.Redis, settings: RedisSettings,
+                      marker: DeploymentMarker | None = None) -> RedisScoringStore:
+        """A store configured from :class:`RedisSettings`."""
+        return cls(client, prefix=settings.key_prefix, ttl_s=settings.profile_ttl_s,
+                   marker=marker)
+
+    def schedule_key(self, schedule: str) -> str:
+        """The sorted set of a schedule (``core.store.schedule_name``)."""
+        return keys.schedule_key(self.prefix, schedule)
+
+    async def read(self, customer_ids: Sequence[str]) -> list[CustomerRecord]:
+        """Profiles and scoring states of customers, in order, in one round trip."""
+        if not customer_ids:
+            return []
+        values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
+        out = []
+        for cid, value in zip(customer_ids, values, strict=True):
+            profile, state = split_value(value)
+            out.append(customer_record(cid, decode_profile(profile) if profile else None, state))
+        return out
+
+    async def write(self, writes: Sequence[StateWrite]) -> list[str]:
+        """Apply every write whose token still names the stored state, in one command.
+
+        Returns the customers whose write was refused. Like ``apply_batch``, the call names
+        every key it touches; on Redis Cluster the keys of one call must share a slot.
+        """
+        if not writes:
+            return []
+        sets = sorted({name for w in writes for name in w.schedules})
+        index = {name: i + 1 for i, name in enumerate(sets)}
+        plan = [[w.token, w.customer_id,
+                 [[index[name], False if due is None else due]
+                  for name, due in w.schedules.items()]] for w in writes]
+        blobs = [b"" if w.state is None else encode_state(w.state) for w in writes]
+        refused = await self._write(
+            keys=[*(keys.profile_key(self.prefix, w.customer_id) for w in writes),
+                  *(self.schedule_key(name) for name in sets)],
+            args=[self.ttl_s, len(writes), *blobs, encode_for_lua(plan),
+                  *guard_args(self.marker)])
+        return [writes[int(i) - 1].customer_id for i in refused]
+
+    async def due(self, schedule: str, upto: float, limit: int) -> list[str]:
+        """Up to ``limit`` customers of ``schedule`` due at or before ``upto``, oldest first."""
+        members = await self.client.zrangebyscore(self.schedule_key(schedule), "-inf", upto,
+                                                  start=0, num=limit)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]

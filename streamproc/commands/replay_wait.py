@@ -37,6 +37,7 @@ from streamproc.adapters.event_time import partition_watermarks
 from streamproc.adapters.redis_store import make_client
 from streamproc.commands import CommandError
 from streamproc.commands.replay import Produced
+from streamproc.core.store import schedule_name
 from streamproc.settings import Settings
 
 #: Seconds without a new record after which an output topic counts as read to its end
@@ -120,9 +121,12 @@ async def _observe(consumer: AIOKafkaConsumer, client: Any, prefix: str, produce
                    goals: Mapping[int, PartitionTarget]) -> Observation:
     committed = {tp: await consumer.committed(TopicPartition(*tp)) for tp in produced.ranges}
     watermarks = await partition_watermarks(client, prefix)
-    checks = {p: int(await client.zcount(keys.checks_key(prefix, p), "-inf", g.watermark))
+    def due(kind: str, partition: int) -> str:
+        return keys.schedule_key(prefix, schedule_name(kind, partition))
+
+    checks = {p: int(await client.zcount(due("checks", p), "-inf", g.watermark))
               for p, g in goals.items()}
-    deferred = {p: int(await client.zcount(keys.deferred_key(prefix, p), "-inf", g.newest))
+    deferred = {p: int(await client.zcount(due("deferred", p), "-inf", g.newest))
                 for p, g in goals.items()}
     return Observation(committed, watermarks, checks, deferred)
 

@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from streamproc.core import seen
 from streamproc.core.seen import SESSION_CART, SESSION_ORDER, SESSION_SEEN
@@ -128,19 +128,6 @@ CATEGORY_WEIGHT_ORDER: Final = 4.0
 ORDER_SESSION_WINDOW_S: Final = 4 * 3600.0
 
 VIEW_TYPES: Final = frozenset({"page_view", "product_view"})
-
-
-class ClickLike(Protocol):
-    """What the feature code reads from a clickstream event."""
-
-    @property
-    def event_type(self) -> str: ...
-    @property
-    def session_id(self) -> str | None: ...
-    @property
-    def category(self) -> str | None: ...
-    @property
-    def quantity(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,15 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
-
-DAY: Final = 86_400.0
-
-#: Defaults for the runtime's snapshot schedule.
-DEFAULT_HORIZON_S: Final = 21 * DAY
-DEFAULT_MIN_GAP_S: Final = 1 * DAY
-DEFAULT_CHECK_INTERVAL_S: Final = 7 * DAY
-DEFAULT_MAX_PENDING: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +41,8 @@ def add_snapshot(
     pending: tuple[Snapshot, ...],
     snap: Snapshot,
     *,
-    max_pending: int = DEFAULT_MAX_PENDING,
-    min_gap_s: float = DEFAULT_MIN_GAP_S,
+    max_pending: int,
+    min_gap_s: float,
 ) -> tuple[tuple[Snapshot, ...], bool]:
     """Add ``snap`` unless a pending one is newer than ``snap.scored_at - min_gap_s``.
 
@@ -102,8 +93,8 @@ def next_idle_check(
     last_activity_at: float,
     after: float,
     *,
-    check_interval_s: float = DEFAULT_CHECK_INTERVAL_S,
-    horizon_s: float = DEFAULT_HORIZON_S,
+    check_interval_s: float,
+    horizon_s: float,
     max_idle_horizons: float = 3.0,
 ) -> float | None:
     """The next scheduled idle snapshot strictly after ``after``, or None when checks end.
@@ -119,3 +110,4 @@ def next_idle_check(
     if due - last_activity_at > max_idle_horizons * horizon_s:
         return None
     return due
+

@@ -33,21 +33,34 @@ from streamproc.core.churn import (
 )
 from streamproc.core.features import MODEL_FEATURES, ProfileView, model_features
 from streamproc.core.labels import LabelledExample
+from streamproc.core.outputs import SegmentInfo
 from streamproc.core.rfm import RFMCuts, RFMLearner, tier_name
 from streamproc.core.segments import (
     FrozenCentres,
     NamingRules,
     ProfileSample,
-    SegmentInfo,
     clusterer_centres,
     make_clusterer,
     name_segments,
     segment_features,
     segment_matrix,
 )
+from streamproc.core.training import feature_set
 
 _COL: Final[dict[str, int]] = {f: i for i, f in enumerate(MODEL_FEATURES)}
 _N_REASONS: Final = 3
+#: The trainer cuts its first version after this many examples (or every-N, if fewer), so
+#: a new deployment scores with a model soon; then every N examples.
+FIRST_VERSION_AFTER: Final = 200
+
+
+def version_due(version: int, since_last: int, every: int) -> bool:
+    """Whether a trainer at ``version`` should cut the next one, ``since_last`` examples on.
+
+    Versions are cut by example count, not by a clock, so the same example sequence gives
+    the same version sequence (in the trainer service and in the in-memory replay).
+    """
+    return since_last >= (every if version else min(FIRST_VERSION_AFTER, every))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +93,8 @@ class ModelBundle:
     rfm: RFMCuts
     #: The frozen logistic model, or None when a non-linear River model scores (no reasons then).
     logit: FrozenLogit | None
+    #: :func:`~streamproc.core.training.feature_set` of the features it was learned on.
+    feature_set: str
     model: Any = None
 
     def score(self, view: ProfileView) -> Score:
@@ -187,6 +202,8 @@ class Trainer:
         self._sample = ProfileSample(profile_sample)
         self._churn = make_churn_model(churn_model, seed)
         self.quality = QualityTracker(churn_threshold, quality_window)
+        #: The feature set this trainer learns (a state of another one is not resumed).
+        self.feature_set = feature_set()
 
     @property
     def labels_seen(self) -> int:
@@ -234,7 +251,8 @@ class Trainer:
         profiles = self._sample.profiles(lambda x: ids[np.argmin(centres.distances(x), axis=1)])
         names = name_segments(profiles, centres.ids, self.naming)
         segments = {
-            sid: SegmentInfo(sid, names[sid], dict(profiles.get(sid, {}))) for sid in centres.ids
+            sid: SegmentInfo(segment_id=sid, name=names[sid], profile=dict(profiles.get(sid, {})))
+            for sid in centres.ids
         }
         if self.churn_kind.startswith("logreg"):
             logit: FrozenLogit | None = FrozenLogit.from_pipeline(self._churn)
@@ -253,6 +271,7 @@ class Trainer:
             centres=centres,
             rfm=self._rfm.freeze(),
             logit=logit,
+            feature_set=self.feature_set,
             model=model,
         )
 
@@ -272,7 +291,8 @@ class Trainer:
 # ---------------------------------------------------------------- signed snapshots
 
 MAGIC: Final = b"SPMS"
-FORMAT_VERSION: Final = 1
+#: 2: bundles and trainer states carry their feature set.
+FORMAT_VERSION: Final = 2
 _HEADER: Final = struct.Struct(">4sB8sQ")  # magic, format version, key id, payload length
 _MAC_LEN: Final = hashlib.sha256().digest_size
 

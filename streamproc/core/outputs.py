@@ -36,6 +36,7 @@ __all__ = [
     "RiskLevel",
     "SegmentChanged",
     "SegmentInfo",
+    "alert_id",
     "stable_id",
 ]
 
@@ -98,6 +99,18 @@ def stable_id(*parts: str) -> str:
 
 def _time_part(value: datetime) -> str:
     return _to_utc(value).isoformat()
+
+
+def alert_id(customer_id: str, event_time: float, model_version: int) -> str:
+    """The one churn-alert id rule: customer, the event time (ms) it fired at, model version.
+
+    A customer alerts at most once per event time (the cooldown is positive), so the id
+    names one alert episode; with the model version in it, an alert re-decided after a
+    redelivery under another version (another probability) gets another id, and one id
+    never carries two contents.
+    """
+    return stable_id("churn_alert", customer_id, str(round(event_time * 1000)),
+                     str(model_version))
 
 
 class _Output(BaseModel):
@@ -174,7 +187,7 @@ class Reason(_Output):
 class ChurnAlert(_Output):
     """A customer's churn probability crossed the alert threshold."""
 
-    alert_id: _NonEmpty  # stable_id(customer_id, event_time, risk_level): idempotent replays
+    alert_id: _NonEmpty  # alert_id(customer_id, event_time, model_version): one id, one alert
     customer_id: _NonEmpty
     churn_probability: _Probability
     threshold: _Probability
@@ -201,9 +214,9 @@ class ChurnAlert(_Output):
         event_time: datetime,
         emitted_at: datetime,
     ) -> ChurnAlert:
-        """Construct with the stable alert id derived from customer, event time and risk level."""
+        """Construct with the id :func:`alert_id` derives from customer, event time and version."""
         return cls(
-            alert_id=stable_id("churn_alert", customer_id, _time_part(event_time), risk_level),
+            alert_id=alert_id(customer_id, event_time.timestamp(), model_version),
             customer_id=customer_id,
             churn_probability=churn_probability,
             threshold=threshold,

@@ -7,13 +7,10 @@ data and a fake clock. Time is event time (epoch seconds).
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
 
-DAY: Final = 86_400.0
+from streamproc.core.outputs import RiskLevel, alert_id
 
 # ---------------------------------------------------------------- segments
 
@@ -69,17 +66,14 @@ def decide_segment(
 
 # ---------------------------------------------------------------- alerts
 
-RiskLevel = Literal["medium", "high", "critical"]
-
-
 @dataclass(frozen=True, slots=True)
 class AlertPolicy:
-    """When a churn probability becomes an alert."""
+    """When a churn probability becomes an alert (built from settings: ``ModelSettings``)."""
 
-    threshold: float = 0.7
-    cooldown_s: float = 7 * DAY
+    threshold: float
+    cooldown_s: float
     #: The model must have learned from this many labels before it may alert.
-    min_labels: int = 500
+    min_labels: int
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -118,7 +112,7 @@ class AlertInput:
 
 @dataclass(frozen=True, slots=True)
 class AlertDecision:
-    """An alert to publish; ``alert_id`` is stable when the same input is re-processed."""
+    """An alert to publish; ``alert_id`` (:func:`~streamproc.core.outputs.alert_id`) names it."""
 
     alert_id: str
     customer_id: str
@@ -127,13 +121,6 @@ class AlertDecision:
     previous_probability: float | None
     risk_level: RiskLevel
     model_version: int
-
-
-def alert_id(customer_id: str, model_version: int, event_time: float, cooldown_s: float) -> str:
-    """Dedupe key: one id per customer, model version and cooldown bucket of event time."""
-    bucket = math.floor(event_time / cooldown_s)
-    raw = f"{customer_id}\x1f{model_version}\x1f{bucket}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def decide_alert(
@@ -150,7 +137,7 @@ def decide_alert(
     if not fire:
         return AlertState(last_at, inp.churn_probability), None
     decision = AlertDecision(
-        alert_id=alert_id(inp.customer_id, inp.model_version, inp.event_time, policy.cooldown_s),
+        alert_id=alert_id(inp.customer_id, inp.event_time, inp.model_version),
         customer_id=inp.customer_id,
         event_time=inp.event_time,
         churn_probability=inp.churn_probability,

@@ -150,15 +150,6 @@ def feature_matrix(rows: Sequence[Mapping[str, float]]) -> np.ndarray:
 # ---------------------------------------------------------------- profiles and names
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentInfo:
-    """A segment as published: stable id, readable name, profile in business units."""
-
-    segment_id: int
-    name: str
-    profile: dict[str, float]
-
-
 @dataclass
 class ProfileSample:
     """Latest segment features and business profile of the most recently learned customers.

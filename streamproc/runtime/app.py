@@ -20,12 +20,13 @@ from prometheus_client import CollectorRegistry
 from streamproc.adapters.deployment import DeploymentGuard, Status
 from streamproc.adapters.event_time import EventTimeWriter
 from streamproc.adapters.model_store import ModelStore
-from streamproc.adapters.redis_store import RedisProfileStore, make_client
+from streamproc.adapters.redis_store import RedisProfileStore, RedisScoringStore, make_client
 from streamproc.core.eventclock import (
     InputProgress,
     PartitionClock,
     partition_clock,
 )
+from streamproc.core.features import DAY
 from streamproc.core.outputs import MAX_RECORD_BYTES
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
@@ -44,7 +45,7 @@ from streamproc.runtime.pipeline import (
     RetryingPublisher,
     keep_collecting,
 )
-from streamproc.runtime.scoring import MIN_SNAPSHOT_GAP_S, ModelHolder, Scorer, iter_partitions
+from streamproc.runtime.scoring import ModelHolder, Scorer, iter_partitions
 from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import Settings
 
@@ -161,7 +162,9 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     # An accepted Redis holds none of the models in hand (the trainer finds its claim gone
     # at its next store and starts over by itself).
     guard.on_replaced = models.forget
-    scorer = Scorer(settings, store, models, metrics, retrier)
+    scorer = Scorer(settings, RedisScoringStore.from_settings(client, settings.redis,
+                                                              guard.marker),
+                    models, metrics, retrier)
     publisher = RetryingPublisher(FaustProducer(app), metrics, on_state=on_publish)
     pipeline = IngestPipeline(settings, store, publisher, metrics, retrier=retrier,
                               scoring=scorer)
@@ -173,6 +176,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                        key_serializer="raw", value_serializer="raw")
     ingest = settings.ingest
     catch_up = ingest.catchup_max_wait_s > 0
+    snapshot_gap_s = settings.models.min_snapshot_gap_days * DAY
 
     @app.agent(inputs, name="ingest")
     async def ingest_agent(stream: Any) -> None:
@@ -220,7 +224,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                                                 max_messages=ingest.batch_max_messages,
                                                 max_events=ingest.batch_max_events,
                                                 max_wait_s=ingest.catchup_max_wait_s,
-                                                max_span_s=MIN_SNAPSHOT_GAP_S):
+                                                max_span_s=snapshot_gap_s):
                     continue
                 await dispatch(held, held_events)
                 held, held_events = None, []

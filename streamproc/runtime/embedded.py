@@ -14,8 +14,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,20 +143,6 @@ def start_redis(port: int | None = None, *, password: str | None = None,
         service.stop()
         raise
     return service
-
-
-@contextmanager
-def embedded_services() -> Iterator[tuple[Service, Service]]:
-    """A broker and a Redis for the lifetime of the ``with`` block."""
-    broker = start_tansu()
-    try:
-        redis = start_redis()
-        try:
-            yield broker, redis
-        finally:
-            redis.stop()
-    finally:
-        broker.stop()
 
 
 def spawn_worker(env: dict[str, str], *, log_path: Path | None = None) -> subprocess.Popen[bytes]:

@@ -112,7 +112,7 @@ class _FastFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     The aiokafka consumer reads ``_fetch_max_wait_ms`` only when it starts its
     fetcher, so setting it right after construction is enough. Covered by
-    tests/integration/test_worker.py::test_fetch_wait_override.
+    tests/unit/test_kafka_wiring.py.
     """
 
     def _create_worker_consumer(self, transport: Any) -> Any:

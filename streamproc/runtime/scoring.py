@@ -1,10 +1,14 @@
-"""Scoring stage: segments, churn alerts, delayed-label snapshots and idle checks.
+"""Scoring stage: the worker's driver of the per-customer step (``core/step.py``).
 
-Runs after a batch's features are durable in Redis. Per customer it keeps a
-small *output state* next to the profile (segment, alert cooldown, pending
-snapshots awaiting their churn label, last activity) and writes it back in one
-pipelined round trip. Every decision is a pure function from ``streamproc.core``;
-this module only moves state in and out of Redis and turns decisions into records.
+After a batch's features are durable in Redis, every customer with fresh activity is
+stepped; a timer sweeps each partition's schedules (deferred activity, idle checks and
+horizon ends) as event time allows. This module only chooses the step's inputs (the
+partition's event-time clock), moves state through the :class:`ScoringStore`, and turns
+the step's outputs into records and metrics.
+
+Writes are conditional: a customer whose state another worker changed since it was read
+(its two input topics on two partitions) is read again and stepped again, up to
+:data:`WRITE_ATTEMPTS` times, never overwritten.
 """
 
 from __future__ import annotations
@@ -14,130 +18,45 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Literal, Protocol
 
-import numpy as np
-import orjson
-
-from streamproc.adapters import keys
 from streamproc.adapters.model_store import ModelStore
-from streamproc.adapters.redis_store import RedisProfileStore
 from streamproc.core.eventclock import PartitionClock
-from streamproc.core.features import MODEL_FEATURES, ProfileView, model_features
-from streamproc.core.labels import (
-    LabelledExample,
-    Snapshot,
-    add_snapshot,
-    next_idle_check,
-    on_activity,
-    on_watermark,
+from streamproc.core.labels import LabelledExample
+from streamproc.core.modelset import ModelBundle, SnapshotRejected
+from streamproc.core.step import (
+    ScoringState,
+    StepInput,
+    StepOutput,
+    churn_alert,
+    segment_changed,
+    step_many,
 )
-from streamproc.core.modelset import ModelBundle, Score, SnapshotRejected
-from streamproc.core.outputs import ChurnAlert, Reason, SegmentChanged, SegmentInfo
-from streamproc.core.policies import (
-    AlertInput,
-    AlertPolicy,
-    AlertState,
-    SegmentState,
-    decide_alert,
-    decide_segment,
-)
+from streamproc.core.store import CustomerRecord, ScoringStore, StateWrite, schedule_name
+from streamproc.core.training import encode_records, feature_set
 from streamproc.metrics import Metrics
 from streamproc.runtime.pipeline import ActivityBatch, OutRecord, Retrier, Sender, no_acks
 from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
-DAY = 86_400.0
-MIN_SNAPSHOT_GAP_S = 1 * DAY
-MAX_PENDING = 8
 SWEEP_LIMIT = 500
-#: Training examples per training-topic record (~450 B each: far below Kafka's 1 MB limit).
-EXAMPLES_PER_RECORD = 500
 REFUSED_RETRY_S = 30.0
+#: Writes of one customer before giving up when other workers keep changing it meanwhile.
+WRITE_ATTEMPTS = 5
+CHECKS, DEFERRED = "checks", "deferred"
 
 
-_Work = tuple[str, "CustomerScoringState", ProfileView | None, list[LabelledExample]]
+class ModelSource(Protocol):
+    """Where the scorer gets the model version it scores with."""
 
+    bundle: ModelBundle | None
 
-def _text(member: bytes | str) -> str:
-    return member.decode() if isinstance(member, bytes) else member
-
-
-_BFLOAT16_MAX = 3.3895313892515355e38  # 0x7F7F0000, the largest finite one
-
-
-def pack_features(features: Mapping[str, float]) -> bytes:
-    """Model features in ``MODEL_FEATURES`` order as bfloat16, 2 bytes each (pending state).
-
-    bfloat16 is the upper half of a float32, rounded to nearest even: float32's range
-    (spend never overflows, as it would in float16) with 8 significant bits, a relative
-    error below 0.4 %, far inside the noise an online churn model learns through. A
-    customer holds up to ``MAX_PENDING`` snapshots for a horizon, so this halves the
-    largest part of a heavy customer's scoring state (19 features: 38 bytes, not 76).
-    """
-    # Clipped first: rounding up must not turn a large finite value into inf.
-    f32 = np.clip(np.asarray([features[n] for n in MODEL_FEATURES], dtype=np.float64),
-                  -_BFLOAT16_MAX, _BFLOAT16_MAX).astype(np.float32)
-    bits = f32.view(np.uint32).astype(np.uint64)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    return rounded.astype("<u2").tobytes()
-
-
-def unpack_features(blob: bytes) -> dict[str, float]:
-    """Inverse of :func:`pack_features`; also reads the float32 blobs stored before it."""
-    if len(blob) == 4 * len(MODEL_FEATURES):
-        values = np.frombuffer(blob, dtype=np.float32).tolist()
-    else:
-        halves = np.frombuffer(blob, dtype="<u2").astype(np.uint32) << 16
-        values = halves.view(np.float32).tolist()
-    return dict(zip(MODEL_FEATURES, values, strict=True))
-
-
-@dataclass
-class CustomerScoringState:
-    """The decoded output state of one customer."""
-
-    segment: SegmentState | None = None
-    alert: AlertState | None = None
-    pending: tuple[Snapshot, ...] = ()
-    last_activity: float | None = None
-    last_snapshot: float | None = None
-
-    @classmethod
-    def decode(cls, customer_id: str, raw: Mapping[str, Any] | None) -> CustomerScoringState:
-        """From the msgpack mapping stored in Redis."""
-        if not raw:
-            return cls()
-        seg = raw.get("seg")
-        al = raw.get("al")
-        pending = tuple(Snapshot(customer_id, float(t), unpack_features(f), int(v))
-                        for t, v, f in raw.get("pend", ()))
-        return cls(
-            segment=SegmentState(int(seg[0]), float(seg[1])) if seg else None,
-            alert=AlertState(None if al[0] is None else float(al[0]), float(al[1]))
-            if al else None,
-            pending=pending,
-            last_activity=raw.get("la"),
-            last_snapshot=raw.get("ls"),
-        )
-
-    def encode(self) -> dict[str, Any]:
-        """To the msgpack mapping stored in Redis."""
-        out: dict[str, Any] = {
-            "pend": [[s.scored_at, s.model_version, pack_features(s.features)]
-                     for s in self.pending],
-        }
-        if self.segment is not None:
-            out["seg"] = [self.segment.segment_id, self.segment.since]
-        if self.alert is not None:
-            out["al"] = [self.alert.last_alert_at, self.alert.last_probability]
-        if self.last_activity is not None:
-            out["la"] = self.last_activity
-        if self.last_snapshot is not None:
-            out["ls"] = self.last_snapshot
-        return out
+    async def refresh(self) -> bool:
+        """Load a newer version if there is one; True if the model changed."""
+        ...
 
 
 class ModelHolder:
@@ -168,6 +87,12 @@ class ModelHolder:
             self._refused[version] = self.clock()
             self.metrics.model_rejected_snapshots.labels(_reason_code(exc.reason)).inc()
             log.error("refused model snapshot v%s: %s; keeping v%s", version, exc.reason, current)
+            return False
+        if loaded.bundle.feature_set != feature_set():
+            self._refused[version] = self.clock()
+            self.metrics.feature_set_mismatches.labels("model").inc()
+            log.error("model v%s was learned on another feature set (%s, running %s); keeping "
+                      "v%s", version, loaded.bundle.feature_set, feature_set(), current)
             return False
         self.bundle, self.published_at = loaded.bundle, loaded.published_at
         log.info("scoring with model v%s", version)
@@ -209,306 +134,217 @@ def _reason_code(reason: str) -> str:
     return "other"
 
 
-class Scorer:
-    """Turns updated profiles into segment changes, churn alerts and training examples."""
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One customer to step: which partition's batch or sweep brings it, and what arrived."""
 
-    def __init__(self, settings: Settings, profiles: RedisProfileStore, models: ModelHolder,
+    customer_id: str
+    partition: int
+    clock: PartitionClock
+    kind: Literal["batch", "deferred", "idle"]
+    activity: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A stepped customer: its conditional write, and what it publishes once written."""
+
+    write: StateWrite
+    output: StepOutput
+    bundle: ModelBundle | None
+    stale_snapshots: int = 0
+    spread_now: bool = False
+
+
+class Scorer:
+    """Drives the scoring step for this worker's batches and partitions."""
+
+    def __init__(self, settings: Settings, store: ScoringStore, models: ModelSource,
                  metrics: Metrics, retrier: Retrier,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.profiles = profiles
+        self.store = store
         self.models = models
         self.metrics = metrics
         self.retrier = retrier
         self.clock = clock
-        m = settings.models
-        self.horizon_s = m.churn_horizon_days * DAY
-        self.check_interval_s = m.check_interval_days * DAY
-        self.hysteresis = m.segment_hysteresis
-        self.policy = AlertPolicy(threshold=m.churn_threshold,
-                                  cooldown_s=max(m.alert_cooldown_days * DAY, 1.0),
-                                  min_labels=m.min_labels_before_alerts)
+        self.config = settings.models.step_config()
         self.lock = asyncio.Lock()
         self._loaded_once = False
         #: partition -> event-time clock; the Faust layer replaces it with one that knows lag.
         self.clock_for: Callable[[int], PartitionClock] = \
             lambda _p: PartitionClock(-math.inf, math.inf)
 
-    # ------------------------------------------------------------ batch path
-
     async def on_batch(self, batch: ActivityBatch) -> list[OutRecord]:
-        """Score every customer active in the batch; persist their scoring state."""
+        """Step every customer active in the batch, then whoever its event time made due.
+
+        The caller (IngestPipeline.stage) holds :attr:`lock` around the update and this call.
+        Due customers are stepped in the same pass as the batch that moved event time past
+        them rather than at the next timer sweep, so what is decided does not depend on the
+        timer (the replay, which sweeps after every message, decides alike).
+        """
         if not self._loaded_once:
             self._loaded_once = True
             await self.retrier.call("load_model", self.models.refresh)
-        active = [u for u in batch.updates if u.customer_id in batch.activity]
-        if not active:
-            return []
-        # The caller (IngestPipeline.process) holds self.lock around the update and this call.
-        work: list[_Work] = []
-        deferred: dict[str, float] = {}
-        gates = {p: self.clock_for(p).gate for p in set(batch.partitions.values())}
-        for update in active:
+        clocks = {p: self.clock_for(p) for p in sorted(set(batch.partitions.values()))}
+        jobs: dict[str, _Job] = {}
+        records: dict[str, CustomerRecord] = {}
+        for update in batch.updates:
             cid = update.customer_id
-            st = CustomerScoringState.decode(cid, update.output_state)
-            examples: list[LabelledExample] = []
-            for t in batch.activity[cid]:
-                # Activity after a snapshot resolves it whatever order the inputs arrive in.
-                st.pending, labelled = on_activity(st.pending, t, self.horizon_s)
-                examples += labelled
-            as_of = float(update.state.get("lq", max(batch.activity[cid])))
-            st.last_activity = max(st.last_activity or as_of, as_of)
-            if as_of > gates.get(batch.partitions.get(cid, 0), math.inf):
-                # Another input lags behind this customer's latest event: the profile may
-                # still miss events before as_of, so scoring waits for the sweep.
-                deferred[cid] = as_of
-                work.append((cid, st, None, examples))
-            else:
-                work.append((cid, st, ProfileView(cid, as_of, update.state), examples))
-        out, states, schedule = self._decide(work, snapshot_gap=MIN_SNAPSHOT_GAP_S)
-        await self._persist(states, schedule, batch.partitions, deferred)
+            if cid in batch.activity:
+                partition = batch.partitions.get(cid, 0)
+                jobs[cid] = _Job(cid, partition, clocks[partition], "batch",
+                                 tuple(batch.activity[cid]))
+                records[cid] = update.scoring
+        out = await self._settle(jobs, records) if jobs else []
+        for partition, clock in clocks.items():
+            out += await self._sweep_due(partition, clock)
         return out
-
-    # ------------------------------------------------------------ idle path
 
     async def sweep(self, partition: int, send: Sender) -> Awaitable[None]:
-        """Score deferred activity and idle customers of one partition as event time allows.
+        """Step deferred activity and due customers of one partition as event time allows.
 
-        The outputs are handed to ``send`` before the lock is released, so they reach their
-        topics in order with the batches' outputs; returns the awaitable of their acks.
+        The timer's pass: it finds what waits for a lagging input to catch up, and a
+        partition whose input stopped. The outputs are handed to ``send`` before the lock
+        is released, so they reach their topics in order with the batches' outputs; returns
+        the awaitable of their acks.
         """
-        clock = self.clock_for(partition)
-        prefix = self.profiles.prefix
-        client = self.profiles.client
-        if clock.watermark == -math.inf and clock.gate == -math.inf:
-            return no_acks()
-
-        def due(key: str, upto: float) -> Callable[[], Awaitable[list[Any]]]:
-            return lambda: client.zrangebyscore(key, "-inf", upto, start=0, num=SWEEP_LIMIT)
-
-        ready = await self.retrier.call(
-            "sweep", due(keys.deferred_key(prefix, partition), clock.gate))
-        idle = await self.retrier.call(
-            "sweep", due(keys.checks_key(prefix, partition), clock.watermark))
-        ids = list(dict.fromkeys(_text(m) for m in [*ready, *idle]))
-        if not ids:
-            return no_acks()
-        was_deferred = {_text(m) for m in ready}
         async with self.lock:
-            states, outs = await self.retrier.call("sweep",
-                                                   lambda: self.profiles.get_customers(ids))
-            work: list[_Work] = []
-            still_deferred: dict[str, float] = {}
-            gone: list[str] = []
-            for cid, state, raw in zip(ids, states, outs, strict=True):
-                if state is None and raw is None:
-                    # The customer's key expired (profile TTL): nothing to label or score,
-                    # and writing a state would bring back a key with no profile.
-                    gone.append(cid)
-                    continue
-                st = CustomerScoringState.decode(cid, raw)
-                st.pending, examples = on_watermark(st.pending, clock.watermark, self.horizon_s)
-                view: ProfileView | None = None
-                if state is not None and cid in was_deferred:
-                    as_of = float(state.get("lq", 0.0))
-                    if as_of <= clock.gate:
-                        view = ProfileView(cid, as_of, state)
-                    else:
-                        still_deferred[cid] = as_of
-                elif state is not None:
-                    idle_at = self._next_idle(st)
-                    if idle_at is not None and idle_at <= clock.watermark:
-                        self.metrics.idle_checks.inc()
-                        view = ProfileView(cid, idle_at, state)
-                work.append((cid, st, view, examples))
-            gap = MIN_SNAPSHOT_GAP_S if was_deferred else 0.0
-            out, new_states, schedule = self._decide(work, snapshot_gap=gap)
-            await self._persist(new_states, schedule, dict.fromkeys(ids, partition),
-                                still_deferred, resolved=was_deferred - set(still_deferred),
-                                forget=gone)
+            out = await self._sweep_due(partition, self.clock_for(partition))
             return await send(out) if out else no_acks()
 
-    def _next_idle(self, st: CustomerScoringState) -> float | None:
-        if st.last_activity is None:
-            return None
-        after = max(st.last_activity, st.last_snapshot or st.last_activity)
-        return next_idle_check(st.last_activity, after, check_interval_s=self.check_interval_s,
-                               horizon_s=self.horizon_s)
+    async def _sweep_due(self, partition: int, clock: PartitionClock) -> list[OutRecord]:
+        """Step the partition's deferred customers its gate passed and those due by its
+        watermark (the caller holds the lock)."""
+        if clock.watermark == -math.inf and clock.gate == -math.inf:
+            return []
+        ready = await self.retrier.call("sweep", partial(
+            self.store.due, schedule_name(DEFERRED, partition), clock.gate, SWEEP_LIMIT))
+        idle = await self.retrier.call("sweep", partial(
+            self.store.due, schedule_name(CHECKS, partition), clock.watermark, SWEEP_LIMIT))
+        jobs = {cid: _Job(cid, partition, clock, "idle") for cid in idle}
+        jobs.update((cid, _Job(cid, partition, clock, "deferred")) for cid in ready)
+        if not jobs:
+            return []
+        read = await self.retrier.call("sweep", partial(self.store.read, list(jobs)))
+        return await self._settle(jobs, {r.customer_id: r for r in read})
 
-    def _next_due(self, st: CustomerScoringState) -> float | None:
-        candidates = [s.scored_at + self.horizon_s for s in st.pending]
-        idle = self._next_idle(st)
-        if idle is not None:
-            candidates.append(idle)
-        return min(candidates) if candidates else None
+    async def _settle(self, jobs: Mapping[str, _Job],
+                      records: Mapping[str, CustomerRecord]) -> list[OutRecord]:
+        """Step, write conditionally, and step again whoever another worker wrote meanwhile."""
+        committed: list[_Decided] = []
+        store = self.store
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            decided = self._decide([(jobs[cid], rec) for cid, rec in records.items()])
+            writes = [d.write for d in decided]
+            refused = set(await self.retrier.call("write_scoring_state",
+                                                  partial(store.write, writes)))
+            committed += [d for d in decided if d.write.customer_id not in refused]
+            if not refused:
+                break
+            if attempt == WRITE_ATTEMPTS:
+                self.metrics.scoring_conflicts.labels("gave_up").inc(len(refused))
+                log.error("gave up scoring %d customers: other workers kept changing their "
+                          "state (%d attempts)", len(refused), WRITE_ATTEMPTS)
+                break
+            self.metrics.scoring_conflicts.labels("retried").inc(len(refused))
+            read = await self.retrier.call("read_scoring_state",
+                                           partial(store.read, list(refused)))
+            records = {r.customer_id: r for r in read}
+        return self._publish(committed)
 
-    # ------------------------------------------------------------ shared
+    def _decide(self, work: Sequence[tuple[_Job, CustomerRecord]]) -> list[_Decided]:
+        bundle = self.models.bundle  # the timer may load another version while we write
+        inputs = [(rec.state, self._input(job, rec)) for job, rec in work]
+        stepped = step_many(inputs, bundle, self.config)
+        return [self._write(job, rec, state, output, bundle)
+                for (job, rec), (state, output) in zip(work, stepped, strict=True)]
 
-    def _decide(
-        self,
-        work: Sequence[_Work],
-        *, snapshot_gap: float,
-    ) -> tuple[list[OutRecord], dict[str, CustomerScoringState], dict[str, float | None]]:
-        bundle = self.models.bundle
-        version = bundle.version if bundle else 0
+    def _input(self, job: _Job, rec: CustomerRecord) -> StepInput:
+        profile = rec.profile
+        if job.kind == "batch":
+            # Batches label by activity only: the sweep moves the watermark.
+            return StepInput(job.customer_id, profile, job.activity,
+                             score_at=None if self._waits(job, rec) else self._as_of(job, rec))
+        score_at = None
+        if job.kind == "deferred" and profile is not None and not self._waits(job, rec):
+            score_at = self._as_of(job, rec)
+        return StepInput(job.customer_id, profile, score_at=score_at,
+                         watermark=job.clock.watermark)
+
+    @staticmethod
+    def _as_of(job: _Job, rec: CustomerRecord) -> float:
+        # The profile as of its last qualifying event (lq), which may be newer than the
+        # activity in hand when another batch of the customer's landed first.
+        fallback = job.activity[-1] if job.activity else 0.0
+        return float((rec.profile or {}).get("lq", fallback))
+
+    def _waits(self, job: _Job, rec: CustomerRecord) -> bool:
+        # Another input lags behind the customer's latest event: the profile may still miss
+        # events before it, so scoring waits for the sweep.
+        return self._as_of(job, rec) > job.clock.gate
+
+    def _write(self, job: _Job, rec: CustomerRecord, state: ScoringState,
+               output: StepOutput, bundle: ModelBundle | None) -> _Decided:
+        cid, partition = job.customer_id, job.partition
+        if rec.profile is None and rec.state is None:
+            # The customer's key expired (profile TTL): nothing to label or score, and
+            # writing a state would bring back a key with no profile. It leaves the schedules.
+            gone = {schedule_name(CHECKS, partition): None,
+                    schedule_name(DEFERRED, partition): None}
+            return _Decided(StateWrite(cid, rec.token, None, gone), StepOutput(), bundle)
+        # One owner per customer: the partition that scored it first holds its idle checks.
+        owner = state.owner if state.owner is not None else partition
+        spread_now = owner != partition and not state.spread
+        state = replace(state, owner=owner, spread=state.spread or spread_now)
+        schedules: dict[str, float | None] = {schedule_name(CHECKS, owner): output.next_due}
+        if job.kind == "idle" and owner != partition:  # never more than one schedule
+            schedules[schedule_name(CHECKS, partition)] = None
+        deferred = schedule_name(DEFERRED, partition)
+        if job.kind == "batch" and self._waits(job, rec):
+            schedules[deferred] = self._as_of(job, rec)
+        elif job.kind == "deferred":
+            schedules[deferred] = self._as_of(job, rec) if self._waits(job, rec) else None
+        return _Decided(StateWrite(cid, rec.token, state, schedules), output, bundle,
+                        rec.stale_snapshots, spread_now)
+
+    def _publish(self, committed: Iterable[_Decided]) -> list[OutRecord]:
+        """Records and metrics of the written customers' outputs."""
+        topics, m = self.settings.topics, self.metrics
         now = datetime.fromtimestamp(self.clock(), UTC)
-        topics = self.settings.topics
         out: list[OutRecord] = []
-        states: dict[str, CustomerScoringState] = {}
-        schedule: dict[str, float | None] = {}
-        to_score: list[tuple[str, CustomerScoringState, ProfileView, dict[str, float]]] = []
-        training: list[dict[str, Any]] = []
-        for cid, st, view, examples in work:
-            for ex in examples:
-                training.append(_label_example(ex))
-                self.metrics.churn_labels.labels(str(ex.label)).inc()
-            if view is not None:
-                features = model_features(view)
-                if st.last_snapshot is None or view.as_of - st.last_snapshot >= snapshot_gap:
-                    snap = Snapshot(cid, view.as_of, features, version)
-                    st.pending, added = add_snapshot(st.pending, snap, max_pending=MAX_PENDING,
-                                                     min_gap_s=snapshot_gap)
-                    if added:
-                        st.last_snapshot = view.as_of
-                        training.append(_profile_example(cid, view.as_of, features))
-                to_score.append((cid, st, view, features))
-            states[cid] = st
-        if bundle is not None and to_score:
-            scores = bundle.score_features_many([f for _, _, _, f in to_score])
-            for (cid, st, view, _), score in zip(to_score, scores, strict=True):
-                out += self._outputs(bundle, cid, st, view, score, now)
-        out += [OutRecord(topics.training_examples, None, record)
-                for record in training_records(training)]
-        for cid, st in states.items():
-            schedule[cid] = self._next_due(st)
-        return out, states, schedule
-
-    def _outputs(self, bundle: ModelBundle, cid: str, st: CustomerScoringState,
-                 view: ProfileView, score: Score, now: datetime) -> list[OutRecord]:
-        topics = self.settings.topics
-        out: list[OutRecord] = []
-        event_time = datetime.fromtimestamp(view.as_of, UTC)
-        self.metrics.churn_probability.observe(score.churn_probability)
-        previous = st.segment
-        st.segment, change = decide_segment(st.segment, score.distances, view.as_of,
-                                            hysteresis=self.hysteresis)
-        current = _segment_info(bundle, st.segment.segment_id)
-        if change is not None:
-            prev_info = (None if change.previous_segment_id is None
-                         else _segment_info(bundle, change.previous_segment_id))
-            record = SegmentChanged.build(
-                customer_id=cid, previous=prev_info, current=current, rfm_tier=score.rfm_tier,
-                model_version=bundle.version, event_time=event_time, emitted_at=now)
-            out.append(OutRecord(topics.segment_changes, cid.encode(), record.to_bytes()))
-            self.metrics.segment_changes.inc()
-            if previous is not None:
-                self.metrics.segment_customers.labels(str(previous.segment_id)).dec()
-            self.metrics.segment_customers.labels(str(st.segment.segment_id)).inc()
-        st.alert, decision = decide_alert(
-            st.alert,
-            AlertInput(cid, view.as_of, score.churn_probability, bundle.version,
-                       bundle.labels_seen if bundle.churn_ready else 0),
-            self.policy)
-        if decision is not None:
-            alert = ChurnAlert(
-                alert_id=decision.alert_id, customer_id=cid,
-                churn_probability=decision.churn_probability,
-                threshold=self.policy.threshold, risk_level=decision.risk_level,
-                customer_value=round(view.net_spend, 2), segment=current,
-                reasons=[Reason(feature=f, contribution=c, text=t) for f, c, t in score.reasons],
-                model_version=bundle.version, event_time=event_time, emitted_at=now)
-            out.append(OutRecord(topics.churn_alerts, cid.encode(), alert.to_bytes()))
-            self.metrics.churn_alerts.labels(decision.risk_level).inc()
+        examples: list[Any] = []
+        for d in committed:
+            o = d.output
+            examples += o.examples
+            for label in (e for e in o.examples if isinstance(e, LabelledExample)):
+                m.churn_labels.labels(str(label.label)).inc()
+            for p in o.probabilities:
+                m.churn_probability.observe(p)
+            if o.idle_checks:
+                m.idle_checks.inc(o.idle_checks)
+            if d.stale_snapshots:
+                m.feature_set_mismatches.labels("pending_snapshot").inc(d.stale_snapshots)
+            if d.spread_now:
+                m.multi_partition_customers.inc()
+            bundle = d.bundle
+            if bundle is None:
+                continue
+            for change in o.segment_changes:
+                moved = segment_changed(change, bundle, now)
+                out.append(OutRecord(topics.segment_changes, moved.customer_id.encode(),
+                                     moved.to_bytes()))
+                m.segment_changes.inc()
+                if change.change.previous_segment_id is not None:
+                    m.segment_customers.labels(str(change.change.previous_segment_id)).dec()
+                m.segment_customers.labels(str(change.change.segment_id)).inc()
+            for alert in o.alerts:
+                record = churn_alert(alert, bundle, self.config.alert_policy.threshold, now)
+                out.append(OutRecord(topics.churn_alerts, record.customer_id.encode(),
+                                     record.to_bytes()))
+                m.churn_alerts.labels(record.risk_level).inc()
+        out += [OutRecord(topics.training_examples, None, r) for r in encode_records(examples)]
         return out
-
-    async def _persist(self, states: Mapping[str, CustomerScoringState],
-                       schedule: Mapping[str, float | None],
-                       partitions: Mapping[str, int],
-                       deferred: Mapping[str, float] | None = None,
-                       resolved: Iterable[str] = (),
-                       forget: Iterable[str] = ()) -> None:
-        prefix = self.profiles.prefix
-        add: dict[str, dict[str, float]] = {}
-        remove: dict[str, list[str]] = {}
-        for cid in states:
-            ckey = keys.checks_key(prefix, partitions.get(cid, 0))
-            due = schedule.get(cid)
-            if due is None:
-                remove.setdefault(ckey, []).append(cid)
-            else:
-                add.setdefault(ckey, {})[cid] = due
-        for cid, at in (deferred or {}).items():
-            add.setdefault(keys.deferred_key(prefix, partitions.get(cid, 0)), {})[cid] = at
-        for cid in resolved:
-            remove.setdefault(keys.deferred_key(prefix, partitions.get(cid, 0)), []).append(cid)
-        for cid in forget:  # customers whose key is gone leave both schedules
-            partition = partitions.get(cid, 0)
-            remove.setdefault(keys.checks_key(prefix, partition), []).append(cid)
-            remove.setdefault(keys.deferred_key(prefix, partition), []).append(cid)
-        encoded = {cid: st.encode() for cid, st in states.items()}
-
-        async def write() -> None:
-            await self.profiles.put_output_states(
-                encoded, self.settings.redis.profile_ttl_s, add=add, remove=remove)
-
-        await self.retrier.call("write_scoring_state", write)
-
-
-def _segment_info(bundle: ModelBundle, segment_id: int) -> SegmentInfo:
-    seg = bundle.segments.get(segment_id)
-    if seg is None:
-        return SegmentInfo(segment_id=segment_id, name=f"segment {segment_id}", profile={})
-    return SegmentInfo(segment_id=segment_id, name=seg.name,
-                       profile={k: float(v) for k, v in seg.profile.items()})
-
-
-def _profile_example(cid: str, at: float, features: Mapping[str, float]) -> dict[str, Any]:
-    return {"kind": "profile", "customer_id": cid, "at": at,
-            "features": [features[n] for n in MODEL_FEATURES]}
-
-
-def _label_example(ex: LabelledExample) -> dict[str, Any]:
-    s = ex.snapshot
-    return {"kind": "label", "customer_id": s.customer_id, "scored_at": s.scored_at,
-            "model_version": s.model_version, "label": ex.label,
-            "labelled_at": ex.labelled_at, "features": [s.features[n] for n in MODEL_FEATURES]}
-
-
-def training_records(examples: Sequence[Mapping[str, Any]],
-                     per_record: int = EXAMPLES_PER_RECORD) -> list[bytes]:
-    """A batch's training examples as few training-topic records, in order.
-
-    One Kafka record per example cost the producing worker and the trainer Faust's
-    per-message overhead each time (0.14 training examples per input event at one
-    event per message); the trainer reads these records in order, so batching them
-    changes nothing it learns.
-    """
-    return [orjson.dumps({"kind": "batch", "examples": examples[i:i + per_record]})
-            for i in range(0, len(examples), per_record)]
-
-
-def _parse_example(doc: Mapping[str, Any]) -> tuple[str, Any]:
-    features = dict(zip(MODEL_FEATURES, (float(v) for v in doc["features"]), strict=True))
-    if doc["kind"] == "profile":
-        return "profile", (doc["customer_id"], float(doc["at"]), features)
-    snap = Snapshot(doc["customer_id"], float(doc["scored_at"]), features,
-                    int(doc["model_version"]))
-    return "label", LabelledExample(snap, int(doc["label"]), float(doc["labelled_at"]))
-
-
-def parse_training_record(raw: bytes) -> list[tuple[str, Any]]:
-    """Decode a training-topic record into ("profile", (cid, at, features)) / ("label", ex) pairs.
-
-    Reads batch records and the one-example records earlier versions wrote, so a
-    topic written before an upgrade still trains the model.
-    """
-    doc = orjson.loads(raw)
-    if not isinstance(doc, dict):
-        raise TypeError("a training record must be a JSON object")
-    examples = doc["examples"] if doc.get("kind") == "batch" else [doc]
-    if not isinstance(examples, list):
-        raise TypeError("a batch's examples must be a list")
-    return [_parse_example(e) for e in examples]
 
 
 def iter_partitions(assigned: Iterable[Any], topic: str) -> set[int]:

@@ -18,16 +18,20 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from streamproc.adapters.model_store import ModelStore, TrainerPosition
-from streamproc.core.modelset import SnapshotRejected, Trainer
+from streamproc.core.modelset import SnapshotRejected, Trainer, version_due
+from streamproc.core.training import (
+    DecodedRecord,
+    ProfileExample,
+    TrainingExample,
+    decode_record,
+    feature_set,
+)
 from streamproc.metrics import Metrics
-from streamproc.runtime.scoring import parse_training_record
 from streamproc.settings import ModelSettings
 
 log = logging.getLogger(__name__)
-FIRST_VERSION_AFTER = 200
 #: Store the trainer state alone (no version), at most this often, while learned records
 #: wait for a version: with few examples a version may take hours, and records are acked
 #: only once a stored state holds them.
@@ -129,6 +133,11 @@ class TrainerService:
             trainer, position = None, None
         if self.generation != generation:
             return None
+        if trainer is not None and trainer.feature_set != feature_set():
+            self.metrics.feature_set_mismatches.labels("trainer_state").inc()
+            log.error("the saved trainer state learned another feature set (%s, running %s); "
+                      "starting a new trainer", trainer.feature_set, feature_set())
+            trainer, position = None, None
         if trainer is None:
             trainer = self._new_trainer()
         else:
@@ -176,31 +185,26 @@ class TrainerService:
             first = first_to_learn(offset, self.next_offset, self.next_index)
             if first is None:
                 continue
-            examples = _parse(raw)
+            decoded = _parse(raw)
+            if decoded.foreign:
+                self.metrics.feature_set_mismatches.labels("training_example").inc(
+                    decoded.foreign)
+            examples = decoded.examples
             for index in range(first, len(examples)):
-                kind, payload = examples[index]
-                if kind == "profile":
-                    cid, at, features = payload
-                    trainer.learn_profile_features(cid, features, at)
-                else:
-                    trainer.learn_label(payload)
+                kind = _learn(trainer, examples[index])
                 counts[kind] = counts.get(kind, 0) + 1
                 self.since_publish += 1
                 self.next_offset, self.next_index = _after(offset, index + 1, len(examples))
                 # Inside the loop: one record holds a whole batch's examples, and a take
                 # of records can hold thousands; a version per call would come late.
-                if self.since_publish >= self._threshold(trainer):
+                if version_due(trainer.version, self.since_publish,
+                               self.settings.snapshot_every_examples):
                     self.cut()
             # Malformed and empty records too: there is nothing in them to wait for.
             self.next_offset, self.next_index = offset + 1, 0
         for kind, n in counts.items():
             self.metrics.training_examples.labels(kind).inc(n)
         return sum(counts.values())
-
-    def _threshold(self, trainer: Trainer) -> int:
-        if trainer.version:
-            return self.settings.snapshot_every_examples
-        return min(FIRST_VERSION_AFTER, self.settings.snapshot_every_examples)
 
     def position(self) -> TrainerPosition | None:
         """What the trainer has learned so far (None before the first record)."""
@@ -278,11 +282,20 @@ def _same_place(a: TrainerPosition, b: TrainerPosition | None) -> bool:
     return b is not None and (a.offset, a.index) == (b.offset, b.index)
 
 
-def _parse(raw: bytes | None) -> list[tuple[str, Any]]:
+def _learn(trainer: Trainer, example: TrainingExample) -> str:
+    """Learn one example; returns its kind (the metric's label)."""
+    if isinstance(example, ProfileExample):
+        trainer.learn_profile_features(example.customer_id, example.features, example.at)
+        return "profile"
+    trainer.learn_label(example)
+    return "label"
+
+
+def _parse(raw: bytes | None) -> DecodedRecord:
     if not raw:
-        return []
+        return DecodedRecord([])
     try:
-        return parse_training_record(raw)
+        return decode_record(raw)
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("skipping malformed training record: %s", type(exc).__name__)
-        return []
+        return DecodedRecord([])

@@ -29,10 +29,12 @@ from streamproc.adapters.deployment import (
     read_marker,
 )
 from streamproc.adapters.model_store import ModelStore
-from streamproc.adapters.redis_store import PreparedEvent, RedisProfileStore
+from streamproc.adapters.redis_store import PreparedEvent, RedisProfileStore, RedisScoringStore
 from streamproc.cli import main
 from streamproc.core.features import FeatureConfig, event_lane, event_ops
 from streamproc.core.replay import event_namespace
+from streamproc.core.step import ScoringState
+from streamproc.core.store import StateWrite, schedule_name
 from streamproc.metrics import create_metrics
 from streamproc.runtime.pipeline import Retrier
 from streamproc.settings import Settings, to_env
@@ -127,6 +129,7 @@ async def test_guarded_writes_refuse_a_redis_without_the_marker(
     store = RedisProfileStore(redis_client, prefix=prefix, features=FeatureConfig(),
                               profile_ttl_s=0, marker=marker)
     models = ModelStore(redis_client, prefix, b"k", marker)
+    scoring = RedisScoringStore(redis_client, prefix=prefix, ttl_s=0, marker=marker)
     (update,) = await store.apply_batch([_view("c-1", 1)])
     assert update.applied == [True]
     await models.claim("owner-1")
@@ -136,8 +139,8 @@ async def test_guarded_writes_refuse_a_redis_without_the_marker(
     before = await _keys(redis_client, prefix)
     refused = [
         store.apply_batch([_view("c-1", 2), _view("c-2", 1)]),
-        store.put_output_states({"c-3": {"segment": 1}}, 0,
-                                add={keys.checks_key(prefix, 0): {"c-3": 1.0}}),
+        scoring.write([StateWrite("c-3", "", ScoringState(last_activity=1.0),
+                                  {schedule_name("checks", 0): 1.0})]),
         models.claim("owner-2"),
         models.store_checkpoint({keys.model_key(prefix, "trainer"): b"x"}, "owner-1"),
         models.current_version(),

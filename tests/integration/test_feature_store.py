@@ -30,7 +30,6 @@ from streamproc.adapters.redis_store import (
     VALUE_TAG,
     PreparedEvent,
     RedisProfileStore,
-    encode_blob,
     encode_profile,
     split_value,
 )
@@ -340,109 +339,11 @@ async def test_one_round_trip_per_batch_and_compact_profiles(redis_server: Servi
         await client.aclose()
 
 
-async def test_scoring_states_and_schedules_are_written_in_one_command(
-        redis_server: Service) -> None:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, FeatureConfig())
-        # More members than one ZADD/ZREM chunk of the script, and members to drop.
-        ids = [f"c-{n}" for n in range(2500)]
-        await client.zadd(f"{store.prefix}:checks:1", {"old-a": 1.0, "old-b": 2.0, "keep": 3.0})
-        await store.put_output_states({}, 0)  # nothing to do: no command at all
-        await store.put_output_states({"c-0": {"la": 1.0}}, 0)  # warm up the script cache
-        before = await _evalsha_calls(client)
-        await store.put_output_states(
-            {cid: {"la": float(n), "pend": []} for n, cid in enumerate(ids)}, 3600,
-            add={f"{store.prefix}:checks:0": {cid: n + 0.25 for n, cid in enumerate(ids)},
-                 f"{store.prefix}:deferred:0": {"c-7": 7.5}},
-            remove={f"{store.prefix}:checks:1": ["old-a", "old-b", "never-there"]})
-        assert await _evalsha_calls(client) - before == 1
-        outs = await store.get_output_states(["c-0", "c-2499", "c-unknown"])
-        assert outs == [{"la": 0.0, "pend": []}, {"la": 2499.0, "pend": []}, None]
-        ttl = await client.ttl(f"{store.prefix}:{{c-42}}:p")
-        assert 3500 < ttl <= 3600
-        checks = await client.zrange(f"{store.prefix}:checks:0", 0, -1, withscores=True)
-        assert len(checks) == 2500
-        assert dict(checks)[b"c-1234"] == 1234.25
-        assert await client.zrange(f"{store.prefix}:checks:1", 0, -1) == [b"keep"]
-        assert await client.zscore(f"{store.prefix}:deferred:0", "c-7") == 7.5
-        # c-0 existed before the 3600 s call: a state write keeps the key's TTL (none).
-        assert await client.ttl(f"{store.prefix}:{{c-0}}:p") == -1
-    finally:
-        await client.aclose()
-
-
 def _view(cid: str, n: int, ts: float) -> PreparedEvent:
     value = {"event_id": f"e-{cid}-{n}", "customer_id": cid, "event_type": "page_view",
              "session_id": f"s-{cid}"}
     ns = event_namespace(value)
     return PreparedEvent(cid, value["event_id"], ts, event_ops(ns, ts), event_lane(ns))
-
-
-async def test_profile_and_scoring_state_share_one_key(redis_server: Service) -> None:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, FeatureConfig(), ttl_s=600)
-        t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
-        [first] = await store.apply_batch([_view("c-1", 0, t0)], now=WALL)
-        assert first.output_state is None
-        await client.expire(keys.profile_key(store.prefix, "c-1"), 300)
-        await store.put_output_states({"c-1": {"la": t0}}, 600)
-        # The state write kept the profile byte for byte, and its TTL.
-        assert await store.get_state("c-1") == first.state
-        assert 250 < await client.ttl(keys.profile_key(store.prefix, "c-1")) <= 300
-        assert await store.get_output_states(["c-1"]) == [{"la": t0}]
-        [second] = await store.apply_batch([_view("c-1", 1, t0 + 60)], now=WALL)
-        assert second.output_state == {"la": t0}  # a profile update keeps the state
-        assert second.state["ev"] == 2.0
-        assert await store.get_output_states(["c-1"]) == [{"la": t0}]
-        assert await client.exists(keys.output_state_key(store.prefix, "c-1")) == 0
-
-        # A state before any profile (an idle check of an expired profile): no profile.
-        await store.put_output_states({"c-2": {"la": 1.0}}, 600)
-        assert await store.get_state("c-2") is None
-        assert await store.get_output_states(["c-2"]) == [{"la": 1.0}]
-        [third] = await store.apply_batch([_view("c-2", 0, t0)], now=WALL)
-        assert third.output_state == {"la": 1.0}
-        assert third.state["ev"] == 1.0
-    finally:
-        await client.aclose()
-
-
-async def test_values_written_before_the_shared_key_still_read_and_move(
-        redis_server: Service) -> None:
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, FeatureConfig())
-        t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
-        [fresh] = await store.apply_batch([_view("c-1", 0, t0)], now=WALL)
-        bare = encode_profile({"ev": 1.0, "la": t0, "fs": t0})
-        for cid in ("c-1", "c-2"):  # the layout of earlier versions: two keys
-            await client.set(keys.profile_key(store.prefix, cid), bare)
-            await client.set(keys.output_state_key(store.prefix, cid), encode_blob({"la": t0}))
-        assert await store.get_state("c-1") == {"ev": 1.0, "la": t0, "fs": t0}
-        assert await store.get_output_states(["c-1", "c-2"]) == [{"la": t0}, {"la": t0}]
-        # A profile update moves the old state into the key and drops the old key.
-        [moved] = await store.apply_batch([_view("c-1", 1, t0 + 60)], now=WALL)
-        assert moved.output_state == {"la": t0}
-        assert moved.state["ev"] == 2.0
-        assert await client.exists(keys.output_state_key(store.prefix, "c-1")) == 0
-        assert await store.get_output_states(["c-1"]) == [{"la": t0}]
-        # So does a state write.
-        await store.put_output_states({"c-2": {"la": t0 + 1}}, 0)
-        assert await client.exists(keys.output_state_key(store.prefix, "c-2")) == 0
-        assert await store.get_state("c-2") == {"ev": 1.0, "la": t0, "fs": t0}
-        assert await store.get_output_states(["c-2"]) == [{"la": t0 + 1}]
-        assert fresh.state["ev"] == 1.0
-        # A state key that outlived its profile (the old layout allowed it) is found too.
-        await client.set(keys.output_state_key(store.prefix, "c-3"), encode_blob({"la": t0}))
-        assert await store.get_output_states(["c-3"]) == [{"la": t0}]
-        [orphan] = await store.apply_batch([_view("c-3", 0, t0 + 60)], now=WALL)
-        assert orphan.output_state == {"la": t0}
-        assert await client.exists(keys.output_state_key(store.prefix, "c-3")) == 0
-        assert await store.get_output_states(["c-3"]) == [{"la": t0}]
-    finally:
-        await client.aclose()
 
 
 class _Collect:

@@ -19,7 +19,7 @@ from streamproc.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-class _Collect:
+class Collect:
     """A publisher that keeps what it is handed (the sweep's outputs are not under test)."""
 
     def __init__(self) -> None:
@@ -34,11 +34,11 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
         make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     worker = create_worker(settings, CollectorRegistry())
-    publisher = _Collect()
+    publisher = Collect()
     worker.pipeline.publisher = publisher
     client = worker.pipeline.store.client
     prefix = settings.redis.key_prefix
-    checks = keys.checks_key(prefix, 0)
+    checks = keys.schedule_key(prefix, "checks:0")
     # No Faust consumer here: the event-time clock is set by hand (nothing lags).
     worker.scorer.clock_for = lambda _p: PartitionClock(-math.inf, math.inf)
     try:
@@ -60,9 +60,10 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
 
         assert await client.exists(keys.profile_key(prefix, "c-gone")) == 0
         assert await client.zscore(checks, "c-gone") is None
-        assert await client.zscore(keys.deferred_key(prefix, 0), "c-gone") is None
+        assert await client.zscore(keys.schedule_key(prefix, "deferred:0"), "c-gone") is None
         live_after = await client.get(keys.profile_key(prefix, "c-live"))
         assert live_after != live_before  # the live customer's idle check ran and was stored
-        assert worker.metrics.idle_checks._value.get() == 1
+        # Every idle check due, each 7 days, until three 30-day horizons after the activity.
+        assert worker.metrics.idle_checks._value.get() == 12
     finally:
         await client.aclose()

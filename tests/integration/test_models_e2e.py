@@ -157,7 +157,7 @@ async def _caught_up(settings: Settings) -> None:
     """
     port = settings.metrics.port
     reader = AnalyticsReader(settings)
-    checks = keys.checks_key(settings.redis.key_prefix, 0)
+    checks = keys.schedule_key(settings.redis.key_prefix, "checks:0")
     try:
         async def checks_fired() -> bool:
             watermark = scrape(port, "streamproc_watermark_timestamp_seconds")

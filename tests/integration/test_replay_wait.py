@@ -23,6 +23,7 @@ from streamproc.adapters.event_time import (
 )
 from streamproc.api import AnalyticsReader
 from streamproc.cli import main
+from streamproc.core.store import schedule_name
 from streamproc.runtime.embedded import spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
@@ -76,7 +77,8 @@ async def _due_checks(settings: Settings, upto: dict[str, str]) -> int:
         due = 0
         for partition, when in upto.items():
             limit = datetime.fromisoformat(when).timestamp()
-            due += await client.zcount(keys.checks_key(prefix, int(partition)), "-inf", limit)
+            key = keys.schedule_key(prefix, schedule_name("checks", int(partition)))
+            due += await client.zcount(key, "-inf", limit)
         return due
     finally:
         await client.aclose()

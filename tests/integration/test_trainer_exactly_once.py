@@ -18,9 +18,9 @@ import pytest
 
 from streamproc.adapters.model_store import TrainerPosition
 from streamproc.api import AnalyticsReader
+from streamproc.core.training import encode_records
 from streamproc.runtime.embedded import free_port, spawn_worker
 from streamproc.runtime.kafka import ensure_topics
-from streamproc.runtime.scoring import training_records
 from streamproc.settings import Settings, to_env
 from tests.integration.kafka_io import produce, wait_until
 from tests.integration.metrics_io import scrape
@@ -44,7 +44,7 @@ async def test_a_killed_trainer_is_sent_again_what_it_had_not_stored(
     await ensure_topics(settings)
     topic = settings.topics.training_examples
     # 13 records of 70 examples; versions every 200 examples.
-    values = training_records(_examples(910, seed=3), per_record=70)
+    values = encode_records(_examples(910, seed=3), per_record=70)
     reader = AnalyticsReader(settings)
     bootstrap = settings.kafka.bootstrap_servers
 

@@ -23,8 +23,8 @@ from streamproc.adapters import keys
 from streamproc.adapters.model_store import ModelStore, TrainerPosition
 from streamproc.core.features import MODEL_FEATURES
 from streamproc.core.modelset import Trainer
+from streamproc.core.training import ProfileExample, TrainingExample, encode_records
 from streamproc.metrics import create_metrics
-from streamproc.runtime.scoring import training_records
 from streamproc.runtime.trainer import TrainerService
 from streamproc.settings import ModelSettings
 
@@ -63,7 +63,7 @@ async def _owner(store: ModelStore, settings: ModelSettings = EVERY_250,
 
 def _records(n: int, per_record: int, seed: int = 1) -> list[tuple[int, bytes]]:
     """``n`` examples as training-topic records, with their offsets."""
-    return list(enumerate(training_records(_examples(n, seed), per_record=per_record)))
+    return list(enumerate(encode_records(_examples(n, seed), per_record=per_record)))
 
 
 def _seen(service: TrainerService) -> int:
@@ -84,10 +84,11 @@ class _FailsOnce(ModelStore):
         return await super().store(version, items, owner)
 
 
-def _examples(n: int, seed: int) -> list[dict[str, object]]:
+def _examples(n: int, seed: int) -> list[TrainingExample]:
     rng = random.Random(seed)
-    return [{"kind": "profile", "customer_id": f"c-{i % 50}", "at": 1.77e9 + 3600.0 * i,
-             "features": [rng.uniform(0, 5) for _ in MODEL_FEATURES]} for i in range(n)]
+    return [ProfileExample(f"c-{i % 50}", 1.77e9 + 3600.0 * i,
+                           {name: rng.uniform(0, 5) for name in MODEL_FEATURES})
+            for i in range(n)]
 
 
 async def test_a_failed_store_is_retried_without_relearning(redis_client: aioredis.Redis) -> None:
@@ -95,7 +96,7 @@ async def test_a_failed_store_is_retried_without_relearning(redis_client: aiored
     store = _FailsOnce(redis_client, prefix, b"k" * 32)
     settings = ModelSettings(signing_key="k" * 32, snapshot_every_examples=250)
     service = TrainerService(settings, store, create_metrics(CollectorRegistry()))
-    records = training_records(_examples(1000, seed=1), per_record=400)
+    records = encode_records(_examples(1000, seed=1), per_record=400)
     await service.load(TOPIC)
     assert service.learn(list(enumerate(records))) == 1000
     # v1 after 200 examples, then every 250: v2 at 450, v3 at 700, v4 at 950.
@@ -196,8 +197,8 @@ async def test_the_trainer_state_is_stored_alone_after_a_quiet_spell(store: Mode
 
 async def test_malformed_and_empty_records_do_not_hold_acks_back(
         store: ModelStore, caplog: pytest.LogCaptureFixture) -> None:
-    good = training_records(_examples(250, seed=2), per_record=150)
-    values = [good[0], b"not json", b"", b'{"kind": "batch", "examples": 5}', good[1],
+    good = encode_records(_examples(250, seed=2), per_record=150)
+    values = [good[0], b"not json", b"", b'{"fs": "x", "examples": 5}', good[1],
               b"\xff"]
     records = list(enumerate(values))
     clock = _Clock()

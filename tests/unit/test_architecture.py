@@ -24,3 +24,23 @@ def test_core_modules_import_no_io_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"pure core imports I/O modules: {out.stdout.strip()}"
+
+
+def _loaded_after_import(modules: list[str]) -> set[str]:
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(','.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.strip().split(","))
+
+
+def test_core_adapters_and_the_read_api_never_import_the_runtime() -> None:
+    import streamproc.adapters
+
+    modules = ["streamproc.api"]
+    for package in (streamproc.core, streamproc.adapters):
+        modules += [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+    runtime = sorted(n for n in _loaded_after_import(modules) if n.startswith("streamproc.runtime"))
+    assert runtime == [], f"core, adapters or the read API import the runtime: {runtime}"

@@ -7,9 +7,14 @@ from types import SimpleNamespace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamproc.core.features import InMemoryProfiles, ProfileView, event_ops, model_features
-from streamproc.core.labels import (
+from streamproc.core.features import (
     DAY,
+    InMemoryProfiles,
+    ProfileView,
+    event_ops,
+    model_features,
+)
+from streamproc.core.labels import (
     Snapshot,
     add_snapshot,
     next_idle_check,

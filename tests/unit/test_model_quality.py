@@ -1,7 +1,9 @@
 """End to end on generator traffic: delayed-label churn AUC, segments vs persona, alerts.
 
-Replays seeded synthetic traffic through the pure core (features, snapshots,
-delayed labels, trainer, bundles refreshed daily, hysteresis, alert policy).
+Replays seeded synthetic traffic, as tracker envelopes, through the worker's scoring step
+on the in-memory store (``core/replay.py``: features, snapshots, delayed labels, trainer,
+a version every SNAPSHOT_EVERY_EXAMPLES, hysteresis, alert policy), with the settings'
+defaults.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from datetime import UTC, datetime
 import pytest
 
 from streamproc.core.churn import roc_auc
-from streamproc.core.generator import TrafficGenerator
+from streamproc.core.generator import TrafficGenerator, batch_envelopes
 from streamproc.core.modelset import Trainer
-from streamproc.core.replay import Replay, ReplayConfig
+from streamproc.core.replay import Replay
 from streamproc.core.segments import adjusted_rand_index
+from streamproc.settings import IngestSettings, ModelSettings
 
 CUSTOMERS = 400
 DAYS = 150.0
@@ -27,9 +30,13 @@ def replayed() -> tuple[Replay, TrafficGenerator]:
     gen = TrafficGenerator(
         customers=CUSTOMERS, seed=11, start=datetime(2024, 1, 1, tzinfo=UTC), days=DAYS
     )
-    replay = Replay(Trainer(seed=42, min_labels=500), ReplayConfig(), record=True)
-    for event in gen.events():
-        replay.feed(event.key, event.value, event.timestamp.timestamp())
+    models = ModelSettings()
+    trainer = Trainer(n_segments=models.segments, seed=42,
+                      churn_threshold=models.churn_threshold,
+                      min_labels=models.min_labels_before_alerts)
+    replay = Replay(trainer, models.step_config(), models.snapshot_every_examples,
+                    lateness_s=IngestSettings().allowed_lateness_s, record=True)
+    replay.feed_messages(batch_envelopes(gen.events(), 20, max_lag=300))
     replay.advance(gen.end.timestamp())
     return replay, gen
 
@@ -79,11 +86,11 @@ def test_alerts_catch_churners_before_horizon_and_spare_loyal(
     end = gen.end.timestamp()
     truths = gen.truths()
     first_alert: dict[str, float] = {}
-    for a in replay.alerts:
+    for a in (outcome.decision for outcome in replay.alerts):
         first_alert.setdefault(a.customer_id, a.event_time)
     positives = [e.labelled_at for e in replay.label_stream if e.label == 1]
     ready_at = sorted(positives)[MIN_POSITIVES - 1]
-    ids = {a.alert_id for a in replay.alerts}
+    ids = {a.decision.alert_id for a in replay.alerts}
     assert len(ids) == len(replay.alerts)
     churners = [
         t

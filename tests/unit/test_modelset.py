@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from streamproc.core.features import InMemoryProfiles, ProfileView, model_features
-from streamproc.core.labels import DAY, LabelledExample, Snapshot
+from streamproc.core.features import DAY, InMemoryProfiles, ProfileView, model_features
+from streamproc.core.labels import LabelledExample, Snapshot
 from streamproc.core.modelset import (
     ModelBundle,
     SnapshotRejected,

@@ -22,6 +22,7 @@ from streamproc.core.outputs import (
     Reason,
     SegmentChanged,
     SegmentInfo,
+    alert_id,
     stable_id,
 )
 
@@ -77,11 +78,13 @@ def test_segment_changed_id_depends_on_customer_time_and_segment_only() -> None:
     assert base.id != segment_changed(current=LOYAL, previous=DRIFTING).id
 
 
-def test_churn_alert_id_is_stable_per_customer_time_and_risk() -> None:
+def test_churn_alert_id_is_the_one_rule_of_customer_time_and_model_version() -> None:
     base = churn_alert()
-    assert base.alert_id == churn_alert(churn_probability=0.9, emitted_at=T0).alert_id
-    assert base.alert_id != churn_alert(risk_level="critical").alert_id
-    assert base.alert_id != churn_alert(event_time=T0 + timedelta(days=1)).alert_id
+    assert base.alert_id == alert_id(base.customer_id, T0.timestamp(), base.model_version)
+    assert base.alert_id == churn_alert(emitted_at=T0 + timedelta(hours=1)).alert_id
+    assert base.alert_id != churn_alert(event_time=T0 + timedelta(milliseconds=1)).alert_id
+    assert base.alert_id != churn_alert(model_version=base.model_version + 1).alert_id
+    assert base.alert_id != churn_alert(customer_id="cust-2").alert_id
 
 
 @pytest.mark.parametrize(

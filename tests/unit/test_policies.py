@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from streamproc.core.features import DAY
+from streamproc.core.outputs import alert_id
 from streamproc.core.policies import (
-    DAY,
     AlertInput,
     AlertPolicy,
     AlertState,
     SegmentState,
-    alert_id,
     decide_alert,
     decide_segment,
 )
@@ -84,14 +84,21 @@ def test_cooldown_suppresses_repeats_and_late_events() -> None:
     assert again.previous_probability == 0.8
 
 
-def test_alert_id_is_stable_on_reprocessing() -> None:
+def test_alert_id_is_stable_on_reprocessing_and_names_one_alert() -> None:
     _, a = decide_alert(None, inp(5 * DAY, 0.8), POLICY)
     _, b = decide_alert(None, inp(5 * DAY, 0.8), POLICY)
     assert a is not None
     assert b is not None
     assert a.alert_id == b.alert_id
-    assert a.alert_id == alert_id("c1", 3, 5 * DAY, POLICY.cooldown_s)
-    assert alert_id("c2", 3, 5 * DAY, POLICY.cooldown_s) != a.alert_id
+    assert a.alert_id == alert_id("c1", 5 * DAY, 3)
+    assert alert_id("c2", 5 * DAY, 3) != a.alert_id
+    # Another moment, or the same moment re-decided under another model version (another
+    # probability), is another alert: never the same id with other content.
+    _, later = decide_alert(None, inp(5 * DAY + 1, 0.8), POLICY)
+    _, other_model = decide_alert(None, inp(5 * DAY, 0.9, version=4), POLICY)
+    assert later is not None
+    assert other_model is not None
+    assert len({a.alert_id, later.alert_id, other_model.alert_id}) == 3
 
 
 @pytest.mark.parametrize(
@@ -103,4 +110,4 @@ def test_risk_bands(p: float, level: str) -> None:
 
 def test_invalid_policy_rejected() -> None:
     with pytest.raises(ValueError, match="threshold"):
-        AlertPolicy(threshold=1.0)
+        AlertPolicy(threshold=1.0, cooldown_s=DAY, min_labels=0)

@@ -1,17 +1,20 @@
-"""Training-topic records: examples batched per record, read back in order, old records too."""
+"""Training-topic records: examples batched per record, read back in order, feature set named."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
+from streamproc.core import features as features_module
 from streamproc.core.features import MODEL_FEATURES
 from streamproc.core.labels import LabelledExample, Snapshot
-from streamproc.runtime.scoring import (
-    _label_example,
-    _profile_example,
-    parse_training_record,
-    training_records,
+from streamproc.core.training import (
+    DecodedRecord,
+    ProfileExample,
+    TrainingExample,
+    decode_record,
+    encode_records,
+    feature_set,
 )
 
 
@@ -19,35 +22,47 @@ def _features(seed: float) -> dict[str, float]:
     return {name: seed + i for i, name in enumerate(MODEL_FEATURES)}
 
 
-def test_examples_round_trip_in_order_across_records() -> None:
-    examples = []
-    for n in range(7):
-        if n % 3 == 2:
-            snap = Snapshot(f"c-{n}", 1_000.0 + n, _features(n), 4)
-            examples.append(_label_example(LabelledExample(snap, n % 2, 2_000.0 + n)))
+def _examples(n: int) -> list[TrainingExample]:
+    out: list[TrainingExample] = []
+    for i in range(n):
+        if i % 3 == 2:
+            snap = Snapshot(f"c-{i}", 1_000.0 + i, _features(i), 4)
+            out.append(LabelledExample(snap, i % 2, 2_000.0 + i))
         else:
-            examples.append(_profile_example(f"c-{n}", 1_000.0 + n, _features(n)))
-    records = training_records(examples, per_record=3)
+            out.append(ProfileExample(f"c-{i}", 1_000.0 + i, _features(i)))
+    return out
+
+
+def test_examples_round_trip_in_order_across_records() -> None:
+    examples = _examples(7)
+    records = encode_records(examples, per_record=3)
     assert len(records) == 3
-    parsed = [pair for raw in records for pair in parse_training_record(raw)]
-    assert [kind for kind, _ in parsed] == ["profile", "profile", "label"] * 2 + ["profile"]
-    _, (cid, at, features) = parsed[0]
-    assert (cid, at, features) == ("c-0", 1_000.0, _features(0))
-    _, label = parsed[2]
-    assert label == LabelledExample(Snapshot("c-2", 1_002.0, _features(2), 4), 0, 2_002.0)
+    assert [e for raw in records for e in decode_record(raw).examples] == examples
+    assert all(orjson.loads(raw)["fs"] == feature_set() for raw in records)
 
 
 def test_no_examples_means_no_record() -> None:
-    assert training_records([]) == []
+    assert encode_records([]) == []
 
 
-def test_a_one_example_record_from_an_earlier_version_still_parses() -> None:
-    legacy = orjson.dumps(_profile_example("c-1", 5.0, _features(1.0)))
-    assert parse_training_record(legacy) == [("profile", ("c-1", 5.0, _features(1.0)))]
+def test_records_of_another_feature_set_are_skipped_and_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    [old] = encode_records(_examples(5))
+    before = feature_set()
+    monkeypatch.setattr(features_module, "MODEL_FEATURES", (*MODEL_FEATURES, "returns_30d"))
+    assert feature_set() != before
+    assert decode_record(old) == DecodedRecord([], foreign=5)
 
 
-@pytest.mark.parametrize("raw", [b"[]", b'{"kind": "batch", "examples": 3}',
+@pytest.mark.parametrize("raw", [b"[]", b'{"fs": "x", "examples": 3}', b'{"examples": []}',
                                  b'{"kind": "profile"}', b"not json"])
 def test_malformed_records_raise_what_the_trainer_skips(raw: bytes) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
-        parse_training_record(raw)
+        decode_record(raw)
+
+
+def test_an_unknown_example_kind_is_malformed() -> None:
+    example = {"kind": "other", "features": [0.0] * len(MODEL_FEATURES)}
+    doc = {"fs": feature_set(), "examples": [example]}
+    with pytest.raises(ValueError, match="unknown example kind"):
+        decode_record(orjson.dumps(doc))

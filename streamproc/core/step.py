@@ -1,0 +1,318 @@
+"""What happens to one customer when activity or event time arrives: one pure step.
+
+``step(state, input, bundle, config) -> (state, output)``, in the shape of Bytewax's
+``stateful_map``. In order, for one customer:
+
+1. each new qualifying activity time labels the pending snapshots it resolves;
+2. fresh activity is scored as of ``score_at`` (a snapshot when the least gap since the
+   last one has passed; a segment decision with hysteresis; an alert decision);
+3. every idle check due at or before the watermark fires, oldest first, each one a
+   snapshot and a scoring as of its own event time;
+4. the watermark labels as churned the snapshots whose horizon it passed;
+5. the next event time something is due for the customer (a horizon end or an idle
+   check) is returned for the idle-check schedule.
+
+The worker (``runtime/scoring.py``) and the in-memory replay (``core/replay.py``) are
+two thin drivers of this step: they differ only in where state lives and when they
+call it. Model scoring is vectorised over every customer of a call (:func:`step_many`);
+a score depends only on features and bundle, so that changes no decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from streamproc.core import features as _features
+from streamproc.core.labels import (
+    Snapshot,
+    add_snapshot,
+    next_idle_check,
+    on_activity,
+    on_watermark,
+)
+from streamproc.core.outputs import ChurnAlert, Reason, SegmentChanged, SegmentInfo
+from streamproc.core.policies import (
+    AlertDecision,
+    AlertInput,
+    AlertPolicy,
+    AlertState,
+    SegmentChange,
+    SegmentState,
+    decide_alert,
+    decide_segment,
+)
+from streamproc.core.training import ProfileExample, TrainingExample
+
+if TYPE_CHECKING:  # the step only calls a bundle; importing River here slows the settings
+    from streamproc.core.modelset import ModelBundle, Score
+
+
+@dataclass(frozen=True, slots=True)
+class StepConfig:
+    """Every value that changes what the step decides (``ModelSettings.step_config``)."""
+
+    horizon_s: float
+    check_interval_s: float
+    #: Most snapshots awaiting their label per customer (the oldest is dropped beyond).
+    max_pending: int
+    #: Least event time between two snapshots of a customer's activity.
+    min_snapshot_gap_s: float
+    hysteresis: float
+    alert_policy: AlertPolicy
+
+    def __post_init__(self) -> None:
+        if self.check_interval_s < self.min_snapshot_gap_s:
+            # An idle check must always be allowed a snapshot, or it would fire forever.
+            raise ValueError("the idle-check interval must be at least the least snapshot gap")
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringState:
+    """One customer's scoring state, stored after its profile."""
+
+    segment: SegmentState | None = None
+    alert: AlertState | None = None
+    pending: tuple[Snapshot, ...] = ()
+    last_activity: float | None = None
+    #: Event time of the last snapshot of activity or idle check.
+    last_snapshot: float | None = None
+    #: Partition whose idle-check schedule holds the customer (set by the worker).
+    owner: int | None = None
+    #: The customer's events arrived on more than one partition (counted once).
+    spread: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StepInput:
+    """What arrived for one customer since its last step."""
+
+    customer_id: str
+    #: The stored profile (None: unknown or expired; nothing is scored then).
+    profile: Mapping[str, Any] | None
+    #: Event times of qualifying activity applied since the last step, ascending.
+    activity: tuple[float, ...] = ()
+    #: Score the profile as of this event time (fresh activity); None: nothing fresh.
+    score_at: float | None = None
+    #: No activity before it is still to come: labels and idle checks may fire up to it.
+    watermark: float = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDecision:
+    """A segment change to publish, with what the record needs besides the bundle."""
+
+    customer_id: str
+    change: SegmentChange
+    rfm_tier: str
+    model_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertOutcome:
+    """A churn alert to publish, with what the record needs besides the bundle."""
+
+    decision: AlertDecision
+    customer_value: float
+    segment_id: int
+    reasons: tuple[tuple[str, float, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    """Everything one step decided, in event-time order within each kind."""
+
+    examples: tuple[TrainingExample, ...] = ()
+    segment_changes: tuple[SegmentDecision, ...] = ()
+    alerts: tuple[AlertOutcome, ...] = ()
+    #: Churn probability of every scoring (for the metrics).
+    probabilities: tuple[float, ...] = ()
+    idle_checks: int = 0
+    #: Pending snapshots dropped by ``max_pending``.
+    dropped_snapshots: int = 0
+    #: When the customer next needs a step with no activity (None: never).
+    next_due: float | None = None
+
+
+@dataclass(slots=True)
+class _Point:
+    at: float
+    idle: bool
+    features: dict[str, float]
+    customer_value: float
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The part of a step that needs no score: labels, snapshots and what to score."""
+
+    state: ScoringState
+    examples: list[TrainingExample] = field(default_factory=list)
+    points: list[_Point] = field(default_factory=list)
+    idle_checks: int = 0
+    dropped: int = 0
+
+
+def _snapshot(plan: _Plan, cid: str, view: _features.ProfileView, version: int,
+              config: StepConfig, *, idle: bool) -> None:
+    """Score ``view``; snapshot it when the least gap since the last snapshot has passed."""
+    st = plan.state
+    feats = _features.model_features(view)
+    at = view.as_of
+    gap = config.min_snapshot_gap_s
+    if st.last_snapshot is None or at - st.last_snapshot >= gap:
+        before = len(st.pending)
+        pending, added = add_snapshot(st.pending, Snapshot(cid, at, feats, version),
+                                      max_pending=config.max_pending, min_gap_s=gap)
+        if added:
+            plan.dropped += before + 1 - len(pending)
+            plan.examples.append(ProfileExample(cid, at, feats))
+            st = replace(st, pending=pending, last_snapshot=at)
+    if idle:  # an idle check counts as done even if a newer snapshot kept it out
+        st = replace(st, last_snapshot=max(at, st.last_snapshot or at))
+    plan.state = st
+    plan.points.append(_Point(at, idle, feats, round(view.net_spend, 2)))
+
+
+def _next_idle(st: ScoringState, config: StepConfig) -> float | None:
+    if st.last_activity is None:
+        return None
+    after = max(st.last_activity, st.last_snapshot or st.last_activity)
+    return next_idle_check(st.last_activity, after, check_interval_s=config.check_interval_s,
+                           horizon_s=config.horizon_s)
+
+
+def _plan(state: ScoringState | None, inp: StepInput, version: int,
+          config: StepConfig) -> _Plan:
+    plan = _Plan(state or ScoringState())
+    cid, horizon = inp.customer_id, config.horizon_s
+    pending = plan.state.pending
+    for t in inp.activity:
+        # Activity after a snapshot resolves it whatever order the inputs arrive in.
+        pending, labelled = on_activity(pending, t, horizon)
+        plan.examples += labelled
+    last = plan.state.last_activity
+    if inp.activity:
+        last = max(inp.activity[-1], last if last is not None else -math.inf)
+    plan.state = replace(plan.state, pending=pending, last_activity=last)
+    profile = inp.profile
+    if profile is not None and inp.score_at is not None:
+        _snapshot(plan, cid, _features.ProfileView(cid, inp.score_at, profile), version, config,
+                  idle=False)
+    while profile is not None:
+        due = _next_idle(plan.state, config)
+        if due is None or due > inp.watermark:
+            break
+        pending, labelled = on_watermark(plan.state.pending, due, horizon)
+        plan.examples += labelled
+        plan.state = replace(plan.state, pending=pending)
+        plan.idle_checks += 1
+        _snapshot(plan, cid, _features.ProfileView(cid, due, profile), version, config, idle=True)
+    pending, labelled = on_watermark(plan.state.pending, inp.watermark, horizon)
+    plan.examples += labelled
+    plan.state = replace(plan.state, pending=pending)
+    return plan
+
+
+def next_due(state: ScoringState, config: StepConfig) -> float | None:
+    """The next event time the customer needs a step without activity: a horizon's end or
+    an idle check (None: neither)."""
+    candidates = [s.scored_at + config.horizon_s for s in state.pending]
+    idle = _next_idle(state, config)
+    if idle is not None:
+        candidates.append(idle)
+    return min(candidates) if candidates else None
+
+
+def _decide(plan: _Plan, cid: str, scores: Sequence[Score], bundle: ModelBundle,
+            config: StepConfig) -> tuple[list[SegmentDecision], list[AlertOutcome]]:
+    changes: list[SegmentDecision] = []
+    alerts: list[AlertOutcome] = []
+    st = plan.state
+    segment, alert = st.segment, st.alert
+    ready_labels = bundle.labels_seen if bundle.churn_ready else 0
+    for point, score in zip(plan.points, scores, strict=True):
+        segment, change = decide_segment(segment, score.distances, point.at,
+                                         hysteresis=config.hysteresis)
+        if change is not None:
+            changes.append(SegmentDecision(cid, change, score.rfm_tier, bundle.version))
+        alert, decision = decide_alert(
+            alert, AlertInput(cid, point.at, score.churn_probability, bundle.version,
+                              ready_labels), config.alert_policy)
+        if decision is not None:
+            alerts.append(AlertOutcome(decision, point.customer_value, segment.segment_id,
+                                       tuple(score.reasons)))
+    plan.state = replace(st, segment=segment, alert=alert)
+    return changes, alerts
+
+
+def step_many(items: Sequence[tuple[ScoringState | None, StepInput]],
+              bundle: ModelBundle | None,
+              config: StepConfig) -> list[tuple[ScoringState, StepOutput]]:
+    """:func:`step` for many customers, with one vectorised scoring call for all of them."""
+    version = bundle.version if bundle is not None else 0
+    plans = [_plan(state, inp, version, config) for state, inp in items]
+    rows = [p.features for plan in plans for p in plan.points]
+    scores = bundle.score_features_many(rows) if bundle is not None and rows else []
+    out: list[tuple[ScoringState, StepOutput]] = []
+    at = 0
+    for plan, (_, inp) in zip(plans, items, strict=True):
+        n = len(plan.points)
+        changes: list[SegmentDecision] = []
+        alerts: list[AlertOutcome] = []
+        if bundle is not None:
+            changes, alerts = _decide(plan, inp.customer_id, scores[at:at + n], bundle, config)
+        probabilities = tuple(s.churn_probability for s in scores[at:at + n])
+        at += n
+        out.append((plan.state, StepOutput(
+            examples=tuple(plan.examples), segment_changes=tuple(changes),
+            alerts=tuple(alerts), probabilities=probabilities, idle_checks=plan.idle_checks,
+            dropped_snapshots=plan.dropped, next_due=next_due(plan.state, config))))
+    return out
+
+
+def step(state: ScoringState | None, inp: StepInput, bundle: ModelBundle | None,
+         config: StepConfig) -> tuple[ScoringState, StepOutput]:
+    """One customer's step: ``(state, input) -> (state, output)`` (see the module docstring)."""
+    return step_many([(state, inp)], bundle, config)[0]
+
+
+# ---------------------------------------------------------------- published records
+
+
+def segment_info(bundle: ModelBundle, segment_id: int) -> SegmentInfo:
+    """A segment as the bundle names it (a placeholder for an id it no longer has)."""
+    seg = bundle.segments.get(segment_id)
+    return seg if seg is not None else SegmentInfo(segment_id=segment_id,
+                                                    name=f"segment {segment_id}", profile={})
+
+
+def segment_changed(decision: SegmentDecision, bundle: ModelBundle,
+                    emitted_at: datetime) -> SegmentChanged:
+    """The ``segment_changed`` record of a decision."""
+    change = decision.change
+    previous = (None if change.previous_segment_id is None
+                else segment_info(bundle, change.previous_segment_id))
+    return SegmentChanged.build(
+        customer_id=decision.customer_id, previous=previous,
+        current=segment_info(bundle, change.segment_id), rfm_tier=decision.rfm_tier,
+        model_version=decision.model_version,
+        event_time=datetime.fromtimestamp(change.changed_at, emitted_at.tzinfo),
+        emitted_at=emitted_at)
+
+
+def churn_alert(outcome: AlertOutcome, bundle: ModelBundle, threshold: float,
+                emitted_at: datetime) -> ChurnAlert:
+    """The ``churn_alert`` record of an alert decision (its id is the decision's)."""
+    d = outcome.decision
+    return ChurnAlert(
+        alert_id=d.alert_id, customer_id=d.customer_id, churn_probability=d.churn_probability,
+        threshold=threshold, risk_level=d.risk_level, customer_value=outcome.customer_value,
+        segment=segment_info(bundle, outcome.segment_id),
+        reasons=[Reason(feature=f, contribution=c, text=t) for f, c, t in outcome.reasons],
+        model_version=d.model_version,
+        event_time=datetime.fromtimestamp(d.event_time, emitted_at.tzinfo),
+        emitted_at=emitted_at)

@@ -1,0 +1,189 @@
+"""The per-customer scoring step, driven with plain data and event times chosen by the test."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+from streamproc.core.features import DAY, InMemoryProfiles, ProfileView, event_ops, model_features
+from streamproc.core.labels import LabelledExample, Snapshot
+from streamproc.core.modelset import ModelBundle, Score
+from streamproc.core.outputs import SegmentInfo
+from streamproc.core.replay import event_namespace
+from streamproc.core.step import ScoringState, StepInput, StepOutput, step, step_many
+from streamproc.core.training import ProfileExample
+from streamproc.settings import ModelSettings
+
+T0 = 1_770_000_000.0
+CONFIG = ModelSettings(min_labels_before_alerts=0).step_config()  # the settings' defaults
+H, CHECK = CONFIG.horizon_s, CONFIG.check_interval_s
+
+
+def profile(*days: float, cid: str = "c") -> dict[str, Any]:
+    """The stored profile of a customer with a page view on each of ``days`` (after T0)."""
+    store = InMemoryProfiles.empty(clock=lambda: T0)
+    for n, d in enumerate(days):
+        ts = T0 + d * DAY
+        value = {"event_id": f"e{n}", "customer_id": cid, "event_type": "page_view",
+                 "session_id": f"s{n}"}
+        store.apply(cid, f"e{n}", event_ops(event_namespace(value), ts), ts)
+    return copy.deepcopy(store.states[cid])
+
+
+def features(cid: str, at: float, prof: Mapping[str, Any]) -> dict[str, float]:
+    return model_features(ProfileView(cid, at, prof))
+
+
+def labels(out: StepOutput) -> list[LabelledExample]:
+    return [e for e in out.examples if isinstance(e, LabelledExample)]
+
+
+@dataclass(frozen=True)
+class ScriptedBundle:
+    """A model whose scores are a plain function of recency (the step only calls it)."""
+
+    version: int = 7
+    labels_seen: int = 1000
+    churn_ready: bool = True
+    churn: Callable[[float], float] = lambda days: min(0.99, days / 30.0)
+    segments: Mapping[int, SegmentInfo] = field(default_factory=lambda: {
+        0: SegmentInfo(segment_id=0, name="regulars"),
+        1: SegmentInfo(segment_id=1, name="lapsing")})
+
+    def score_features_many(self, rows: Sequence[Mapping[str, float]]) -> list[Score]:
+        out = []
+        for row in rows:
+            days = row["recency_days"]
+            # Segment 0 near recency 0, segment 1 near 20 days.
+            distances = {0: abs(days) + 1.0, 1: abs(days - 20.0) + 1.0}
+            out.append(Score(0, "s", {}, distances, "tier", (1, 1, 1), self.churn(days),
+                             [("recency_days", 0.5, f"{days:.0f} days")]))
+        return out
+
+
+def bundle(**kwargs: Any) -> ModelBundle:
+    return cast(ModelBundle, ScriptedBundle(**kwargs))
+
+
+def test_fresh_activity_is_snapshotted_at_most_once_per_gap() -> None:
+    p0 = profile(0)
+    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0), None, CONFIG)
+    snap = Snapshot("c", T0, features("c", T0, p0), 0)  # no model yet: version 0
+    assert st.pending == (snap,)
+    assert (st.last_activity, st.last_snapshot) == (T0, T0)
+    assert out.examples == (ProfileExample("c", T0, snap.features),)
+    assert out.next_due == T0 + CHECK  # the first idle check, before the horizon ends
+    half = T0 + 0.5 * DAY
+    st2, out2 = step(st, StepInput("c", profile(0, 0.5), (half,), score_at=half), None, CONFIG)
+    # The activity labels the snapshot "stayed"; inside the gap no new snapshot is taken.
+    assert out2.examples == (LabelledExample(snap, 0, half),)
+    assert (st2.pending, st2.last_snapshot, st2.last_activity) == ((), T0, half)
+
+
+def test_idle_checks_fire_in_order_up_to_the_watermark_and_labels_follow() -> None:
+    p0 = profile(0)
+    st, _ = step(None, StepInput("c", p0, (T0,), score_at=T0), None, CONFIG)
+    st, out = step(st, StepInput("c", p0, watermark=T0 + 40 * DAY), None, CONFIG)
+    days = [7, 14, 21, 28, 35]
+    assert out.idle_checks == 5
+    assert [e.at for e in out.examples if isinstance(e, ProfileExample)] == \
+        [T0 + d * DAY for d in days]
+    # Each idle snapshot sees the recency of its own event time.
+    assert [e.features["recency_days"] for e in out.examples
+            if isinstance(e, ProfileExample)] == [float(d) for d in days]
+    done = [(e.snapshot.scored_at, e.label, e.labelled_at) for e in labels(out)]
+    assert done == [(T0, 1, T0 + H), (T0 + 7 * DAY, 1, T0 + 7 * DAY + H)]
+    assert [s.scored_at for s in st.pending] == [T0 + d * DAY for d in (14, 21, 28, 35)]
+    assert out.next_due == T0 + 42 * DAY  # the next idle check comes before 14 + 30 days
+    # Checks stop three horizons after the last activity; every label comes in the end.
+    st, out = step(st, StepInput("c", p0, watermark=T0 + 400 * DAY), None, CONFIG)
+    assert out.idle_checks == len(range(42, 91, 7))
+    assert st.pending == ()
+    assert out.next_due is None
+
+
+def test_the_pending_cap_drops_the_oldest_and_counts_it() -> None:
+    config = replace(CONFIG, max_pending=2)
+    p0 = profile(0)
+    st, _ = step(None, StepInput("c", p0, (T0,), score_at=T0), None, config)
+    st, out = step(st, StepInput("c", p0, watermark=T0 + 22 * DAY), None, config)
+    assert out.dropped_snapshots == 2  # T0 and day 7 made room for days 14 and 21
+    assert [s.scored_at for s in st.pending] == [T0 + 14 * DAY, T0 + 21 * DAY]
+
+
+def test_segments_move_with_hysteresis_and_alerts_respect_the_cooldown() -> None:
+    p0 = profile(0)
+    model = bundle()
+    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0), model, CONFIG)
+    [first] = out.segment_changes
+    assert (first.change.previous_segment_id, first.change.segment_id) == (None, 0)
+    assert (first.model_version, first.rfm_tier) == (7, "tier")
+    assert out.alerts == ()
+    st, out = step(st, StepInput("c", p0, watermark=T0 + 30 * DAY), model, CONFIG)
+    # Recency 7: distances 8 and 14, stays. Recency 14: 7 < 0.85 * 15, moves.
+    [moved] = out.segment_changes
+    assert (moved.change.previous_segment_id, moved.change.segment_id) == (0, 1)
+    assert moved.change.changed_at == T0 + 14 * DAY
+    # Probability 21/30 = 0.7 alerts at day 21; day 28 is inside the 14-day cooldown.
+    [alert] = out.alerts
+    assert alert.decision.event_time == T0 + 21 * DAY
+    assert alert.decision.churn_probability == 0.7
+    assert (alert.segment_id, alert.customer_value) == (1, 0.0)
+    assert alert.reasons == (("recency_days", 0.5, "21 days"),)
+    assert out.probabilities == tuple(d / 30.0 for d in (7, 14, 21, 28))
+    st, out = step(st, StepInput("c", p0, watermark=T0 + 36 * DAY), model, CONFIG)
+    [again] = out.alerts  # day 35: the cooldown has just passed
+    assert again.decision.event_time == T0 + 35 * DAY
+    assert again.decision.alert_id != alert.decision.alert_id
+    assert again.decision.previous_probability == 28 / 30.0
+
+
+def test_no_alert_before_the_model_is_ready_and_no_decision_without_one() -> None:
+    p0 = profile(0)
+    config = replace(CONFIG, alert_policy=replace(CONFIG.alert_policy, min_labels=1))
+    st, _ = step(None, StepInput("c", p0, (T0,), score_at=T0), None, config)
+    _, out = step(st, StepInput("c", p0, watermark=T0 + 30 * DAY),
+                  bundle(churn_ready=False), config)
+    assert out.alerts == ()
+    assert len(out.segment_changes) == 2  # scoring goes on: first assignment, then a move
+    _, cold = step(st, StepInput("c", p0, watermark=T0 + 30 * DAY), None, config)
+    assert (cold.alerts, cold.segment_changes, cold.probabilities) == ((), (), ())
+    assert cold.idle_checks == 4  # snapshots and labels do not wait for a model
+
+
+def test_no_profile_means_labels_only() -> None:
+    st, _ = step(None, StepInput("c", profile(0), (T0,), score_at=T0), None, CONFIG)
+    st2, out = step(st, StepInput("c", None, watermark=T0 + 31 * DAY), bundle(), CONFIG)
+    assert [e.label for e in labels(out)] == [1]
+    assert (out.idle_checks, out.probabilities, st2.pending) == (0, (), ())
+
+
+def test_the_step_is_value_like() -> None:
+    p0 = profile(0, 2)
+    frozen = copy.deepcopy(p0)
+    st, _ = step(None, StepInput("c", profile(0), (T0,), score_at=T0), bundle(), CONFIG)
+    inp = StepInput("c", p0, (T0 + 2 * DAY,), score_at=T0 + 2 * DAY, watermark=T0 + 3 * DAY)
+    first = step(st, inp, bundle(), CONFIG)
+    assert step(st, inp, bundle(), CONFIG) == first  # same input, same output
+    assert p0 == frozen  # the profile is not touched
+    assert st == step(None, StepInput("c", profile(0), (T0,), score_at=T0), bundle(),
+                      CONFIG)[0]
+
+
+def test_many_customers_at_once_decide_as_one_at_a_time() -> None:
+    items = [(None, StepInput(f"c{i}", profile(0, i, cid=f"c{i}"), (T0 + i * DAY,),
+                              score_at=T0 + i * DAY, watermark=T0 + 60 * DAY))
+             for i in range(5)]
+    together = step_many(items, bundle(), CONFIG)
+    apart = [step(state, inp, bundle(), CONFIG) for state, inp in items]
+    assert together == apart
+
+
+def test_an_owner_and_the_spread_flag_pass_through() -> None:
+    state = ScoringState(owner=3, spread=True)
+    st, _ = step(state, StepInput("c", profile(0), (T0,), score_at=T0), None, CONFIG)
+    assert (st.owner, st.spread) == (3, True)
+    assert math.isinf(StepInput("c", None).watermark)
