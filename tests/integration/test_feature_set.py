@@ -35,8 +35,9 @@ from tests.integration.test_idle_sweep import Collect
 pytestmark = pytest.mark.integration
 
 
-def _worker(settings: Settings) -> tuple[Worker, Collect]:
+async def _worker(settings: Settings) -> tuple[Worker, Collect]:
     worker = create_worker(settings, CollectorRegistry())
+    await worker.guard.verify()  # what the running app does first: Redis calls wait for it
     publisher = Collect()
     worker.pipeline.publisher = publisher
     worker.scorer.clock_for = lambda _p: PartitionClock(-math.inf, math.inf)
@@ -58,7 +59,7 @@ def _mismatches(worker: Worker, kind: str) -> float:
 async def test_a_new_feature_skips_what_the_old_feature_set_stored(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_settings()
-    old, publisher = _worker(settings)
+    old, publisher = await _worker(settings)
     models = ModelStore(old.pipeline.store.client, settings.redis.key_prefix,
                         SIGNING_KEY.encode())
     trainer = Trainer(seed=1)
@@ -82,7 +83,7 @@ async def test_a_new_feature_skips_what_the_old_feature_set_stored(
                         lambda view: {**released(view), "returns_30d": 0.0})
     assert feature_set() != old_set
 
-    new, publisher = _worker(settings)
+    new, publisher = await _worker(settings)
     client = new.pipeline.store.client
     try:
         await _view(new, settings, 1, 3)

@@ -363,6 +363,7 @@ async def test_the_ingest_pipeline_counts_the_links_a_full_ring_dropped(
     settings = make_settings(ingest={"linked_sessions": 8})
     registry = CollectorRegistry()
     worker = create_worker(settings, registry)
+    await worker.guard.verify()  # what the running app does first: Redis calls wait for it
     worker.pipeline.publisher = _Collect()
     worker.pipeline.scoring = None  # no Faust consumer here, and scoring is not under test
     # Sessions 4 hours apart: each order link stays a day, so the ring of 8 has room
