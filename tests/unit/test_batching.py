@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamproc.metrics import create_metrics
-from streamproc.runtime.pipeline import IngestPipeline, PreparedBatch, RawMessage, keep_collecting
+from streamproc.runtime.catchup import keep_collecting
+from streamproc.runtime.pipeline import IngestPipeline, PreparedBatch, RawMessage
 from streamproc.settings import Settings
 
 DAY = 86_400.0
