@@ -52,6 +52,13 @@ from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: The idle sweep (deferred activity, idle re-scoring, label expiry, stored watermarks)
+#: runs this often: outputs that event time made due leave within a second, for one
+#: Redis pass per owned partition.
+SWEEP_INTERVAL_S = 1.0
+#: The consumer-lag gauge is refreshed this often; alerts on it look at minutes.
+LAG_REPORT_INTERVAL_S = 5.0
+
 
 @dataclass
 class Worker:
@@ -285,9 +292,9 @@ def _timers(worker: Worker, retrier: Retrier, models: ModelHolder,
                 lag = max(0, int(high) - int(committed_offset(consumer, tp) or 0))
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
-    app.timer(1.0)(sweep_idle)
+    app.timer(SWEEP_INTERVAL_S)(sweep_idle)
     app.timer(worker.settings.models.reload_interval_s)(refresh_model)
-    app.timer(5.0)(report_lag)
+    app.timer(LAG_REPORT_INTERVAL_S)(report_lag)
 
 
 def _raw_messages(events: Sequence[Any]) -> list[RawMessage]:
