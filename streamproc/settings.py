@@ -59,11 +59,9 @@ class KafkaSettings(_Group):
         description="Longest the broker may hold a fetch open; bounds latency on sparse streams.",
     )
     session_timeout_s: float = Field(
-        10.0, gt=0, description="Consumer session timeout; lower means faster failover."
-    )
-    heartbeat_interval_s: float = Field(2.0, gt=0, description="Consumer heartbeat interval.")
-    commit_interval_s: float = Field(
-        1.0, gt=0, description="How often acknowledged offsets are committed."
+        10.0, gt=0,
+        description=("Consumer session timeout; lower means faster failover. Heartbeats "
+                     "are sent five times per timeout."),
     )
 
     @model_validator(mode="after")
@@ -126,14 +124,6 @@ class IngestSettings(_Group):
     batch_within_s: float = Field(
         0.02, gt=0, le=10, description="Longest a partial batch waits for more messages."
     )
-    batch_max_events: int = Field(
-        2000, ge=1, le=100_000,
-        description=(
-            "While the input is backlogged, a batch grows until it holds this many events "
-            "(or BATCH_MAX_MESSAGES messages): one Redis call and one scoring pass for more "
-            "events. A caught-up worker never waits for this."
-        ),
-    )
     catchup_max_wait_s: float = Field(
         0.25, ge=0, le=10,
         description=(
@@ -141,15 +131,6 @@ class IngestSettings(_Group):
             "batching off: every BATCH_WITHIN_S window is a batch. A batch also stops "
             "growing once its events span MODELS__MIN_SNAPSHOT_GAP_DAYS of event time, so a "
             "replay of history learns from as many churn snapshots as the live stream did."
-        ),
-    )
-    inflight_batches: int = Field(
-        2,
-        ge=1,
-        le=8,
-        description=(
-            "Most batches whose Redis call, scoring and publishing run at once, while the "
-            "next batch is collected and decoded; offsets are still committed in order."
         ),
     )
     max_payload_bytes: int = Field(
@@ -228,13 +209,6 @@ class IngestSettings(_Group):
             total_tolerance=self.total_tolerance,
             max_future_skew_s=self.max_future_skew_s,
         )
-
-    shutdown_timeout_s: float = Field(
-        15.0,
-        gt=0,
-        description="After SIGTERM, exit at the latest this much later (unacked work is "
-        "re-delivered, so nothing is lost).",
-    )
 
 
 class ModelSettings(_Group):

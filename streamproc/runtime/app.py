@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import tempfile
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,25 +15,27 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 
-from streamproc.adapters.deployment import DeploymentGuard, Status
+from streamproc.adapters.deployment import DeploymentGuard
 from streamproc.adapters.event_time import EventTimeWriter
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, RedisScoringStore, make_client
-from streamproc.core.eventclock import (
-    InputProgress,
-    PartitionClock,
-    partition_clock,
-)
+from streamproc.core.eventclock import InputProgress, PartitionClock, partition_clock
 from streamproc.core.features import DAY
 from streamproc.core.outputs import MAX_RECORD_BYTES
 from streamproc.metrics import Metrics, create_metrics
+from streamproc.runtime.catchup import CatchUpLimits, Collector
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
-from streamproc.runtime.inflight import InFlight
+from streamproc.runtime.inflight import INFLIGHT_BATCHES, InFlight
 from streamproc.runtime.kafka import (
+    COMMIT_INTERVAL_S,
+    HEARTBEATS_PER_SESSION,
+    SHUTDOWN_TIMEOUT_S,
     FaustProducer,
     StreamprocApp,
+    committed_offset,
     faust_credentials,
     group_consumed_before,
+    waiting_behind,
 )
 from streamproc.runtime.pipeline import (
     IngestPipeline,
@@ -43,33 +43,21 @@ from streamproc.runtime.pipeline import (
     RawMessage,
     Retrier,
     RetryingPublisher,
-    keep_collecting,
 )
+from streamproc.runtime.readiness import Readiness
 from streamproc.runtime.scoring import ModelHolder, Scorer, iter_partitions
 from streamproc.runtime.trainer import TrainerService
+from streamproc.runtime.trainer_agent import TrainerAgent
 from streamproc.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class WorkerState:
-    """Mutable health flags read by /readyz and the metrics."""
-
-    started: bool = False
-    redis_ok: bool = True
-    publish_ok: bool = True  # no output record waiting to be sent again
-    batches: int = 0
-    #: The deployment marker check (adapters.deployment): "lost" holds every Redis call.
-    redis_state: Status = "unverified"
-    redis_state_reason: str | None = None
-
-    @property
-    def ready(self) -> bool:
-        """Ready = started, Redis answering and still the Redis this deployment wrote to,
-        and outputs acknowledged by the broker."""
-        return (self.started and self.redis_ok and self.redis_state == "ok"
-                and self.publish_ok)
+#: The idle sweep (deferred activity, idle re-scoring, label expiry, stored watermarks)
+#: runs this often: outputs that event time made due leave within a second, for one
+#: Redis pass per owned partition.
+SWEEP_INTERVAL_S = 1.0
+#: The consumer-lag gauge is refreshed this often; alerts on it look at minutes.
+LAG_REPORT_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -83,7 +71,7 @@ class Worker:
     pipeline: IngestPipeline
     scorer: Scorer
     trainer: TrainerService
-    state: WorkerState
+    state: Readiness
     guard: DeploymentGuard
 
 
@@ -97,8 +85,8 @@ def _app(settings: Settings) -> faust.App:
         topic_replication_factor=k.replication_factor,
         # Defaults of 60 s make a join take ~30 s and a rebalance 30-90 s on Tansu.
         broker_session_timeout=k.session_timeout_s,
-        broker_heartbeat_interval=k.heartbeat_interval_s,
-        broker_commit_interval=k.commit_interval_s,
+        broker_heartbeat_interval=k.session_timeout_s / HEARTBEATS_PER_SESSION,
+        broker_commit_interval=COMMIT_INTERVAL_S,
         consumer_auto_offset_reset="earliest",
         # acks=0 corrupts the client connection on Tansu; all is the safe default anyway.
         producer_acks=-1,
@@ -118,43 +106,33 @@ def _app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
     )
     app.fetch_max_wait_ms = k.fetch_max_wait_ms
-    app.shutdown_timeout_s = settings.ingest.shutdown_timeout_s
     return app
 
 
 def create_worker(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
     """Build a worker: Faust app, Redis store, pipeline, agents and health pages."""
+    if settings.models.signing_key is None:
+        raise ValueError("STREAMPROC_MODELS__SIGNING_KEY is required")
     registry = registry if registry is not None else CollectorRegistry()
     metrics = create_metrics(registry)
     app = _app(settings)
-    state = WorkerState()
+    state = Readiness(metrics)
 
     def on_redis(ok: bool) -> None:
-        state.redis_ok = ok
         if not ok:
             guard.suspect()  # it may come back empty: check the marker before going on
-        metrics.ready.set(1 if state.ready else 0)
-
-    def on_guard(status: Status, reason: str | None) -> None:
-        state.redis_state, state.redis_state_reason = status, reason
-        metrics.redis_state_lost.set(1 if status == "lost" else 0)
-        metrics.ready.set(1 if state.ready else 0)
-
-    def on_publish(ok: bool) -> None:
-        state.publish_ok = ok
-        metrics.ready.set(1 if state.ready else 0)
+        state.on_redis(ok)
 
     client = make_client(settings.redis)
     guard = DeploymentGuard(client, settings.redis.key_prefix,
-                            history=lambda: group_consumed_before(settings), on_change=on_guard)
+                            history=lambda: group_consumed_before(settings),
+                            on_change=state.on_guard)
     store = RedisProfileStore.from_settings(
         client, settings.redis, settings.ingest.feature_config(), guard.marker)
     # Every Redis call of the agents and timers waits while the marker is not verified;
     # the guard's own checks go through a retrier of their own.
     retrier = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis, gate=guard)
     checks = Retrier(metrics, settings.redis.retry_max_backoff_s, on_redis)
-    if settings.models.signing_key is None:
-        raise ValueError("STREAMPROC_MODELS__SIGNING_KEY is required")
     model_store = ModelStore(client, settings.redis.key_prefix,
                              settings.models.signing_key.get_secret_value().encode(),
                              guard.marker)
@@ -165,191 +143,16 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     scorer = Scorer(settings, RedisScoringStore.from_settings(client, settings.redis,
                                                               guard.marker),
                     models, metrics, retrier)
-    publisher = RetryingPublisher(FaustProducer(app), metrics, on_state=on_publish)
+    publisher = RetryingPublisher(FaustProducer(app), metrics, on_state=state.on_publish)
     pipeline = IngestPipeline(settings, store, publisher, metrics, retrier=retrier,
                               scoring=scorer)
     trainer = TrainerService(settings.models, model_store, metrics)
     worker = Worker(app, settings, metrics, registry, pipeline, scorer, trainer, state, guard)
 
-    inputs = app.topic(settings.topics.clickstream, settings.topics.purchases,
-                       key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw")
-    ingest = settings.ingest
-    catch_up = ingest.catchup_max_wait_s > 0
-    snapshot_gap_s = settings.models.min_snapshot_gap_days * DAY
-
-    @app.agent(inputs, name="ingest")
-    async def ingest_agent(stream: Any) -> None:
-        # noack_take hands us the events and leaves acking to us: offsets move only after
-        # a batch's effects are in Redis and acknowledged by the broker. noack_take stops
-        # collecting while this body runs, so the body only decodes; Redis, scoring and
-        # publishing run in flight, overlapping the next batch's decode.
-        inflight = InFlight(ingest.inflight_batches)
-
-        async def dispatch(batch: PreparedBatch, events: list[Any]) -> None:
-            async def work() -> None:
-                await (await pipeline.stage(batch))
-
-            async def complete() -> None:
-                pipeline.finish(batch)
-                for event in events:
-                    await stream.ack(event)
-                state.batches += 1
-
-            await inflight.dispatch(work, complete)  # raises an earlier batch's failure
-
-        # A batch still collecting (catch-up batching, pipeline.keep_collecting); a stop
-        # leaves it unacknowledged, so it is redelivered.
-        held: PreparedBatch | None = None
-        held_events: list[Any] = []
-        try:
-            async for events in stream.noack_take(ingest.batch_max_messages,
-                                                  ingest.batch_within_s):
-                part = pipeline.prepare(_raw_messages(events))
-                if held is not None and len(held_events) + len(events) > \
-                        ingest.batch_max_messages:
-                    await dispatch(held, held_events)
-                    held = None
-                if held is None:
-                    held, held_events = part, list(events)
-                else:
-                    held.absorb(part)
-                    held_events += events
-                # With catch-up off no take waits, so no lag is looked up.
-                if catch_up and keep_collecting(messages=len(held_events),
-                                                events=len(held.events),
-                                                waiting=waiting_behind(held),
-                                                collecting_s=pipeline.clock() - held.received,
-                                                span_s=held.event_span_s(),
-                                                max_messages=ingest.batch_max_messages,
-                                                max_events=ingest.batch_max_events,
-                                                max_wait_s=ingest.catchup_max_wait_s,
-                                                max_span_s=snapshot_gap_s):
-                    continue
-                await dispatch(held, held_events)
-                held, held_events = None, []
-        except Exception as exc:
-            # Restarting the agent (Faust's default) would leave the batches it had taken
-            # unacknowledged yet never redelivered, and later acks would commit past them.
-            # Stopping the worker redelivers them to whoever consumes the partition next.
-            log.critical("ingest failed (%s: %s); stopping the worker, its unacknowledged "
-                         "batches will be redelivered", type(exc).__name__, exc)
-            await app.crash(exc)
-            raise
-        finally:
-            # Batches already staging may finish, within half the shutdown budget.
-            await inflight.drain(ingest.shutdown_timeout_s / 2)
-
-    def waiting_behind(batch: PreparedBatch) -> int:
-        # Messages already in Kafka behind the batch's last offsets (its partitions' lag).
-        consumer: Any = app.consumer
-        waiting = 0
-        for (topic, partition), (_, offset) in batch.marks.items():
-            high = consumer.highwater(TP(topic, partition))
-            if high is not None:
-                waiting += max(0, int(high) - offset - 1)
-        return waiting
-
-    training = app.topic(settings.topics.training_examples, key_type=bytes, value_type=bytes,
-                         key_serializer="raw", value_serializer="raw")
-
-    revokes = [0]  # revocations of the training partition (forget_trainer), for the agent
-
-    @app.agent(training, name="trainer")
-    async def trainer_agent(stream: Any) -> None:
-        # One partition, so one trainer in the group. A record is acked only once a stored
-        # trainer state holds all of it; until then it waits here, and a crash or a stop
-        # redelivers it (the trainer skips what it already learned). Only the Redis calls
-        # are retried, so a retry never relearns.
-        # A rebalance releases the trainer (forget_trainer) and Faust then sends every
-        # unacked record again from the committed offset: records held from before it
-        # are dropped unacked (the partition may be another worker's now), and a take
-        # that a release made stale stops learning.
-        topic = settings.topics.training_examples
-        pending: deque[Any] = deque()
-        seen_revokes = revokes[0]
-        async for events in stream.noack_take(1000, 0.5):
-            generation = trainer.generation
-            await retrier.call("train", lambda: trainer.load(topic))
-            for event in events:
-                if trainer.generation != generation or trainer.trainer is None:
-                    break
-                trainer.learn([(event.message.offset, event.message.value)])
-                pending.append(event)
-                # A record holds up to 500 examples: let the ingest agent run between.
-                await asyncio.sleep(0)
-            await retrier.call("train", trainer.flush)
-            if revokes[0] != seen_revokes:
-                seen_revokes = revokes[0]
-                pending.clear()
-                continue
-            for _ in range(trainer.covered([e.message.offset for e in pending])):
-                await stream.ack(pending.popleft())
-
-    async def forget_trainer(_app: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        # Another worker may own the training partition next and store newer states; a
-        # trainer kept in memory would go on from a stale one if the partition came back.
-        revoked: set[TP] = args[0] if args else set()
-        if any(tp.topic == settings.topics.training_examples for tp in revoked):
-            revokes[0] += 1
-            trainer.release()
-
-    app.on_partitions_revoked.connect(forget_trainer)
-
-    lateness = settings.ingest.allowed_lateness_s
-    topics = settings.topics
-
-    def progress(partition: int) -> dict[str, InputProgress]:
-        out = {}
-        for topic in (topics.clickstream, topics.purchases):
-            tp = TP(topic, partition)
-            high = app.consumer.highwater(tp) if tp in app.consumer.assignment() else 0
-            position = pipeline.positions.get((topic, partition), -1)
-            lag = None if high is None else max(0, int(high) - position - 1)
-            out[topic] = InputProgress(pipeline.watermarks.get((topic, partition)), lag)
-        return out
-
-    held_slots = 2 if catch_up else 1
-
-    def clock_for(partition: int) -> PartitionClock:
-        clock = partition_clock(list(progress(partition).values()), lateness,
-                                # Messages taken but not staged yet count as lag too: the
-                                # in-flight batches, the take buffer and, with catch-up
-                                # batching, the batch collecting.
-                                backlog=(ingest.inflight_batches + held_slots)
-                                * ingest.batch_max_messages)
-        if clock.watermark > -math.inf:
-            metrics.watermark_seconds.labels(str(partition)).set(clock.watermark)
-        return clock
-
-    scorer.clock_for = clock_for
-
-    event_time = EventTimeWriter(client, settings.redis.key_prefix)
-
-    async def sweep_idle() -> None:
-        # Deferred activity, idle re-scoring and label expiry follow event time per partition.
-        # Each partition's watermark is then stored for readers (the API's "now").
-        watermarks: dict[int, float] = {}
-        for partition in sorted(iter_partitions(app.consumer.assignment(), topics.clickstream)):
-            watermarks[partition] = clock_for(partition).watermark
-            await (await scorer.sweep(partition, publisher.send))
-        await retrier.call("event_time", lambda: event_time.advance(watermarks))
-
-    async def refresh_model() -> None:
-        await retrier.call("load_model", models.refresh)
-
-    async def report_lag() -> None:
-        consumer: Any = app.consumer
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp)
-            if high is not None:
-                lag = max(0, int(high) - int(committed or 0))
-                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-
-    app.timer(1.0)(sweep_idle)
-    app.timer(settings.models.reload_interval_s)(refresh_model)
-    app.timer(5.0)(report_lag)
+    collector = _ingest_agent(worker)
+    _trainer_agent(app, TrainerAgent(trainer, retrier, settings.topics.training_examples))
+    scorer.clock_for = _clocks(worker, backlog_batches=INFLIGHT_BATCHES + 1 + collector.slots)
+    _timers(worker, retrier, models, publisher, EventTimeWriter(client, settings.redis.key_prefix))
 
     if settings.metrics.port > 0:
         setup_lean_prometheus_sensors(app, pattern="/metrics", registry=registry,
@@ -360,15 +163,138 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
         async def check() -> None:
             await checks.call("deployment_check", guard.verify)
 
-        def started() -> None:
-            state.started = True
-            metrics.ready.set(1 if state.ready else 0)
-
-        await guard.watch(check, on_first=started)
+        await guard.watch(check, on_first=state.mark_started)
 
     app.task(mark_started)
-
     return worker
+
+
+def _ingest_agent(worker: Worker) -> Collector:
+    """Wire the ingest agent: decode each take, collect, stage batches in flight."""
+    app, settings, pipeline = worker.app, worker.settings, worker.pipeline
+    ingest = settings.ingest
+    inputs = app.topic(settings.topics.clickstream, settings.topics.purchases,
+                       key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+    collector = Collector(
+        CatchUpLimits(max_messages=ingest.batch_max_messages,
+                      max_wait_s=ingest.catchup_max_wait_s,
+                      max_span_s=settings.models.min_snapshot_gap_days * DAY),
+        waiting=lambda batch: waiting_behind(app.consumer, batch.marks), clock=pipeline.clock)
+
+    @app.agent(inputs, name="ingest")
+    async def ingest_agent(stream: Any) -> None:
+        # noack_take hands us the events and leaves acking to us: offsets move only after
+        # a batch's effects are in Redis and acknowledged by the broker. noack_take stops
+        # collecting while this body runs, so the body only decodes; Redis, scoring and
+        # publishing run in flight, overlapping the next batch's decode.
+        inflight = InFlight(INFLIGHT_BATCHES)
+
+        async def dispatch(batch: PreparedBatch, events: list[Any]) -> None:
+            async def work() -> None:
+                await (await pipeline.stage(batch))
+
+            async def complete() -> None:
+                pipeline.finish(batch)
+                for event in events:
+                    await stream.ack(event)
+
+            await inflight.dispatch(work, complete)  # raises an earlier batch's failure
+
+        try:
+            async for events in stream.noack_take(ingest.batch_max_messages,
+                                                  ingest.batch_within_s):
+                for batch, taken in collector.add(pipeline.prepare(_raw_messages(events)),
+                                                  events):
+                    await dispatch(batch, taken)
+        except Exception as exc:
+            # Restarting the agent (Faust's default) would leave the batches it had taken
+            # unacknowledged yet never redelivered, and later acks would commit past them.
+            # Stopping the worker redelivers them to whoever consumes the partition next.
+            log.critical("ingest failed (%s: %s); stopping the worker, its unacknowledged "
+                         "batches will be redelivered", type(exc).__name__, exc)
+            await app.crash(exc)
+            raise
+        finally:
+            # Batches already staging may finish, within half the shutdown budget.
+            await inflight.drain(SHUTDOWN_TIMEOUT_S / 2)
+
+    return collector
+
+
+def _trainer_agent(app: faust.App, agent: TrainerAgent) -> None:
+    """Wire the trainer agent to its topic and to partition revocations."""
+    training = app.topic(agent.topic, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+
+    @app.agent(training, name="trainer")
+    async def trainer_agent(stream: Any) -> None:
+        await agent.run(stream)
+
+    async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        agent.on_revoked(args[0] if args else set())
+
+    app.on_partitions_revoked.connect(on_revoked)
+
+
+def _clocks(worker: Worker, backlog_batches: int) -> Callable[[int], PartitionClock]:
+    """Each partition's event-time clock, from its topics' watermarks and lag."""
+    app, pipeline, topics = worker.app, worker.pipeline, worker.settings.topics
+    lateness = worker.settings.ingest.allowed_lateness_s
+    batch_max_messages = worker.settings.ingest.batch_max_messages
+    gauge = worker.metrics.watermark_seconds
+
+    def progress(partition: int) -> list[InputProgress]:
+        out = []
+        for topic in (topics.clickstream, topics.purchases):
+            tp = TP(topic, partition)
+            high = app.consumer.highwater(tp) if tp in app.consumer.assignment() else 0
+            position = pipeline.positions.get((topic, partition), -1)
+            lag = None if high is None else max(0, int(high) - position - 1)
+            out.append(InputProgress(pipeline.watermarks.get((topic, partition)), lag))
+        return out
+
+    def clock_for(partition: int) -> PartitionClock:
+        # Messages taken but not staged yet count as lag too: the in-flight batches, the
+        # take buffer and, with catch-up batching, the batch collecting.
+        clock = partition_clock(progress(partition), lateness,
+                                backlog=backlog_batches * batch_max_messages)
+        if clock.watermark > -math.inf:
+            gauge.labels(str(partition)).set(clock.watermark)
+        return clock
+
+    return clock_for
+
+
+def _timers(worker: Worker, retrier: Retrier, models: ModelHolder,
+            publisher: RetryingPublisher, event_time: EventTimeWriter) -> None:
+    """The periodic work: idle sweep and event time, model reload, lag gauge."""
+    app, scorer, metrics = worker.app, worker.scorer, worker.metrics
+    clickstream = worker.settings.topics.clickstream
+
+    async def sweep_idle() -> None:
+        # Deferred activity, idle re-scoring and label expiry follow event time per partition.
+        # Each partition's watermark is then stored for readers (the API's "now").
+        watermarks: dict[int, float] = {}
+        for partition in sorted(iter_partitions(app.consumer.assignment(), clickstream)):
+            watermarks[partition] = scorer.clock_for(partition).watermark
+            await (await scorer.sweep(partition, publisher.send))
+        await retrier.call("event_time", lambda: event_time.advance(watermarks))
+
+    async def refresh_model() -> None:
+        await retrier.call("load_model", models.refresh)
+
+    async def report_lag() -> None:
+        consumer: Any = app.consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                lag = max(0, int(high) - int(committed_offset(consumer, tp) or 0))
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    app.timer(SWEEP_INTERVAL_S)(sweep_idle)
+    app.timer(worker.settings.models.reload_interval_s)(refresh_model)
+    app.timer(LAG_REPORT_INTERVAL_S)(report_lag)
 
 
 def _raw_messages(events: Sequence[Any]) -> list[RawMessage]:
@@ -379,7 +305,7 @@ def _raw_messages(events: Sequence[Any]) -> list[RawMessage]:
     return out
 
 
-def _health_pages(app: faust.App, state: WorkerState) -> None:
+def _health_pages(app: faust.App, state: Readiness) -> None:
     @app.page("/healthz")
     class Health(View):
         async def get(self, request: Request) -> Response:
@@ -388,10 +314,4 @@ def _health_pages(app: faust.App, state: WorkerState) -> None:
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            body: dict[str, object] = {"ready": state.ready, "started": state.started,
-                                       "redis": state.redis_ok,
-                                       "redis_state": state.redis_state,
-                                       "publish": state.publish_ok}
-            if state.redis_state_reason is not None:
-                body["reason"] = state.redis_state_reason
-            return self.json(body, status=200 if state.ready else 503)
+            return self.json(state.body(), status=200 if state.ready else 503)

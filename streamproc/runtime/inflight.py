@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 
 Step = Callable[[], Awaitable[None]]
 
+#: Batches whose Redis call, scoring and publishing run at once while the next one is
+#: collected and decoded. Two already hides one batch's round trips behind the next
+#: batch's decode; more only queues Lua calls behind each other in Redis, which runs
+#: them one at a time, and holds more unacknowledged messages.
+INFLIGHT_BATCHES = 2
+
 
 class InFlight:
     """Runs up to ``depth`` batches at once and completes them in dispatch order.

@@ -7,7 +7,7 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import faust
@@ -15,11 +15,23 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from streamproc.runtime.pipeline import OutRecord
 from streamproc.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
+
+#: After SIGTERM the worker exits at the latest this much later. Nothing is lost by the
+#: forced exit (unacked work is redelivered), so this only has to exceed a clean stop
+#: (a second or two) with room, and stay under Kubernetes' default 30 s grace period.
+SHUTDOWN_TIMEOUT_S = 15.0
+#: How often acknowledged offsets are committed: at most this much acknowledged work is
+#: redelivered after a crash (deduplicated by event id), for one commit a second.
+COMMIT_INTERVAL_S = 1.0
+#: Consumer heartbeats per session timeout; Kafka wants at least three, five leaves one
+#: or two lost heartbeats before the coordinator drops the worker.
+HEARTBEATS_PER_SESSION = 5
 
 
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
@@ -140,7 +152,7 @@ class StreamprocApp(faust.App):
     """
 
     fetch_max_wait_ms: int = 1500
-    shutdown_timeout_s: float = 15.0
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
 
     def _new_transport(self) -> Any:
         return _FastFetchTransport(self.conf.broker_consumer, self)
@@ -172,3 +184,30 @@ class FaustProducer:
         ack: Awaitable[object] = await self.app.producer.send(
             record.topic, record.key, record.value, None, None, None)
         return ack
+
+
+def committed_offset(consumer: Any, tp: TP) -> int | None:
+    """The offset Faust last committed for ``tp`` in this process (None: none yet).
+
+    Faust keeps it only in the private ``Consumer._committed_offset`` map and offers no
+    public read; aiokafka's ``committed()`` asks the group coordinator over the network,
+    which a lag gauge read every few seconds should not. This is the one place streamproc
+    reads a Faust private attribute; tests/unit/test_kafka_wiring.py fails if Faust drops
+    or renames it.
+    """
+    committed: Mapping[TP, int | None] = consumer._committed_offset
+    return committed.get(tp)
+
+
+def waiting_behind(consumer: Any, marks: Mapping[tuple[str, int], tuple[float, int]]) -> int:
+    """Messages already in Kafka behind the last offsets of ``marks`` (their partitions' lag).
+
+    ``marks`` maps (topic, partition) to (newest event time, last offset), as a prepared
+    batch holds them; a partition whose high watermark is not known yet counts none.
+    """
+    waiting = 0
+    for (topic, partition), (_, offset) in marks.items():
+        high = consumer.highwater(TP(topic, partition))
+        if high is not None:
+            waiting += max(0, int(high) - offset - 1)
+    return waiting

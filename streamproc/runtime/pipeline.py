@@ -165,25 +165,6 @@ class PreparedBatch:
         self.outcome.dead_letters += later.outcome.dead_letters
 
 
-def keep_collecting(*, messages: int, events: int, waiting: int, collecting_s: float,
-                    span_s: float, max_messages: int, max_events: int, max_wait_s: float,
-                    max_span_s: float) -> bool:
-    """Whether a batch should wait for the next take instead of being staged now.
-
-    Catch-up batching: while at least as many messages are already waiting in Kafka
-    (``waiting``, the lag behind the batch) as the batch holds, or as it has room for,
-    it grows, so one Redis call and one scoring pass serve more events and a worker
-    that fell behind catches up faster. A caught-up worker stages every take at once,
-    so a live stream waits no longer; ``max_wait_s`` bounds the wait should delivery
-    stall. A batch also stops growing once its events span ``max_span_s`` of event
-    time: a customer is scored once per batch, so a replay of history in batches
-    spanning days would take fewer churn snapshots than the live stream did.
-    """
-    room = max_messages - messages
-    return (room > 0 and events < max_events and collecting_s < max_wait_s
-            and span_s < max_span_s and waiting >= min(room, messages))
-
-
 _NO_LOCK = contextlib.nullcontext()
 
 

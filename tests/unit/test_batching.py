@@ -1,4 +1,4 @@
-"""Catch-up batching: when a batch waits for more, and merging prepared batches."""
+"""Catch-up batching: when a batch waits for more, collecting takes, merging batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamproc.metrics import create_metrics
-from streamproc.runtime.pipeline import IngestPipeline, PreparedBatch, RawMessage, keep_collecting
+from streamproc.runtime.catchup import CatchUpLimits, Collector, keep_collecting
+from streamproc.runtime.pipeline import IngestPipeline, PreparedBatch, RawMessage
 from streamproc.settings import Settings
 
 DAY = 86_400.0
@@ -105,3 +106,73 @@ def test_absorbed_batches_equal_one_batch_prepared_together() -> None:
     assert whole.outcome.dead_letters == 1
     assert whole.outcome.messages == len(messages)
     assert len(whole.events) == len(messages)  # 13 messages - 1 rejected + 1 extra in the envelope
+
+
+class _Takes:
+    """Prepares takes of the sample messages and counts the lag look-ups."""
+
+    def __init__(self, waiting: int) -> None:
+        self.now = 1796040000.0
+        self.waiting = waiting
+        self.lookups = 0
+        settings = Settings(models={"signing_key": "k" * 32})
+        self.pipeline = IngestPipeline(settings, None, None,  # type: ignore[arg-type]
+                                       create_metrics(CollectorRegistry()),
+                                       retrier=None,  # type: ignore[arg-type]
+                                       clock=lambda: self.now)
+        self.messages = _messages(settings)
+
+    def lag(self, batch: PreparedBatch) -> int:
+        self.lookups += 1
+        return self.waiting
+
+    def collector(self, max_wait_s: float = 0.25, max_messages: int = 5) -> Collector:
+        return Collector(CatchUpLimits(max_messages=max_messages, max_wait_s=max_wait_s,
+                                       max_span_s=DAY),
+                         waiting=self.lag, clock=lambda: self.now)
+
+    def take(self, start: int, stop: int) -> tuple[PreparedBatch, list[str]]:
+        return (self.pipeline.prepare(self.messages[start:stop]),
+                [f"m{i}" for i in range(start, stop)])
+
+
+def test_with_catch_up_off_every_take_is_staged_and_no_lag_is_read() -> None:
+    takes = _Takes(waiting=10_000)
+    collector = takes.collector(max_wait_s=0)
+    for start in (0, 2, 4):
+        [(batch, events)] = collector.add(*takes.take(start, start + 2))
+        assert events == [f"m{start}", f"m{start + 1}"]
+        assert batch.outcome.messages == 2
+    assert takes.lookups == 0
+    assert collector.slots == 0
+
+
+def test_a_caught_up_worker_stages_each_take_at_once() -> None:
+    takes = _Takes(waiting=0)
+    collector = takes.collector()
+    [(_, events)] = collector.add(*takes.take(0, 2))
+    assert events == ["m0", "m1"]
+    assert collector.held is None
+    assert collector.slots == 1
+
+
+def test_a_backlogged_batch_grows_until_the_next_take_would_not_fit() -> None:
+    takes = _Takes(waiting=10_000)
+    collector = takes.collector(max_messages=5)
+    assert collector.add(*takes.take(0, 2)) == []
+    assert collector.add(*takes.take(2, 4)) == []  # 4 held, room for 1: still growing
+    # 4 + 2 > 5: the held batch goes first, and the new take starts the next one.
+    [(batch, events)] = collector.add(*takes.take(4, 6))
+    assert events == ["m0", "m1", "m2", "m3"]
+    assert _view(batch) == _view(takes.pipeline.prepare(takes.messages[0:4]))
+    assert collector.held_events == ["m4", "m5"]
+
+
+def test_a_batch_that_waited_long_enough_is_staged_although_backlogged() -> None:
+    takes = _Takes(waiting=10_000)
+    collector = takes.collector(max_wait_s=0.25)
+    assert collector.add(*takes.take(0, 1)) == []
+    takes.now += 0.25  # delivery stalled
+    [(_, events)] = collector.add(*takes.take(1, 2))
+    assert events == ["m0", "m1"]
+    assert collector.held is None
