@@ -148,6 +148,18 @@ def _alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from streamproc.serve import run_server
+
+    settings = load_settings()
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(
+            update={"serve": settings.serve.model_copy(update=overrides)})
+    run_server(settings)
+    return 0
+
+
 def _model(args: argparse.Namespace) -> int:
     from streamproc.commands import CommandError, print_json, run
     from streamproc.commands.model import model_reset, model_rollback, model_status
@@ -284,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--json", action="store_true",
                         help="one JSON object per line: {kind, topic, partition, offset, record}")
     alerts.set_defaults(func=_alerts)
+
+    serve = sub.add_parser(
+        "serve", help="serve profiles, segments and churn risk over HTTP (read-only)",
+        description="The HTTP read API: a customer's profile, segment, RFM tier, churn "
+        "probability and reasons as of now or ?as_of=; segment summaries; members of a "
+        "segment or risk level, paged. OpenAPI at /openapi.json, interactive docs at /docs. "
+        "Only reads Redis (give it a read-only Redis user, see README). Optional bearer "
+        "token: STREAMPROC_SERVE__TOKEN. " + CONFIG_HELP)
+    serve.add_argument("--host", default=None,
+                       help="interface to listen on (default: STREAMPROC_SERVE__HOST)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="port (default: STREAMPROC_SERVE__PORT)")
+    serve.set_defaults(func=_serve)
 
     model = sub.add_parser(
         "model", help="show, roll back or reset the published model version",
