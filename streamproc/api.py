@@ -312,7 +312,7 @@ class PageCursor:
         try:
             doc = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
             scan, after, micros, version = doc
-            if not (isinstance(scan, int) and scan >= 0 and isinstance(micros, int)
+            if not (isinstance(scan, int) and 0 <= scan < 2**64 and isinstance(micros, int)
                     and (after is None or isinstance(after, str))
                     and (version is None or (isinstance(version, int) and version > 0))):
                 raise TypeError

@@ -38,7 +38,8 @@ CLICK = {"event_id": "e1", "customer_id": "c1", "event_type": "page_view",
 ORDER = {"event_id": "e2", "customer_id": "c1", "order_id": "o1", "type": "order",
          "timestamp": "2026-02-01T10:05:00Z", "currency": "EUR", "total": 20.0,
          "items": [{"product_id": "p1", "quantity": 2, "unit_price": 10.0}]}
-COMMANDS = ["worker", "schemas", "demo", "replay", "customer", "segments", "alerts"]
+COMMANDS = ["worker", "schemas", "demo", "replay", "customer", "segments", "alerts", "serve",
+            "model"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -197,7 +198,7 @@ def test_segment_summary_sizes_and_medians() -> None:
     assert summaries[0].medians == {"orders": 3.0, "recency_days": 4.0}
     assert summaries[0].share == 0.5
     doc = segments_document(summaries, 3, NOW)
-    assert doc["as_of"] == NOW.isoformat()
+    assert doc["as_of"] == "2026-03-01T00:00:00Z"
     assert doc["customers"] == 4
     assert doc["model_version"] == 3
 
