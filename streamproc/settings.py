@@ -280,6 +280,10 @@ class MetricsSettings(_Group):
     port: int = Field(6066, ge=0, le=65535, description="Port for /metrics and health (0 = off).")
 
 
+#: Shortest bearer token the read API accepts as its setting.
+MIN_TOKEN_LENGTH = 16
+
+
 class ServeSettings(_Group):
     """The HTTP read API (``streamproc serve``)."""
 
@@ -291,8 +295,8 @@ class ServeSettings(_Group):
     port: int = Field(8080, ge=1, le=65535, description="Port of the read API.")
     token: SecretStr | None = Field(
         None,
-        description="Bearer token every /v1 request must send (Authorization: Bearer ...); "
-        "unset: no authentication. Never commit it.",
+        description="Bearer token every /v1 request must send (Authorization: Bearer ...), "
+        "16 characters or more; unset: no authentication. Never commit it.",
     )
     default_page_size: int = Field(
         100, ge=1, le=10_000, description="Customers per members page when a request sets "
@@ -316,6 +320,11 @@ class ServeSettings(_Group):
 
     @model_validator(mode="after")
     def _default_within_max(self) -> ServeSettings:
+        if self.token is not None and len(self.token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            # An empty or short token would be guessed, or would let a request without
+            # one through: refuse it rather than serve with weak authentication.
+            raise ValueError(f"STREAMPROC_SERVE__TOKEN needs at least {MIN_TOKEN_LENGTH} "
+                             "characters (e.g. openssl rand -hex 24)")
         if self.default_page_size > self.max_page_size:
             raise ValueError("STREAMPROC_SERVE__DEFAULT_PAGE_SIZE must not exceed "
                              "STREAMPROC_SERVE__MAX_PAGE_SIZE")

@@ -26,7 +26,7 @@ from streamproc.core.eventclock import (
     partition_clock,
 )
 from streamproc.core.outputs import MAX_RECORD_BYTES
-from streamproc.metrics import Metrics, create_metrics
+from streamproc.metrics import Metrics, Topics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.inflight import InFlight
 from streamproc.runtime.kafka import FaustProducer, StreamprocApp, faust_credentials
@@ -112,7 +112,10 @@ def _app(settings: Settings) -> faust.App:
 def create_worker(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
     """Build a worker: Faust app, Redis store, pipeline, agents and health pages."""
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = create_metrics(registry)
+    t = settings.topics
+    metrics = create_metrics(registry, topics=Topics(
+        t.clickstream, t.purchases,
+        (t.segment_changes, t.churn_alerts, t.dead_letter, t.training_examples)))
     app = _app(settings)
     state = WorkerState()
 

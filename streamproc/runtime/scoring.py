@@ -44,7 +44,7 @@ from streamproc.core.policies import (
     decide_alert,
     decide_segment,
 )
-from streamproc.metrics import Metrics
+from streamproc.metrics import Metrics, set_segment_names
 from streamproc.runtime.pipeline import ActivityBatch, OutRecord, Retrier, Sender, no_acks
 from streamproc.settings import Settings
 
@@ -170,6 +170,7 @@ class ModelHolder:
             log.error("refused model snapshot v%s: %s; keeping v%s", version, exc.reason, current)
             return False
         self.bundle, self.published_at = loaded.bundle, loaded.published_at
+        set_segment_names(self.metrics, {s: i.name for s, i in loaded.bundle.segments.items()})
         log.info("scoring with model v%s", version)
         self._report()
         return True
