@@ -11,6 +11,7 @@ import base64
 import json
 import re
 import shlex
+import tomllib
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 from faust.sensors.prometheus import FaustMetrics
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from prometheus_client import CollectorRegistry
 
 from streamproc.metrics import create_metrics
@@ -440,6 +443,46 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored() -> None:
     # pyproject names README.md as the readme: pip install . fails without it.
     assert "README.md" in sources
     assert "pyproject.toml" in sources
+
+
+def locked_requirements() -> dict[str, tuple[str, int]]:
+    """requirements.lock as {normalised name: (version, number of hashes)}."""
+    pins: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        pin = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", line)
+        if pin:
+            name = canonicalize_name(pin.group(1))
+            pins[name] = (pin.group(2), 0)
+        elif "--hash=sha256:" in line:
+            version, hashes = pins[name]
+            pins[name] = (version, hashes + 1)
+    return pins
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """The image installs requirements.lock only: it must satisfy pyproject.toml."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = locked_requirements()
+    assert all(hashes for _, hashes in pins.values()), "every pin needs its hashes"
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is missing from requirements.lock: refresh it (README)"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (
+            f"requirements.lock pins {name}=={pins[name][0]}, outside {requirement.specifier}")
+    # The dev extra (test tools) stays out of the image.
+    assert "pytest" not in pins
+
+
+def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["project"]["license"] == "Apache-2.0"
+    (setuptools,) = [Requirement(r) for r in config["build-system"]["requires"]
+                     if r.startswith("setuptools")]
+    # 77 is the first release that takes project.license as an SPDX expression.
+    assert not setuptools.specifier.contains("76.9")
+    assert setuptools.specifier.contains("77.0")
 
 
 def test_dockerignore_keeps_secrets_and_junk_out() -> None:
