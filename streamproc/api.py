@@ -32,6 +32,7 @@ from streamproc.core.modelset import ModelBundle, Score, SnapshotRejected
 from streamproc.core.policies import AlertPolicy
 from streamproc.runtime.scoring import CustomerScoringState
 from streamproc.settings import Settings
+from streamproc.times import iso_utc
 
 #: Churn risk levels, lowest first: "low" is under the alert threshold, the others are the
 #: levels a churn alert carries (thirds of the band above the threshold).
@@ -54,42 +55,8 @@ SEGMENT_FIELDS: Final[tuple[str, ...]] = (
 )
 UNASSIGNED: Final = "unassigned"
 
-#: Event times start here (the store keeps them as unsigned integers).
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
 #: Keys asked per SCAN call when paging members (Redis may return a few more or fewer).
 SCAN_COUNT: Final = 500
-
-
-def iso_utc(moment: datetime | float) -> str:
-    """The one time format of every document streamproc prints or serves.
-
-    ISO-8601 in UTC with a ``Z``, as the output topics write it (pydantic's rendering):
-    ``2026-03-01T00:00:00Z``, microseconds only when there are some.
-    """
-    if not isinstance(moment, datetime):
-        moment = datetime.fromtimestamp(moment, UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime | None:
-    """An instant given as ``now`` (None: the current event time), epoch milliseconds or
-    ISO-8601 (an offset or ``Z``; without one it is UTC). ValueError with the reason."""
-    value = text.strip()
-    if value.lower() == "now":
-        return None
-    try:
-        if value.isdigit():
-            moment = datetime.fromtimestamp(int(value) / 1000, UTC)
-        else:
-            moment = datetime.fromisoformat(value)
-    except (ValueError, OverflowError, OSError):
-        raise ValueError(f"not a time: {text!r} (ISO-8601 such as 2026-03-01T00:00:00Z, "
-                         "epoch milliseconds, or now)") from None
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    if moment < EPOCH:
-        raise ValueError(f"time before 1970-01-01T00:00:00Z: {text!r}")
-    return moment
 
 
 def readable_profile(profile: dict[str, Any]) -> dict[str, Any]:
@@ -438,9 +405,10 @@ class AnalyticsReader:
         return SegmentsReport(summarize_segments(rows), bundle.version if bundle else None,
                               when)
 
-    async def find_segment(self, wanted: str) -> int:
-        """The id of the current model's segment with this id or name (UnknownSegment)."""
-        bundle = await self.bundle()
+    async def find_segment(self, wanted: str, version: int | None = None) -> int:
+        """The id of the segment with this id or name in model ``version`` (default: the
+        current one); UnknownSegment if it has none."""
+        bundle = await self.bundle() if version is None else await self.bundle_version(version)
         known = {} if bundle is None else {sid: s.name for sid, s in bundle.segments.items()}
         text = wanted.strip()
         if text.isdigit() and int(text) in known:

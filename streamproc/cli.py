@@ -19,8 +19,9 @@ CONFIG_HELP = (
     "STREAMPROC_* variables are rejected. See README.md for every setting."
 )
 
-AS_OF_HELP = ("score as of this event time, ISO-8601 or 'now' (default: now, the current "
-              "event time: the workers' watermark, the same instant for every customer)")
+AS_OF_HELP = ("score as of this event time: ISO-8601, epoch milliseconds or 'now' (default: "
+              "now, the current event time: the workers' watermark, the same instant for "
+              "every customer)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,13 +32,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _as_of(text: str) -> object:
-    """An ISO-8601 instant, or None for ``now`` (the current event time)."""
-    from streamproc.commands import parse_as_of
+    """An ISO-8601 or epoch-millisecond instant, or None for ``now`` (the current event
+    time): what the HTTP API's ``as_of`` takes."""
+    from streamproc.times import parse_time
 
-    if text.strip().lower() == "now":
-        return None
     try:
-        return parse_as_of(text)
+        return parse_time(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Profile, segment, RFM tier and churn probability with its top reasons, "
         "scored with the current model version. Exit 1 if the customer is unknown.")
     customer.add_argument("customer_id", metavar="ID", help="customer id")
-    customer.add_argument("--as-of", type=_as_of, default=None, metavar="ISO|now",
+    customer.add_argument("--as-of", type=_as_of, default=None, metavar="TIME",
                           help=AS_OF_HELP)
     customer.add_argument("--json", action="store_true", help="print JSON")
     customer.set_defaults(func=_customer)
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with --members, the customers of one segment, most at risk first. Tables fit the "
         "terminal (80 columns when piped), leaving out columns by priority; --csv and --json "
         "have every column.")
-    segments.add_argument("--as-of", type=_as_of, default=None, metavar="ISO|now",
+    segments.add_argument("--as-of", type=_as_of, default=None, metavar="TIME",
                           help=AS_OF_HELP)
     segments.add_argument("--members", default=None, metavar="SEGMENT",
                           help="list the customers of this segment (id or name)")

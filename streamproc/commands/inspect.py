@@ -36,13 +36,13 @@ from streamproc.api import (
     SegmentsReport,
     SegmentSummary,
     UnknownSegment,
-    iso_utc,
     report_row,
     summarize_segments,
 )
 from streamproc.commands import CommandError, print_json
 from streamproc.core.outputs import ChurnAlert, SegmentChanged
 from streamproc.settings import Settings
+from streamproc.times import iso_utc
 
 # --- numbers -----------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ from typing import Any
 from streamproc.adapters import keys
 from streamproc.adapters.model_store import KEEP_VERSIONS, ModelStore
 from streamproc.adapters.redis_store import make_client
-from streamproc.api import iso_utc
 from streamproc.commands import CommandError, utc_now
 from streamproc.core.modelset import ModelBundle, SnapshotRejected
 from streamproc.settings import Settings
+from streamproc.times import iso_utc
 
 
 def _store(settings: Settings) -> ModelStore:

@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -38,6 +37,7 @@ from streamproc.adapters.redis_store import make_client
 from streamproc.commands import CommandError
 from streamproc.commands.replay import Produced
 from streamproc.settings import Settings
+from streamproc.times import iso_utc
 
 #: Seconds without a new record after which an output topic counts as read to its end
 #: (end offsets are not trusted: Tansu reports the last batch's base offset + 1).
@@ -93,7 +93,7 @@ def outstanding(produced: Produced, goals: Mapping[int, PartitionTarget],
 
 
 def _when(at: float | None) -> str:
-    return "none" if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+    return "none" if at is None else iso_utc(at)
 
 
 @dataclass

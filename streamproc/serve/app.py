@@ -37,6 +37,7 @@ from streamproc.api import (
 from streamproc.core.modelset import SnapshotRejected
 from streamproc.serve import models
 from streamproc.settings import Settings
+from streamproc.times import iso_utc, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def as_of_param(as_of: Annotated[str | None, Query(description=AS_OF_DOC)] = Non
     if as_of is None:
         return None
     try:
-        return api.parse_time(as_of)
+        return parse_time(as_of)
     except ValueError as exc:
         raise _invalid("as_of", str(exc)) from None
 
@@ -92,7 +93,7 @@ class _Cached:
 
 
 def _page_document(page: MemberPage, limit: int) -> dict[str, Any]:
-    return {"as_of": api.iso_utc(page.as_of), "model_version": page.model_version,
+    return {"as_of": iso_utc(page.as_of), "model_version": page.model_version,
             "limit": limit, "scanned": page.scanned, "next_cursor": page.next_cursor,
             "items": [r.to_dict() for r in page.reports]}
 
@@ -217,8 +218,7 @@ def _customer_routes(settings: Settings, reader: AnalyticsReader) -> APIRouter:
             cursor: Annotated[str | None, Query(description="next_cursor of the previous "
                                                 "page.")] = None) -> dict[str, Any]:
         """Customers of a segment and/or risk levels (all of them without a filter), paged."""
-        segment_id = None if segment is None else await reader.find_segment(segment)
-        return await _members(reader, settings, segment_id, risk_level, limit, cursor, as_of)
+        return await _members(reader, settings, segment, risk_level, limit, cursor, as_of)
 
     return router
 
@@ -245,8 +245,7 @@ def _segment_routes(settings: Settings, reader: AnalyticsReader) -> APIRouter:
             serve.default_page_size,
             cursor: Annotated[str | None, Query()] = None) -> dict[str, Any]:
         """The customers scored into one segment, paged."""
-        segment_id = await reader.find_segment(segment)
-        return await _members(reader, settings, segment_id, risk_level, limit, cursor, as_of)
+        return await _members(reader, settings, segment, risk_level, limit, cursor, as_of)
 
     @router.get("/model", response_model=models.Model, tags=["model"])
     async def model() -> dict[str, Any]:
@@ -256,9 +255,10 @@ def _segment_routes(settings: Settings, reader: AnalyticsReader) -> APIRouter:
     return router
 
 
-async def _members(reader: AnalyticsReader, settings: Settings, segment_id: int | None,
+async def _members(reader: AnalyticsReader, settings: Settings, segment: str | None,
                    risk: Sequence[str] | None, limit: int, cursor: str | None,
                    as_of: datetime | None) -> dict[str, Any]:
+    """One page; the segment is named in the model version the listing is scored with."""
     position = None
     if cursor is not None:
         try:
@@ -268,6 +268,10 @@ async def _members(reader: AnalyticsReader, settings: Settings, segment_id: int 
         if as_of is not None and as_of != position.as_of:
             raise _invalid("as_of", "differs from the as_of the cursor's listing started "
                            "with; leave it out when passing a cursor")
+    segment_id = None
+    if segment is not None:
+        pinned = position.model_version if position is not None else None
+        segment_id = await reader.find_segment(segment, pinned)
     which = MemberFilter(segment_id, None if not risk else frozenset(risk))
     page = await reader.members(which, limit=limit, as_of=as_of, cursor=position,
                                 max_scan=settings.serve.max_scan_per_page)
@@ -282,7 +286,7 @@ async def _model_document(reader: AnalyticsReader) -> dict[str, Any]:
     published = await reader.published_at(bundle.version)
     return {
         "model_version": bundle.version,
-        "published_at": None if published is None else api.iso_utc(published),
+        "published_at": None if published is None else iso_utc(published),
         "churn_model_ready": bundle.churn_ready, "churn_threshold": bundle.churn_threshold,
         "labels_seen": bundle.labels_seen,
         "quality": {k: (None if v != v else v) for k, v in bundle.quality.items()},

@@ -21,11 +21,12 @@ from streamproc.adapters.event_time import (
     current_event_time,
     partition_watermarks,
 )
-from streamproc.api import AnalyticsReader, iso_utc
+from streamproc.api import AnalyticsReader
 from streamproc.cli import main
 from streamproc.runtime.embedded import spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
+from streamproc.times import iso_utc
 
 pytestmark = pytest.mark.integration
 

@@ -28,12 +28,13 @@ import orjson
 import pytest
 import redis
 
-from streamproc.api import AnalyticsReader, CustomerReport, iso_utc
+from streamproc.api import AnalyticsReader, CustomerReport
 from streamproc.commands.replay import replay
 from streamproc.core.generator import TrafficGenerator, batch_envelopes
 from streamproc.runtime.embedded import Service, free_port, spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
+from streamproc.times import iso_utc
 
 pytestmark = pytest.mark.integration
 
@@ -357,3 +358,68 @@ def test_the_api_user_can_not_write(served: Served, redis_server: Service) -> No
             client.eval("return 1", 0)
     finally:
         client.close()
+
+
+@pytest.fixture
+def bare_api(redis_server: Service, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two read APIs without a worker: one on an empty key prefix of the real Redis, one
+    on a port where no Redis listens. Yields their base URLs."""
+    procs = []
+    urls = []
+    for port in (redis_server.port, free_port()):
+        settings = Settings(
+            redis={"url": f"redis://127.0.0.1:{port}/0", "key_prefix": f"e{uuid.uuid4().hex[:8]}"},
+            models={"signing_key": "test-signing-key"},
+            serve={"host": "127.0.0.1", "port": free_port()})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
+        env.update(to_env(settings))
+        log = tmp_path / f"api-{port}.log"
+        with open(log, "ab") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "streamproc", "serve"],
+                                          env=env, stdout=out, stderr=subprocess.STDOUT))
+        urls.append(f"http://127.0.0.1:{settings.serve.port}")
+    try:
+        for url, proc in zip(urls, procs, strict=True):
+            deadline = time.monotonic() + 30
+            while _status(url + "/healthz") != 200:
+                assert proc.poll() is None
+                assert time.monotonic() < deadline, "the read API did not start"
+                time.sleep(0.2)
+        yield urls[0], urls[1]
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError):
+        return 0
+
+
+def test_before_any_worker_and_without_redis(bare_api: tuple[str, str]) -> None:
+    empty, no_redis = bare_api
+    served = Served(Settings(), empty, {}, {}, START, "", "")
+    status, body, _ = _get(served, "/v1/segments", token=None)
+    assert status == 409
+    assert "pass an explicit as_of" in body["detail"]
+    status, body, _ = _get(served, "/v1/segments", token=None, as_of="2026-01-01T00:00:00Z")
+    assert (status, body["customers"], body["as_of"]) == (200, 0, "2026-01-01T00:00:00Z")
+    status, body, _ = _get(served, "/v1/model", token=None)
+    assert (status, body["model_version"]) == (200, None)
+    assert _get(served, "/v1/customers/c-1", token=None)[0] == 404
+    status, body, _ = _get(served, "/v1/segments/0/members", token=None)
+    assert status == 404
+    assert "no model version published yet" in body["detail"]
+    assert _status(empty + "/readyz") == 200
+    # Redis unreachable: 503, and the process keeps answering.
+    down = Served(Settings(), no_redis, {}, {}, START, "", "")
+    status, body, _ = _get(down, "/v1/customers/c-1", token=None)
+    assert (status, body["detail"]) == (503, "Redis is unreachable")
+    assert _status(no_redis + "/readyz") == 503
+    assert _status(no_redis + "/healthz") == 200

@@ -17,13 +17,12 @@ from streamproc.api import (
     MemberFilter,
     PageCursor,
     check_customer_id,
-    iso_utc,
-    parse_time,
     readable_profile,
     risk_level,
 )
 from streamproc.core.outputs import ChurnAlert, SegmentInfo
 from streamproc.settings import Settings
+from streamproc.times import iso_utc, parse_time
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
