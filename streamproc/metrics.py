@@ -37,8 +37,9 @@ PROBABILITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
 #: Operations the worker names when it calls Redis (``Retrier.call``; a test checks the code).
-REDIS_OPERATIONS: Final = ("apply_batch", "write_scoring_state", "sweep", "load_model",
-                           "train", "event_time", "ping")
+REDIS_OPERATIONS: Final = ("apply_batch", "read_scoring_state", "write_scoring_state",
+                           "sweep", "load_model", "train", "event_time", "ping",
+                           "deployment_check")
 #: Reasons a model snapshot is refused (``scoring._reason_code`` and the trainer state).
 SNAPSHOT_REJECT_REASONS: Final = ("signature", "foreign", "magic", "truncated", "length",
                                   "format", "unloadable", "not_found", "type", "not_a",
