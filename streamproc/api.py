@@ -62,11 +62,12 @@ SCAN_COUNT: Final = 500
 def readable_profile(profile: dict[str, Any]) -> dict[str, Any]:
     """A profile as documents show it: times as :func:`iso_utc`, whole counts as integers.
 
-    Every stored field has a key (null: never happened), so documents of different
-    customers have the same keys. The report's own ``customer_id`` and ``as_of`` are left
-    out (the document has them).
+    Every stored field has a key, so documents of different customers have the same keys:
+    a count or amount that never moved is 0, a time that never happened is null. The
+    report's own ``customer_id`` and ``as_of`` are left out (the document has them).
     """
-    out: dict[str, Any] = dict.fromkeys(STORED_NAMES)
+    out: dict[str, Any] = {name: None if name.endswith("_at") else
+                           0 if name in COUNT_FIELDS else 0.0 for name in STORED_NAMES}
     for name, value in profile.items():
         if name in ("customer_id", "as_of"):
             continue
@@ -218,8 +219,8 @@ def summarize_segments(rows: Iterable[dict[str, Any]]) -> list[SegmentSummary]:
 
 
 def report_row(report: CustomerReport) -> dict[str, Any]:
-    """The plain row :func:`summarize_segments` reads."""
-    row = {k: report.profile.get(k) for k in SEGMENT_FIELDS}
+    """The plain row :func:`summarize_segments` reads (a count never stored is 0)."""
+    row = {k: report.profile.get(k, 0.0) for k in SEGMENT_FIELDS}
     row.update(segment_id=report.segment_id, segment_name=report.segment_name,
                churn_probability=report.churn_probability)
     return row

@@ -157,10 +157,12 @@ def print_customer(report: CustomerReport, console: Console) -> None:
     console.print(_pairs([(_label(n), fmt(n, report.profile.get(n))) for n in CUSTOMER_TIMES],
                          per_row=1))
     if report.segment_profile:
-        typical = [(_label(n), fmt(n, v)) for n, v in report.segment_profile.items()]
-        console.print(f"[bold]segment {report.segment_name}: its typical customer[/] "
-                      "(medians, not this customer's figures)")
-        console.print(_pairs(typical))
+        medians = {n: v for n, v in report.segment_profile.items() if n != "customers"}
+        size = report.segment_profile.get("customers")
+        sample = "" if size is None else f" of {fmt('customers', size)} sampled customers"
+        console.print(f"[bold]segment {report.segment_name}: its typical customer[/]")
+        console.print(f"(medians{sample}, not this customer's figures)")
+        console.print(_pairs([(_label(n), fmt(n, v)) for n, v in medians.items()]))
 
 
 # --- segments --------------------------------------------------------------------------------
@@ -287,8 +289,8 @@ MEMBER_COLUMNS: Final = (
 
 def member_row(report: CustomerReport) -> dict[str, Any]:
     """The plain row of one member."""
-    row = {n: report.profile.get(n) for n in ("recency_days", "orders", "net_spend",
-                                              "tenure_days", "events")}
+    row = {n: report.profile.get(n, 0.0) for n in ("recency_days", "orders", "net_spend",
+                                                   "tenure_days", "events")}
     row.update(customer_id=report.customer_id, churn_probability=report.churn_probability,
                risk_level=report.risk_level, rfm_tier=report.rfm_tier,
                segment_id=report.segment_id, segment_name=report.segment_name)

@@ -73,7 +73,11 @@ def test_readable_profile_one_time_format_and_whole_counts() -> None:
     assert isinstance(doc["revenue"], float)
     assert isinstance(doc["views_7d"], float)  # decayed counts are not whole things
     assert doc["first_seen_at"] == "2026-02-28T12:00:00Z"
-    assert doc["last_order_at"] is None  # every stored field has a key
+    # Every stored field has a key: a count never moved is 0, a time never reached null.
+    assert doc["last_order_at"] is None
+    assert doc["refunds"] == 0
+    assert isinstance(doc["refunds"], int)
+    assert doc["refund_amount"] == 0.0
     assert set(STORED_NAMES) <= set(doc)
     assert set(STORED_NAMES) | {"distinct_categories"} >= COUNT_FIELDS
 

@@ -44,7 +44,8 @@ def _customer() -> CustomerReport:
                "last_active_at": NOW.timestamp() - 3 * DAY, "top_category": "toys"}
     return CustomerReport(
         "c-000123", NOW, profile, 12, 2, "regulars",
-        {"recency_days": 5.0, "orders": 4.0, "net_spend": 120.5}, 2, "new", (5, 1, 2),
+        {"recency_days": 5.0, "orders": 4.0, "net_spend": 120.5, "customers": 12.0}, 2, "new",
+        (5, 1, 2),
         0.123, True, 0.7, "low",
         [{"feature": "recency_days", "contribution": 1.2, "text": "no order for 41 days"}])
 
@@ -76,6 +77,7 @@ def test_customer_own_figures_apart_from_the_segment_medians() -> None:
     assert " sessions             20" in text[own:typical]
     assert "2026-02-26T00:00:00Z" in text[own:typical]
     assert "120.50" in text[typical:]  # the segment's net spend only under its heading
+    assert "(medians of 12 sampled customers, not this customer's figures)" in text
     assert "120.50" not in text[:typical]
 
 
