@@ -19,8 +19,9 @@ CONFIG_HELP = (
     "STREAMPROC_* variables are rejected. See README.md for every setting."
 )
 
-AS_OF_HELP = ("score as of this event time, ISO-8601 or 'now' (default: now, the current "
-              "event time: the workers' watermark, the same instant for every customer)")
+AS_OF_HELP = ("score as of this event time: ISO-8601, epoch milliseconds or 'now' (default: "
+              "now, the current event time: the workers' watermark, the same instant for "
+              "every customer)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,13 +32,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _as_of(text: str) -> object:
-    """An ISO-8601 instant, or None for ``now`` (the current event time)."""
-    from streamproc.commands import parse_as_of
+    """An ISO-8601 or epoch-millisecond instant, or None for ``now`` (the current event
+    time): what the HTTP API's ``as_of`` takes."""
+    from streamproc.times import parse_time
 
-    if text.strip().lower() == "now":
-        return None
     try:
-        return parse_as_of(text)
+        return parse_time(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -110,52 +110,95 @@ def _segments(args: argparse.Namespace) -> int:
 
     from streamproc.commands import CommandError, print_json, run
     from streamproc.commands.inspect import (
+        collect_members,
         collect_segments,
+        members_csv,
+        print_members,
         print_segments,
         render_html,
-        segments_document,
+        segments_csv,
     )
 
-    report = run(collect_segments(load_settings(), args.as_of))
-    summaries, version = report.summaries, report.model_version
+    settings = load_settings()
+    if args.members is not None:
+        if args.html:
+            raise CommandError("--html shows segment summaries, not --members", exit_code=2)
+        members = run(collect_members(settings, args.members, args.as_of))
+        if args.json:
+            print_json(members.to_dict())
+        elif args.csv:
+            members_csv(members, sys.stdout)
+        else:
+            print_members(members, Console())
+        return 0
+    report = run(collect_segments(settings, args.as_of))
     if args.html:
         try:
-            Path(args.html).write_text(render_html(summaries, version, report.as_of),
-                                       encoding="utf-8")
+            Path(args.html).write_text(
+                render_html(report.summaries, report.model_version, report.as_of),
+                encoding="utf-8")
         except OSError as exc:
             raise CommandError(f"cannot write {args.html}: {exc.strerror or exc}") from None
     if args.json:
-        print_json(segments_document(summaries, version, report.as_of))
+        print_json(report.to_dict())
+    elif args.csv:
+        segments_csv(report, sys.stdout)
     elif args.html:
-        print(f"wrote {args.html} ({sum(s.size for s in summaries)} customers, "
-              f"{len(summaries)} segments)")
+        print(f"wrote {args.html} ({sum(s.size for s in report.summaries)} customers, "
+              f"{len(report.summaries)} segments)")
     else:
-        print_segments(summaries, version, Console())
+        print_segments(report, Console())
     return 0
 
 
 def _alerts(args: argparse.Namespace) -> int:
-    from streamproc.commands import run
-    from streamproc.commands.inspect import print_alerts
+    from streamproc.commands import CommandError, run
+    from streamproc.commands.inspect import AlertFilter, print_alerts
 
     settings = load_settings()
+    kind = "churn_alert" if args.min_risk is not None else args.kind
+    if args.min_risk is not None and args.kind == "segment_changed":
+        raise CommandError("--min-risk keeps churn alerts only; it cannot go with "
+                           "--kind segment_changed", exit_code=2)
+    which = AlertFilter(kind=kind, min_risk=args.min_risk,
+                        customers=frozenset(args.customer or ()))
     try:
         run(print_alerts(settings, follow=args.follow, from_beginning=args.from_beginning,
-                         last=args.last, as_json=args.json))
+                         last=args.last, as_json=args.json, which=which))
     except KeyboardInterrupt:  # the normal way to end --follow
         if not args.follow:
             raise
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from streamproc.serve import run_server
+
+    settings = load_settings()
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(
+            update={"serve": settings.serve.model_copy(update=overrides)})
+    run_server(settings)
+    return 0
+
+
 def _model(args: argparse.Namespace) -> int:
     from streamproc.commands import CommandError, print_json, run
-    from streamproc.commands.model import model_reset, model_rollback, model_status
+    from streamproc.commands.model import (
+        format_list,
+        format_status,
+        model_list,
+        model_reset,
+        model_rollback,
+        model_status,
+    )
 
     settings = load_settings()
     if args.action == "rollback":
         if args.version is None:
-            raise CommandError("model rollback needs a VERSION", exit_code=2)
+            raise CommandError("model rollback needs a VERSION (see streamproc model list)",
+                               exit_code=2)
         run(model_rollback(settings, args.version))
         print(f"current model version is now v{args.version}")
         return 0
@@ -167,16 +210,18 @@ def _model(args: argparse.Namespace) -> int:
         print(f"removed {removed} model keys; workers score with no model until the trainer "
               "publishes again")
         return 0
+    if args.action == "list":
+        rows = run(model_list(settings))
+        if args.json:
+            print_json(rows)
+        else:
+            print("\n".join(format_list(rows)))
+        return 0
     status = run(model_status(settings))
     if args.json:
         print_json(status)
-    elif status["version"] is None:
-        print("no model version published yet")
     else:
-        q = status["quality"]
-        print(f"model v{status['version']}: churn ready={status['churn_ready']} "
-              f"labels={status['labels_seen']} roc_auc={q.get('roc_auc', float('nan')):.3f} "
-              f"segments={', '.join(status['segments'].values())}")
+        print("\n".join(format_status(status)))
     return 0
 
 
@@ -292,17 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Profile, segment, RFM tier and churn probability with its top reasons, "
         "scored with the current model version. Exit 1 if the customer is unknown.")
     customer.add_argument("customer_id", metavar="ID", help="customer id")
-    customer.add_argument("--as-of", type=_as_of, default=None, metavar="ISO|now",
+    customer.add_argument("--as-of", type=_as_of, default=None, metavar="TIME",
                           help=AS_OF_HELP)
     customer.add_argument("--json", action="store_true", help="print JSON")
     customer.set_defaults(func=_customer)
 
     segments = sub.add_parser(
-        "segments", help="segment sizes and median profiles",
-        description="Sizes and median profiles of every segment over all stored customers.")
-    segments.add_argument("--as-of", type=_as_of, default=None, metavar="ISO|now",
+        "segments", help="segment sizes and median profiles, or a segment's members",
+        description="Sizes and median profiles of every segment over all stored customers; "
+        "with --members, the customers of one segment, most at risk first. Tables fit the "
+        "terminal (80 columns when piped), leaving out columns by priority; --csv and --json "
+        "have every column.")
+    segments.add_argument("--as-of", type=_as_of, default=None, metavar="TIME",
                           help=AS_OF_HELP)
-    segments.add_argument("--json", action="store_true", help="print JSON")
+    segments.add_argument("--members", default=None, metavar="SEGMENT",
+                          help="list the customers of this segment (id or name)")
+    form = segments.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print JSON")
+    form.add_argument("--csv", action="store_true", help="print CSV (every column)")
     segments.add_argument("--html", default=None, metavar="FILE",
                           help="also write a self-contained HTML report (SVG chart + table)")
     segments.set_defaults(func=_segments)
@@ -310,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     alerts = sub.add_parser(
         "alerts", help="tail churn alerts and segment changes",
         description="Read the churn-alerts and segment-changes topics without a consumer "
-        "group (nothing is committed). Without --follow, prints what is there and exits.")
+        "group (nothing is committed), in event-time order across topics and partitions "
+        "(with --follow, records arriving within a second of each other are sorted "
+        "together). Without --follow, prints what is there and exits.")
     alerts.add_argument("--follow", "-f", action="store_true",
                         help="keep printing new records until Ctrl-C")
     alerts.add_argument("--from-beginning", action="store_true",
@@ -319,18 +373,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="records per partition to show before the end (default: 20)")
     alerts.add_argument("--json", action="store_true",
                         help="one JSON object per line: {kind, topic, partition, offset, record}")
+    alerts.add_argument("--kind", choices=["churn_alert", "segment_changed"], default=None,
+                        help="only this kind of record (default: both)")
+    alerts.add_argument("--min-risk", choices=["medium", "high", "critical"], default=None,
+                        help="only churn alerts at this risk level or above")
+    alerts.add_argument("--customer", action="append", default=None, metavar="ID",
+                        help="only records of this customer (repeatable)")
     alerts.set_defaults(func=_alerts)
+
+    serve = sub.add_parser(
+        "serve", help="serve profiles, segments and churn risk over HTTP (read-only)",
+        description="The HTTP read API: a customer's profile, segment, RFM tier, churn "
+        "probability and reasons as of now or ?as_of=; segment summaries; members of a "
+        "segment or risk level, paged. OpenAPI at /openapi.json, interactive docs at /docs. "
+        "Only reads Redis (give it a read-only Redis user, see README). Optional bearer "
+        "token: STREAMPROC_SERVE__TOKEN. " + CONFIG_HELP)
+    serve.add_argument("--host", default=None,
+                       help="interface to listen on (default: STREAMPROC_SERVE__HOST)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="port (default: STREAMPROC_SERVE__PORT)")
+    serve.set_defaults(func=_serve)
 
     model = sub.add_parser(
         "model", help="show, roll back or reset the published model version",
-        description="status: the current version and its quality; rollback VERSION: point "
-        "every worker at an older stored version (the last 20 are kept); reset --yes: delete "
-        "all versions and the trainer state.")
-    model.add_argument("action", choices=["status", "rollback", "reset"], nargs="?",
+        description="status: the current version, its age, alert threshold, quality on "
+        "delayed labels (ROC AUC, precision and recall at the threshold), the churn base rate "
+        "and the stored versions; list: every stored version with its age and quality; "
+        "rollback VERSION: point every worker at an older stored version (the last 20 are "
+        "kept); reset --yes: delete all versions and the trainer state.")
+    model.add_argument("action", choices=["status", "list", "rollback", "reset"], nargs="?",
                        default="status")
     model.add_argument("version", type=int, nargs="?", help="version for rollback")
     model.add_argument("--yes", action="store_true", help="confirm reset")
-    model.add_argument("--json", action="store_true", help="status as JSON")
+    model.add_argument("--json", action="store_true", help="status or list as JSON")
     model.set_defaults(func=_model)
 
     deployment = sub.add_parser(

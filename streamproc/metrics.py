@@ -2,22 +2,53 @@
 
 Metrics take an injectable registry so tests use a fresh ``CollectorRegistry``.
 Labels carry only bounded values (topic, event type, outcome, reason code,
-segment id, risk level); never customer ids or payloads.
+segment id, risk level); never customer ids or payloads. Every labelled counter starts
+with a 0 for each label value the code can use, so rates and panels work before the
+first increment; the registry also gets the standard ``process_*`` and ``python_*``
+collectors.
 """
 
 from __future__ import annotations
 
 import collections
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Final, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from streamproc.core.events import REJECT_REASONS, ClickstreamEventType
+from streamproc.core.outputs import RiskLevel
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 EVENT_AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0, 86400.0)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 PROBABILITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+#: Operations the worker names when it calls Redis (``Retrier.call``; a test checks the code).
+REDIS_OPERATIONS: Final = ("apply_batch", "read_scoring_state", "write_scoring_state",
+                           "sweep", "load_model", "train", "event_time", "ping",
+                           "deployment_check")
+#: Reasons a model snapshot is refused (``scoring._reason_code`` and the trainer state).
+SNAPSHOT_REJECT_REASONS: Final = ("signature", "foreign", "magic", "truncated", "length",
+                                  "format", "unloadable", "not_found", "type", "not_a",
+                                  "other", "trainer_state")
+#: Kinds of training examples (``parse_training_record``).
+TRAINING_KINDS: Final = ("profile", "label")
+CLICKSTREAM_TYPES: Final[tuple[str, ...]] = get_args(ClickstreamEventType)
+PURCHASE_TYPES: Final = ("order", "refund")
+OUTCOMES: Final = ("applied", "duplicate", "rejected")
 
 
 @dataclass(frozen=True)
@@ -41,6 +72,7 @@ class Metrics:
     consumer_lag: Gauge
     watermark_seconds: Gauge
     segment_customers: Gauge
+    segment_info: Info
     segment_changes: Counter
     churn_alerts: Counter
     churn_probability: Histogram
@@ -61,9 +93,70 @@ class Metrics:
     multi_partition_customers: Counter
 
 
-def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
-    """Build every metric on ``registry`` (a fresh one when None)."""
+@dataclass(frozen=True)
+class Topics:
+    """The topic names label values come from (the defaults of ``TopicSettings``)."""
+
+    clickstream: str = "clickstream"
+    purchases: str = "purchases"
+    outputs: tuple[str, ...] = ("segment-changes", "churn-alerts", "streamproc-deadletter",
+                                "streamproc-training")
+
+
+def create_metrics(registry: CollectorRegistry | None = None, *, topics: Topics | None = None,
+                   runtime: bool = True) -> Metrics:
+    """Build every metric on ``registry`` (a fresh one when None), every labelled counter
+    at 0 for the label values ``topics`` and the code allow; ``runtime`` adds the
+    ``process_*`` and ``python_*`` collectors (the worker's registry is its own, so the
+    client's default registry, which has them, is not served)."""
     reg = registry if registry is not None else CollectorRegistry()
+    metrics = _build(reg)
+    zero_labelled_counters(metrics, topics or Topics())
+    if runtime:
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+    return metrics
+
+
+def zero_labelled_counters(metrics: Metrics, topics: Topics) -> None:
+    """Create every known label set of every labelled counter (at 0).
+
+    A counter that appears only at its first increment has no earlier sample: ``rate`` and
+    ``increase`` miss that first step and dashboards show "No data" until then.
+    """
+    inputs = {topics.clickstream: CLICKSTREAM_TYPES, topics.purchases: PURCHASE_TYPES}
+    for topic, types in inputs.items():
+        for event_type in types:
+            for outcome in OUTCOMES:
+                metrics.events.labels(topic, event_type, outcome)
+        metrics.events.labels(topic, "unknown", "rejected")
+        metrics.duplicates.labels(topic)
+        for reason in sorted(REJECT_REASONS):
+            metrics.dead_letters.labels(topic, reason)
+    for operation in REDIS_OPERATIONS:
+        metrics.redis_errors.labels(operation)
+    for topic in topics.outputs:
+        metrics.publish_errors.labels(topic)
+    for level in get_args(RiskLevel):
+        metrics.churn_alerts.labels(level)
+    for reason in SNAPSHOT_REJECT_REASONS:
+        metrics.model_rejected_snapshots.labels(reason)
+    for label in ("0", "1"):
+        metrics.churn_labels.labels(label)
+    for kind in TRAINING_KINDS:
+        metrics.training_examples.labels(kind)
+
+
+def set_segment_names(metrics: Metrics, names: Mapping[int, str]) -> None:
+    """Publish the current model's segment names (``streamproc_segment_info``), dropping
+    segments the model no longer has, so dashboards can show names instead of ids."""
+    metrics.segment_info.clear()
+    for segment_id, name in names.items():
+        metrics.segment_info.labels(str(segment_id)).info({"name": name})
+
+
+def _build(reg: CollectorRegistry) -> Metrics:
     return Metrics(
         events=Counter("streamproc_events_total", "Input events by topic, event type and outcome "
                        "(applied, duplicate, rejected).", ["topic", "event_type", "outcome"],
@@ -120,6 +213,10 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         segment_customers=Gauge("streamproc_segment_customers",
                                 "Customers last assigned to each segment by this worker.",
                                 ["segment"], registry=reg),
+        segment_info=Info("streamproc_segment",
+                          "Name of each segment of the model version this worker scores "
+                          "with (value 1); join it on segment to show names.", ["segment"],
+                          registry=reg),
         segment_changes=Counter("streamproc_segment_changes_total",
                                 "segment_changed events published.", registry=reg),
         churn_alerts=Counter("streamproc_churn_alerts_total", "Churn alerts published by risk.",

@@ -34,7 +34,13 @@ _HEADER = f"""# Metrics reference
 Every Prometheus metric a streamproc worker serves on `/metrics` (port
 `STREAMPROC_METRICS__PORT`, default 6066). Faust's own sensor metrics are served
 next to them with the prefix `streamproc_faust_` (their latencies are in
-milliseconds, as Faust observes them).
+milliseconds, as Faust observes them), and so are the Prometheus client's standard
+process and Python series (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+`process_open_fds`, `python_gc_*`, `python_info`...).
+
+Every labelled counter is exported from the start with a 0 for each label value the
+worker can use (topics, event types, outcomes, reason codes, operations, risk levels),
+so rates and panels show 0 rather than nothing before the first increment.
 
 Labels carry bounded values only (topic, event type, outcome, reason code,
 segment, risk level, operation); never customer ids or payloads. Times are in
@@ -71,7 +77,7 @@ class MetricDoc:
 def metric_docs(registry: CollectorRegistry | None = None) -> list[MetricDoc]:
     """The families of ``create_metrics()`` read back from its registry, sorted by name."""
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = create_metrics(registry)
+    metrics = create_metrics(registry, runtime=False)
     # collect() omits label names of labelled metrics without children, so take them
     # from the metric objects themselves.
     labels: dict[str, tuple[str, ...]] = {}

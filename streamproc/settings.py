@@ -293,6 +293,57 @@ class MetricsSettings(_Group):
     port: int = Field(6066, ge=0, le=65535, description="Port for /metrics and health (0 = off).")
 
 
+#: Shortest bearer token the read API accepts as its setting.
+MIN_TOKEN_LENGTH = 16
+
+
+class ServeSettings(_Group):
+    """The HTTP read API (``streamproc serve``)."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Interface the read API listens on (0.0.0.0: every interface; it serves "
+        "customer data, so set TOKEN when it is reachable from a network).",
+    )
+    port: int = Field(8080, ge=1, le=65535, description="Port of the read API.")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token every /v1 request must send (Authorization: Bearer ...), "
+        "16 characters or more; unset: no authentication. Never commit it.",
+    )
+    default_page_size: int = Field(
+        100, ge=1, le=10_000, description="Customers per members page when a request sets "
+        "no limit.",
+    )
+    max_page_size: int = Field(
+        1000, ge=1, le=10_000,
+        description="Largest limit a members request may ask for; a larger one is refused "
+        "with 422.",
+    )
+    max_scan_per_page: int = Field(
+        20_000, ge=1,
+        description="Most stored customers one members request examines; a page may then "
+        "hold fewer than limit customers: follow next_cursor.",
+    )
+    summary_ttl_s: float = Field(
+        30.0, ge=0,
+        description="Segment summaries as of now (a scan of every customer) are reused for "
+        "this long; 0 recomputes them on every request.",
+    )
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ServeSettings:
+        if self.token is not None and len(self.token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            # An empty or short token would be guessed, or would let a request without
+            # one through: refuse it rather than serve with weak authentication.
+            raise ValueError(f"STREAMPROC_SERVE__TOKEN needs at least {MIN_TOKEN_LENGTH} "
+                             "characters (e.g. openssl rand -hex 24)")
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("STREAMPROC_SERVE__DEFAULT_PAGE_SIZE must not exceed "
+                             "STREAMPROC_SERVE__MAX_PAGE_SIZE")
+        return self
+
+
 class Settings(BaseSettings):
     """All of streamproc's configuration."""
 
@@ -310,6 +361,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     models: ModelSettings = ModelSettings()
     metrics: MetricsSettings = MetricsSettings()
+    serve: ServeSettings = ServeSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level; customer ids and payloads are logged only at DEBUG."
     )
@@ -393,6 +445,7 @@ __all__ = [
     "MetricsSettings",
     "ModelSettings",
     "RedisSettings",
+    "ServeSettings",
     "Settings",
     "SettingsError",
     "TopicSettings",

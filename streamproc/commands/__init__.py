@@ -13,7 +13,7 @@ import orjson
 
 T = TypeVar("T")
 
-__all__ = ["CommandError", "parse_as_of", "print_json", "run", "utc_now"]
+__all__ = ["CommandError", "print_json", "run", "utc_now"]
 
 
 class CommandError(Exception):
@@ -27,15 +27,6 @@ class CommandError(Exception):
 def utc_now() -> datetime:
     """Wall-clock time for adapters (validation of future timestamps, default ``as_of``)."""
     return datetime.fromtimestamp(time.time(), UTC)
-
-
-def parse_as_of(text: str) -> datetime:
-    """An ISO-8601 instant; a naive value is taken as UTC."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not an ISO-8601 time: {text!r} (e.g. 2026-03-01T00:00:00Z)") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def print_json(value: Any) -> None:

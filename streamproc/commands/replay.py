@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from streamproc.commands import CommandError, utc_now
 from streamproc.core.events import Source, ValidationLimits, decode_message
 from streamproc.settings import Settings
+from streamproc.times import iso_utc
 
 if TYPE_CHECKING:
     from streamproc.commands.replay_wait import WaitReport
@@ -419,7 +419,7 @@ def print_wait(summary: ReplaySummary, report: WaitReport, out: Any = None) -> N
           f"{f' ({reasons})' if reasons else ''}; "
           f"{report.churn_alerts} churn alerts and {report.segment_changes} segment changes "
           f"emitted meanwhile ({report.seconds:.1f}s)", file=out)
-    done = ", ".join(f"{p}: {datetime.fromtimestamp(g.watermark, UTC).isoformat()}"
+    done = ", ".join(f"{p}: {iso_utc(g.watermark)}"
                      for p, g in report.goals.items())
     print(f"idle checks and label expiries done up to the watermark of each partition "
           f"(its last replayed event time minus the allowed lateness): {done}; later ones run "

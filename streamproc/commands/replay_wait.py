@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -39,6 +38,7 @@ from streamproc.commands import CommandError
 from streamproc.commands.replay import Produced
 from streamproc.core.store import schedule_name
 from streamproc.settings import Settings
+from streamproc.times import iso_utc
 
 #: Seconds without a new record after which an output topic counts as read to its end
 #: (end offsets are not trusted: Tansu reports the last batch's base offset + 1).
@@ -94,7 +94,7 @@ def outstanding(produced: Produced, goals: Mapping[int, PartitionTarget],
 
 
 def _when(at: float | None) -> str:
-    return "none" if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+    return "none" if at is None else iso_utc(at)
 
 
 @dataclass

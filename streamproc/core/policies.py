@@ -83,12 +83,17 @@ class AlertPolicy:
 
     def risk_level(self, probability: float) -> RiskLevel:
         """Thirds of the band above the threshold: medium, high, critical."""
-        step = (1.0 - self.threshold) / 3.0
-        if probability >= self.threshold + 2 * step:
-            return "critical"
-        if probability >= self.threshold + step:
-            return "high"
-        return "medium"
+        return alert_risk_level(probability, self.threshold)
+
+
+def alert_risk_level(probability: float, threshold: float) -> RiskLevel:
+    """An alert's level: thirds of the band above ``threshold``: medium, high, critical."""
+    step = (1.0 - threshold) / 3.0
+    if probability >= threshold + 2 * step:
+        return "critical"
+    if probability >= threshold + step:
+        return "high"
+    return "medium"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from streamproc.adapters.redis_store import RedisProfileStore, RedisScoringStore
 from streamproc.core.eventclock import InputProgress, PartitionClock, partition_clock
 from streamproc.core.features import DAY
 from streamproc.core.outputs import MAX_RECORD_BYTES
-from streamproc.metrics import Metrics, create_metrics
+from streamproc.metrics import Metrics, Topics, create_metrics
 from streamproc.runtime.catchup import CatchUpLimits, Collector
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.inflight import INFLIGHT_BATCHES, InFlight
@@ -114,7 +114,10 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     if settings.models.signing_key is None:
         raise ValueError("STREAMPROC_MODELS__SIGNING_KEY is required")
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = create_metrics(registry)
+    t = settings.topics
+    metrics = create_metrics(registry, topics=Topics(
+        t.clickstream, t.purchases,
+        (t.segment_changes, t.churn_alerts, t.dead_letter, t.training_examples)))
     app = _app(settings)
     state = Readiness(metrics)
 

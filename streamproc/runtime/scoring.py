@@ -37,7 +37,7 @@ from streamproc.core.step import (
 )
 from streamproc.core.store import CustomerRecord, ScoringStore, StateWrite, schedule_name
 from streamproc.core.training import encode_records, feature_set
-from streamproc.metrics import Metrics
+from streamproc.metrics import Metrics, set_segment_names
 from streamproc.runtime.pipeline import ActivityBatch, OutRecord, Retrier, Sender, no_acks
 from streamproc.settings import Settings
 
@@ -95,6 +95,7 @@ class ModelHolder:
                       "v%s", version, loaded.bundle.feature_set, feature_set(), current)
             return False
         self.bundle, self.published_at = loaded.bundle, loaded.published_at
+        set_segment_names(self.metrics, {s: i.name for s, i in loaded.bundle.segments.items()})
         log.info("scoring with model v%s", version)
         self._report()
         return True

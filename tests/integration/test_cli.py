@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from streamproc.cli import main
-from streamproc.core.outputs import ChurnAlert, Reason, SegmentInfo
+from streamproc.core.outputs import ChurnAlert, Reason, SegmentChanged, SegmentInfo
 from streamproc.runtime.embedded import spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
@@ -134,6 +134,20 @@ def test_replay_jsonl_and_csv_then_inspect(cli_env: Settings, worker: subprocess
     assert main(["customer", "c-a"]) == 0
     assert "c-a" in capsys.readouterr().out
 
+    # A segment's members, by id and by name, as JSON and CSV (a model may not exist yet).
+    if doc["segments"][0]["segment_id"] is not None:
+        first = doc["segments"][0]
+        members = _json_out(capsys, ["segments", "--members", str(first["segment_id"]),
+                                     "--json"])
+        assert members["customers"] == first["size"]
+        assert {m["customer_id"] for m in members["members"]} <= {"c-a", "c-b"}
+        assert main(["segments", "--members", first["name"], "--csv"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == first["size"] + 1
+    assert main(["segments", "--members", "no such segment"]) == 1
+    assert "unknown segment 'no such segment'" in capsys.readouterr().err
+    assert main(["segments", "--csv"]) == 0
+    assert capsys.readouterr().out.startswith("segment_id,name,size,share,recency_days")
+
 
 def test_alerts_tail_lists_published_records(cli_env: Settings,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,16 +156,38 @@ def test_alerts_tail_lists_published_records(cli_env: Settings,
         customer_value=410.0, segment=SegmentInfo(segment_id=1, name="at risk"),
         reasons=[Reason(feature="recency_days", contribution=1.4, text="no visits for 40 days")],
         model_version=3, event_time=T0, emitted_at=T0)
+    later = ChurnAlert.build(
+        customer_id="c-other", churn_probability=0.75, threshold=0.7, risk_level="medium",
+        customer_value=20.0, segment=None, reasons=[], model_version=3,
+        event_time=T0 + timedelta(hours=2), emitted_at=T0)
+    change = SegmentChanged.build(
+        customer_id="c-risk", previous=None, current=SegmentInfo(segment_id=1, name="at risk"),
+        rfm_tier="at risk", model_version=3, event_time=T0 + timedelta(hours=1), emitted_at=T0)
+    # Written out of event-time order, on two topics.
     asyncio.run(produce(cli_env.kafka.bootstrap_servers, [
+        (cli_env.topics.churn_alerts, "c-other", later.to_bytes()),
         (cli_env.topics.churn_alerts, "c-risk", alert.to_bytes()),
         (cli_env.topics.churn_alerts, "c-risk", b"garbage"),
+        (cli_env.topics.segment_changes, "c-risk", change.to_bytes()),
     ]))
     assert main(["alerts", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    kinds = sorted(r["kind"] for r in rows)
-    assert kinds == ["churn_alert", "unparseable"]
-    record = next(r["record"] for r in rows if r["kind"] == "churn_alert")
-    assert record["alert_id"] == alert.alert_id
+    assert [r["kind"] for r in rows] == ["unparseable", "churn_alert", "segment_changed",
+                                         "churn_alert"]
+    times = [r["record"]["event_time"] for r in rows[1:]]
+    assert times == sorted(times, key=datetime.fromisoformat)
+    assert rows[1]["record"]["alert_id"] == alert.alert_id
+
+    def ids(*argv: str) -> list[str]:
+        assert main(["alerts", "--json", *argv]) == 0
+        return [json.loads(line)["record"]["customer_id"]
+                for line in capsys.readouterr().out.splitlines()]
+
+    assert ids("--kind", "segment_changed") == ["c-risk"]
+    assert ids("--min-risk", "critical") == ["c-risk"]
+    assert ids("--min-risk", "medium") == ["c-risk", "c-other"]
+    assert ids("--customer", "c-other") == ["c-other"]
+    assert ids("--customer", "c-risk", "--kind", "churn_alert") == ["c-risk"]
     assert main(["alerts", "--from-beginning"]) == 0
     assert "no visits for 40 days" in capsys.readouterr().out
 

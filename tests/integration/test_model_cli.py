@@ -47,7 +47,16 @@ def test_status_rollback_and_reset(make_settings: Any, monkeypatch: pytest.Monke
     assert main(["model", "status", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["version"] == 1
     assert main(["model", "rollback", "99"]) == 1  # not stored: refused, current unchanged
-    assert "version 99 not found" in capsys.readouterr().err
+    assert "model version 99 is not stored; kept versions: 1-2 " in capsys.readouterr().err
+    assert main(["model", "list"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[1].startswith("        2  1970-01-01T00:00:02Z")  # newest first
+    assert listing[2].startswith("*       1  1970-01-01T00:00:01Z")  # * current
+    assert main(["model", "status"]) == 0
+    status = capsys.readouterr().out
+    assert "model v1, published 1970-01-01T00:00:01Z" in status
+    assert "stored versions  1-2" in status
+    assert "threshold 0.70" in status
     assert main(["model", "reset"]) == 2
     assert main(["model", "reset", "--yes"]) == 0
     assert main(["model", "status"]) == 0

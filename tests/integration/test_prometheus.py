@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from streamproc.core.generator import TrafficGenerator, batch_envelopes
+from streamproc.metrics import REDIS_OPERATIONS
 from streamproc.runtime.embedded import free_port, spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
@@ -37,7 +38,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 COMPOSE = ROOT / "docker-compose.yml"
-JOB = "streamproc"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+JOB = "crm-analytics"  # any name: the rules find workers by the service label
 START = datetime(2026, 1, 1, tzinfo=UTC)
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
@@ -82,13 +84,22 @@ def prometheus_servers() -> Iterator[list[PrometheusServer]]:
                 server.proc.wait(5)
 
 
+def worker_relabelling() -> list[dict[str, Any]]:
+    """The relabelling deploy/prometheus/prometheus.yml gives the workers' scrape job."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    (job,) = [j for j in config["scrape_configs"] if "dns_sd_configs" in j]
+    relabel: list[dict[str, Any]] = job["relabel_configs"]
+    return relabel
+
+
 def start_prometheus(servers: list[PrometheusServer], tmp_path: Path,
                      target: str) -> PrometheusServer:
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "900ms",
                    "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}],
+                            "relabel_configs": worker_relabelling()}],
     }
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -219,6 +230,17 @@ async def test_prometheus_scrapes_a_working_worker(
 
     await wait_until(idle_redis_up, timeout=15, what="streamproc_redis_up == 1 while idle")
 
+    # Before any event: process and Python series, and labelled counters already at 0.
+    assert await scalar(http, prom, "process_cpu_seconds_total") > 0
+    assert await scalar(http, prom, "process_resident_memory_bytes") > 0
+    assert await query(http, prom, "python_info")
+    assert await scalar(http, prom, f'sum(streamproc_dead_letters_total{{topic='
+                        f'"{settings.topics.purchases}", reason="schema"}})') == 0
+    assert await scalar(http, prom, "count(streamproc_redis_errors_total)") == len(
+        REDIS_OPERATIONS)
+    assert await scalar(http, prom, "sum(streamproc_model_snapshots_rejected_total)") == 0
+    assert await scalar(http, prom, "sum(streamproc_duplicate_events_total)") == 0
+
     records, valid_by_topic = traffic(settings)
     valid = sum(valid_by_topic.values())
     assert valid > 500
@@ -237,13 +259,12 @@ async def test_prometheus_scrapes_a_working_worker(
                            'sum by (topic) (streamproc_events_total{outcome="applied"})')
     assert {r["metric"]["topic"]: float(r["value"][1]) for r in by_topic} == {
         t: float(n) for t, n in valid_by_topic.items()}
-    duplicates = await scalar(http, prom, 'sum(streamproc_events_total{outcome="duplicate"})')
-    assert math.isnan(duplicates) or duplicates == 0  # no series until the first duplicate
+    assert await scalar(http, prom, 'sum(streamproc_events_total{outcome="duplicate"})') == 0
 
     expected_reasons = Counter(reason for _, _, reason in GARBAGE)
 
     async def dead_letters_counted() -> bool:
-        rows = await query(http, prom, "sum by (reason) (streamproc_dead_letters_total)")
+        rows = await query(http, prom, "sum by (reason) (streamproc_dead_letters_total) > 0")
         return {r["metric"]["reason"]: float(r["value"][1]) for r in rows} == {
             k: float(v) for k, v in expected_reasons.items()}
 
@@ -252,7 +273,7 @@ async def test_prometheus_scrapes_a_working_worker(
         GARBAGE)
 
     # Health gauges and the scrape itself.
-    assert await scalar(http, prom, f'up{{job="{JOB}"}}') == 1
+    assert await scalar(http, prom, f'up{{job="{JOB}", service="streamproc"}}') == 1
     assert await scalar(http, prom, "streamproc_redis_up") == 1
     assert await scalar(http, prom, "streamproc_ready") == 1
 

@@ -6,6 +6,7 @@ never skip): CI installs it in ``.ci/run``.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -74,8 +75,37 @@ def test_rule_is_actionable(name: str) -> None:
     rule = next(r for r in alert_rules() if r["alert"] == name)
     assert name.startswith("Streamproc")
     assert rule["labels"]["severity"] in ("critical", "warning")
-    for key in ("summary", "description", "runbook"):
+    for key in ("summary", "description", "runbook_url"):
         assert str(rule["annotations"].get(key, "")).strip(), f"{name} lacks {key}"
+    assert "runbook" not in rule["annotations"], f"{name}: the annotation is runbook_url"
+
+
+def readme_anchors() -> set[str]:
+    """GitHub-style anchors of README.md's headings."""
+    readme = PROMETHEUS_DIR.parents[1] / "README.md"
+    anchors = set()
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("name", RULE_NAMES)
+def test_runbook_url_points_at_the_alerts_readme_section(name: str) -> None:
+    rule = next(r for r in alert_rules() if r["alert"] == name)
+    url = rule["annotations"]["runbook_url"]
+    assert url == ('{{ or $externalLabels.runbook_base "README.md" }}#' + name.lower())
+    assert name.lower() in readme_anchors(), f"README.md has no section {name}"
+
+
+def test_rules_name_no_scrape_job() -> None:
+    """Workers are found by the service="streamproc" target label, whatever the job is called."""
+    text = RULES.read_text(encoding="utf-8")
+    assert not re.search(r"job\s*=~?\s*\"", text)
+    (job,) = [j for j in yaml.safe_load(CONFIG.read_text(encoding="utf-8"))["scrape_configs"]
+              if any(sd.get("names") == ["worker"] for sd in j.get("dns_sd_configs", []))]
+    assert {"target_label": "service", "replacement": "streamproc"} in job["relabel_configs"]
 
 
 @pytest.mark.parametrize("name", RULE_NAMES)
@@ -87,11 +117,11 @@ def test_rule_has_firing_and_quiet_test_cases(name: str) -> None:
     for case in cases:
         for alert in case.get("exp_alerts") or []:
             # Spelled-out annotations make promtool check the templates render as intended.
-            assert set(alert["exp_annotations"]) == {"summary", "description", "runbook"}
+            assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
 
 
 @pytest.mark.parametrize(("name", "fragments", "for_"), [
-    ("StreamprocWorkerDown", ['up{job="streamproc"} == 0'], "1m"),
+    ("StreamprocWorkerDown", ['up{service="streamproc"} == 0'], "1m"),
     ("StreamprocConsumerLagGrowing",
      ["streamproc_consumer_lag_messages", "delta(", "[10m]", "> 1000"], "10m"),
     ("StreamprocDeadLetterRateHigh",

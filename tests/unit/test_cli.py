@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from streamproc.cli import build_parser, main
-from streamproc.commands import CommandError, parse_as_of
+from streamproc.commands import CommandError
 from streamproc.commands.demo import DemoState, render_live, render_plain, summary_lines
 from streamproc.commands.inspect import (
     format_record,
@@ -38,7 +38,8 @@ CLICK = {"event_id": "e1", "customer_id": "c1", "event_type": "page_view",
 ORDER = {"event_id": "e2", "customer_id": "c1", "order_id": "o1", "type": "order",
          "timestamp": "2026-02-01T10:05:00Z", "currency": "EUR", "total": 20.0,
          "items": [{"product_id": "p1", "quantity": 2, "unit_price": 10.0}]}
-COMMANDS = ["worker", "schemas", "demo", "replay", "customer", "segments", "alerts"]
+COMMANDS = ["worker", "schemas", "demo", "replay", "customer", "segments", "alerts", "serve",
+            "model"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -117,10 +118,12 @@ def test_bad_topic_map_is_a_usage_error() -> None:
                                                              "purchases": "p2"}
 
 
-def test_parse_as_of_keeps_zones_in_utc() -> None:
-    assert parse_as_of("2026-01-01T01:00:00+01:00") == datetime(2026, 1, 1, tzinfo=UTC)
-    with pytest.raises(ValueError, match="ISO-8601"):
-        parse_as_of("yesterday")
+def test_as_of_takes_what_the_http_api_takes() -> None:
+    parser = build_parser()
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    for text in ("2026-01-01T01:00:00+01:00", "2026-01-01T00:00:00Z",
+                 str(round(when.timestamp() * 1000))):
+        assert parser.parse_args(["customer", "c1", "--as-of", text]).as_of == when
 
 
 def test_routing_by_event_shape() -> None:
@@ -197,7 +200,7 @@ def test_segment_summary_sizes_and_medians() -> None:
     assert summaries[0].medians == {"orders": 3.0, "recency_days": 4.0}
     assert summaries[0].share == 0.5
     doc = segments_document(summaries, 3, NOW)
-    assert doc["as_of"] == NOW.isoformat()
+    assert doc["as_of"] == "2026-03-01T00:00:00Z"
     assert doc["customers"] == 4
     assert doc["model_version"] == 3
 

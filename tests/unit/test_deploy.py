@@ -11,6 +11,7 @@ import base64
 import json
 import re
 import shlex
+import tomllib
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,8 +19,11 @@ from typing import Any
 import pytest
 import yaml
 from faust.sensors.prometheus import FaustMetrics
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from prometheus_client import CollectorRegistry
 
+from streamproc.metrics import create_metrics
 from streamproc.metrics_doc import MetricDoc, metric_docs
 from streamproc.settings import load_settings
 
@@ -68,8 +72,13 @@ def known_series() -> frozenset[str]:
     registry = CollectorRegistry()
     FaustMetrics.create(registry, FAUST_PREFIX)
     faust = [MetricDoc(f.name, f.type, (), f.documentation) for f in registry.collect()]
+    # The process_* and python_* collectors create_metrics() adds to the worker's registry.
+    runtime = CollectorRegistry()
+    create_metrics(runtime)
+    standard = {s.name for f in runtime.collect() for s in f.samples
+                if not f.name.startswith("streamproc_")}
     names = {s for doc in [*metric_docs(), *faust] for s in doc.series}
-    return frozenset(names | STANDARD_SERIES)
+    return frozenset(names | standard | STANDARD_SERIES)
 
 
 @pytest.mark.parametrize(("expr", "names"), [
@@ -87,7 +96,8 @@ def test_promql_metric_names(expr: str, names: set[str]) -> None:
 
 def test_known_series_cover_both_registries() -> None:
     assert {"streamproc_events_total", "streamproc_event_age_seconds_bucket", "streamproc_ready",
-            "streamproc_faust_messages_received_total", "up"} <= known_series()
+            "streamproc_faust_messages_received_total", "up", "process_cpu_seconds_total",
+            "python_gc_collections_total", "streamproc_segment_info"} <= known_series()
     assert "streamproc_events" not in known_series()  # counters are scraped with _total
 
 
@@ -170,7 +180,7 @@ def healthcheck_test(service: str) -> str:
 
 def test_services_and_images() -> None:
     svc = services()
-    assert set(svc) == {"kafka", "redis", "worker", "prometheus", "grafana"}
+    assert set(svc) == {"kafka", "redis", "worker", "api", "prometheus", "grafana"}
     kafka_image = svc["kafka"]["image"]
     assert kafka_image.startswith(("apache/kafka:", "bitnami/kafka:")), kafka_image
     assert re.fullmatch(r"redis:7(\.\d+)*(-alpine)?", svc["redis"]["image"])
@@ -243,6 +253,36 @@ def test_worker_environment_is_accepted_by_the_settings(monkeypatch: pytest.Monk
     assert settings.models.signing_key is not None
 
 
+def test_api_runs_serve_as_the_read_only_redis_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = services()["api"]
+    assert api["command"] == ["streamproc", "serve"]
+    assert api["image"] == services()["worker"]["image"]
+    shell = {"STREAMPROC_MODELS__SIGNING_KEY": "k" * 32, "REDIS_API_PASSWORD": "ro-pw",
+             "STREAMPROC_SERVE__TOKEN": "t" * 32}
+    env = environment("api")
+    with pytest.raises(KeyError, match="STREAMPROC_SERVE__TOKEN"):
+        interpolate(env["STREAMPROC_SERVE__TOKEN"], {})
+    for name, value in env.items():
+        monkeypatch.setenv(name, interpolate(value, shell))
+    monkeypatch.chdir(ROOT / "deploy")
+    settings = load_settings()
+    assert settings.serve.host == "0.0.0.0"  # inside its container
+    assert [f"127.0.0.1:{settings.serve.port}:{settings.serve.port}"] == api["ports"]
+    assert settings.redis.username == "streamproc-api"
+    assert settings.redis.password is not None
+    # The Redis service creates that user with read commands only, on streamproc's keys.
+    redis = services()["redis"]
+    command = " ".join(redis["command"]) if isinstance(redis["command"], list) else \
+        redis["command"]
+    acl = command.split("--user", 1)[1].split()
+    assert acl[0] == settings.redis.username
+    assert f'"~{settings.redis.key_prefix}:*"' in acl
+    assert acl[-3:] == ["-@all", "+@read", "+@connection"]
+    assert environment("redis")["REDIS_API_PASSWORD"] == env["STREAMPROC_REDIS__PASSWORD"]
+    check = api["healthcheck"]["test"]
+    assert f"http://127.0.0.1:{settings.serve.port}/healthz" in check[3]
+
+
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|SIGNING_KEY|API_KEY|CREDENTIAL", re.I)
 
 
@@ -282,6 +322,7 @@ def test_depends_on_waits_for_healthy_services() -> None:
             assert "healthcheck" in svc[dep]
         graph[name] = set(deps)
     assert graph["worker"] == {"kafka", "redis"}
+    assert graph["api"] == {"redis"}
     assert graph["grafana"] == {"prometheus"}
 
     def visit(node: str, path: tuple[str, ...]) -> None:
@@ -361,12 +402,23 @@ def test_dockerfile_builds_a_non_root_worker_image() -> None:
     steps = dockerfile_instructions()
     froms = [rest.split()[0] for kw, rest in steps if kw == "FROM"]
     assert froms
-    assert all(f == "python:3.11-slim" for f in froms)
+    # Pinned to a patch release: a rebuild does not silently move to another Python.
+    assert all(re.fullmatch(r"python:3\.11\.\d+-slim", f) for f in froms), froms
+    assert len(set(froms)) == 1
     users = [rest for kw, rest in steps if kw == "USER"]
     assert users
     assert users[-1].split(":")[0] not in ("root", "0")
-    assert any(kw == "RUN" and re.search(r"pip install \.(\s|$)", rest) for kw, rest in steps)
-    assert ("EXPOSE", str(WORKER_PORT)) in steps
+    runs = [rest for kw, rest in steps if kw == "RUN"]
+    # Dependencies only from the lock file, verified by hash; then the package alone.
+    locked = [i for i, r in enumerate(runs)
+              if re.search(r"pip install --require-hashes --no-deps -r requirements\.lock", r)]
+    own = [i for i, r in enumerate(runs) if re.search(r"pip install --no-deps \.(\s|$)", r)]
+    assert locked, runs
+    assert own, runs
+    assert locked[0] < own[0], runs
+    assert not [r for r in runs if "pip install" in r and "--no-deps" not in r], runs
+    exposed = [rest.split() for kw, rest in steps if kw == "EXPOSE"]
+    assert exposed == [[str(WORKER_PORT), "8080"]]
     cmd = [json.loads(rest) for kw, rest in steps if kw == "CMD"]
     assert cmd[-1] == ["streamproc", "worker"]
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
@@ -391,6 +443,46 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored() -> None:
     # pyproject names README.md as the readme: pip install . fails without it.
     assert "README.md" in sources
     assert "pyproject.toml" in sources
+
+
+def locked_requirements() -> dict[str, tuple[str, int]]:
+    """requirements.lock as {normalised name: (version, number of hashes)}."""
+    pins: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        pin = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", line)
+        if pin:
+            name = canonicalize_name(pin.group(1))
+            pins[name] = (pin.group(2), 0)
+        elif "--hash=sha256:" in line:
+            version, hashes = pins[name]
+            pins[name] = (version, hashes + 1)
+    return pins
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """The image installs requirements.lock only: it must satisfy pyproject.toml."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = locked_requirements()
+    assert all(hashes for _, hashes in pins.values()), "every pin needs its hashes"
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is missing from requirements.lock: refresh it (README)"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (
+            f"requirements.lock pins {name}=={pins[name][0]}, outside {requirement.specifier}")
+    # The dev extra (test tools) stays out of the image.
+    assert "pytest" not in pins
+
+
+def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["project"]["license"] == "Apache-2.0"
+    (setuptools,) = [Requirement(r) for r in config["build-system"]["requires"]
+                     if r.startswith("setuptools")]
+    # 77 is the first release that takes project.license as an SPDX expression.
+    assert not setuptools.specifier.contains("76.9")
+    assert setuptools.specifier.contains("77.0")
 
 
 def test_dockerignore_keeps_secrets_and_junk_out() -> None:
@@ -422,9 +514,11 @@ def test_prometheus_config_rules_exist() -> None:
 
 def test_prometheus_discovers_workers_by_dns() -> None:
     _, config = prometheus_config()
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    job = jobs["streamproc"]
+    (job,) = [j for j in config["scrape_configs"]
+              if any(sd.get("names") == ["worker"] for sd in j.get("dns_sd_configs", []))]
     assert job.get("metrics_path", "/metrics") == "/metrics"
+    # The label the rules find workers by, whatever the job is called.
+    assert {"target_label": "service", "replacement": "streamproc"} in job["relabel_configs"]
     assert "static_configs" not in job
     (sd,) = job["dns_sd_configs"]
     assert sd["names"] == ["worker"]
@@ -464,13 +558,17 @@ def panels() -> list[dict[str, Any]]:
     return out
 
 
+def annotation_queries() -> list[str]:
+    return [a["expr"] for a in dashboard()["annotations"]["list"] if "expr" in a]
+
+
 def queries() -> list[str]:
     exprs = [t["expr"] for p in panels() for t in p.get("targets", [])]
     for var in dashboard()["templating"]["list"]:
         if var["type"] == "query":
             q = var["query"]
             exprs.append(q["query"] if isinstance(q, dict) else q)
-    return exprs
+    return exprs + annotation_queries()
 
 
 def test_dashboard_structure() -> None:
@@ -486,8 +584,8 @@ def test_dashboard_structure() -> None:
             assert p["targets"], p["title"]
             refs = [t["refId"] for t in p["targets"]]
             assert len(refs) == len(set(refs)), p["title"]
-    variables = {v["name"] for v in board["templating"]["list"]}
-    assert {"datasource", "instance"} <= variables
+    variables = [v["name"] for v in board["templating"]["list"]]
+    assert variables[:3] == ["datasource", "job", "instance"]
 
 
 def test_dashboard_queries_only_existing_metrics() -> None:
@@ -504,11 +602,42 @@ def test_dashboard_queries_only_existing_metrics() -> None:
     assert ours - shown == set(), f"metrics without a panel: {sorted(ours - shown)}"
 
 
+def test_dashboard_works_for_any_job_name() -> None:
+    """Jobs come from a variable filled from streamproc's own series; no job is named."""
+    text = DASHBOARD.read_text(encoding="utf-8")
+    assert not re.search(r'job\s*=\s*\\"', text), "a job name is hard-coded"
+    job = next(v for v in dashboard()["templating"]["list"] if v["name"] == "job")
+    assert job["query"]["query"] == "label_values(streamproc_ready, job)"
+    panel_exprs = [t["expr"] for p in panels() for t in p.get("targets", [])]
+    for expr in [*panel_exprs, *annotation_queries()]:
+        for selector in re.findall(r"\b(?:streamproc|process|python|up)\w*\{[^}]*\}", expr):
+            assert 'job=~"$job"' in selector, (expr, selector)
+            assert 'instance=~"$instance"' in selector, (expr, selector)
+
+
+def test_customers_by_segment_shows_names() -> None:
+    panel = next(p for p in panels() if p["title"] == "Customers by segment")
+    (target,) = panel["targets"]
+    assert "group_left (name)" in target["expr"]
+    assert "streamproc_segment_info" in target["expr"]
+    # One name per segment even while workers switch model versions (no many-to-many).
+    assert "topk by (segment) (1," in target["expr"]
+    assert "{{name}}" in target["legendFormat"]
+
+
+def test_model_version_changes_are_annotated() -> None:
+    (note,) = [a for a in dashboard()["annotations"]["list"]
+               if "streamproc_model_version" in a.get("expr", "")]
+    assert note["enable"]
+    assert note["expr"].startswith("changes(")
+    assert note["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+
+
 @pytest.mark.parametrize("title_words", [
     "events/s by topic and outcome", "dead letters/s by reason", "event age", "ingest to publish",
     "batch duration", "consumer lag", "redis round trip", "redis errors", "customers by segment",
     "segment changes", "churn alerts/s by risk level", "churn probability", "churn model quality",
-    "log loss", "model version", "snapshot age",
+    "log loss", "model version", "snapshot age", "cpu by worker", "resident memory",
 ])
 def test_dashboard_has_the_expected_panels(title_words: str) -> None:
     titles = [p["title"].lower() for p in panels()]

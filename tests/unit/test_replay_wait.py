@@ -54,7 +54,7 @@ def test_done_only_when_committed_swept_and_nothing_due() -> None:
         "clickstream[0]: committed offset None of 4": Observation(
             {k: v for k, v in done.committed.items() if k[0] != "clickstream"},
             done.watermarks, done.checks_due, done.deferred),
-        "partition 0: watermark 1970-02-24T02:00:00+00:00 short of 1970-02-24T03:00": Observation(
+        "partition 0: watermark 1970-02-24T02:00:00Z short of 1970-02-24T03:00": Observation(
             done.committed, {0: 1298 * HOUR, 1: 950 * HOUR}, done.checks_due, done.deferred),
         "partition 1: watermark none": Observation(
             done.committed, {0: 1299 * HOUR}, done.checks_due, done.deferred),
