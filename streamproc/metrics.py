@@ -119,6 +119,10 @@ def create_metrics(registry: CollectorRegistry | None = None, *, topics: Topics 
     return metrics
 
 
+#: What a feature-set mismatch skipped (``feature_set_mismatches``'s ``kind`` label).
+FEATURE_SET_KINDS = ("model", "pending_snapshot", "training_example", "trainer_state")
+
+
 def zero_labelled_counters(metrics: Metrics, topics: Topics) -> None:
     """Create every known label set of every labelled counter (at 0).
 
@@ -146,6 +150,10 @@ def zero_labelled_counters(metrics: Metrics, topics: Topics) -> None:
         metrics.churn_labels.labels(label)
     for kind in TRAINING_KINDS:
         metrics.training_examples.labels(kind)
+    for kind in FEATURE_SET_KINDS:
+        metrics.feature_set_mismatches.labels(kind)
+    for outcome in ("retried", "gave_up"):
+        metrics.scoring_conflicts.labels(outcome)
 
 
 def set_segment_names(metrics: Metrics, names: Mapping[int, str]) -> None:
