@@ -64,6 +64,11 @@ class TrainerAgent:
         pending: deque[Any] = deque()  # learned, not acked yet, in delivery order
         seen_revokes = self.revokes
         async for events in stream.noack_take(TAKE_RECORDS, TAKE_WITHIN_S):
+            if self.revokes != seen_revokes:
+                # Revoked between takes: what is held came before it (Faust redelivers it
+                # from the committed offset), but this take came after and may be acked.
+                seen_revokes = self.revokes
+                pending.clear()
             generation = learner.generation
             await self.retrier.call("train", lambda: learner.load(self.topic))
             for event in events:

@@ -158,3 +158,31 @@ async def test_a_take_made_stale_by_a_release_stops_learning() -> None:
     await agent.run(stream)
     assert learner.learned == [0, 1]  # 2 and 3 belong to a released trainer
     assert stream.acked == []  # and nothing learned before the release is acked
+
+
+class _RevokingStream(_Stream):
+    """Revokes the training partition between its first and second take."""
+
+    def __init__(self, agent: TrainerAgent, *takes: list[_Event]) -> None:
+        super().__init__(*takes)
+        self.agent = agent
+
+    async def noack_take(self, max_: int, within: float) -> AsyncIterator[list[Any]]:
+        for n, take in enumerate(self.takes):
+            if n == 1:
+                self.agent.on_revoked({TP(TOPIC, 0)})
+            yield list(take)
+
+
+async def test_a_take_after_a_revoke_between_takes_is_acked_once_stored() -> None:
+    learner = _Learner()
+    learner.store_upto = lambda learned: 1  # record 1 waits for a later store
+    agent = _agent(learner)
+    first, redelivered = _events(0, 1), _events(1, 2)
+    learner.store_upto = lambda learned: 1 if len(learned) <= 2 else max(learned) + 1
+    stream = _RevokingStream(agent, first, redelivered)
+    await agent.run(stream)
+    # Record 1 held from before the revoke is dropped; the take delivered after it is
+    # acked (a gap would stall the training topic's commits until the next restart).
+    assert stream.acked_events == [first[0], *redelivered]
+    assert learner.generation == 1
