@@ -309,15 +309,18 @@ class RedisProfileStore:
                   [self._config, encode_for_lua([groups[customers[i]] for i in group]), wall,
                    *guard_args(self.marker, names[group[0]])]) for group in slots]
         replies = await run_per_slot(self.client, self._script, calls)
-        updates = []
+        # Customers in the order they first appear in the batch, whatever their slots.
+        rows: list[Any] = [None] * len(customers)
         for group, reply in zip(slots, replies, strict=True):
-            for i, (blob, out_blob, flags, dropped) in zip(group, reply, strict=True):
-                customer_id = customers[i]
-                profile = decode_profile(blob or None)
-                updates.append(CustomerUpdate(
-                    customer_id=customer_id, state=profile,
-                    scoring=customer_record(customer_id, profile, out_blob or None),
-                    statuses=[int(f) for f in flags], links_dropped=int(dropped)))
+            for i, row in zip(group, reply, strict=True):
+                rows[i] = row
+        updates = []
+        for customer_id, (blob, out_blob, flags, dropped) in zip(customers, rows, strict=True):
+            profile = decode_profile(blob or None)
+            updates.append(CustomerUpdate(
+                customer_id=customer_id, state=profile,
+                scoring=customer_record(customer_id, profile, out_blob or None),
+                statuses=[int(f) for f in flags], links_dropped=int(dropped)))
         return updates
 
     async def get_state(self, customer_id: str) -> dict[str, Any] | None:

@@ -137,7 +137,9 @@ def start_redis(port: int | None = None, *, password: str | None = None,
             "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"]
     if cluster:
         args += ["--cluster-enabled", "yes", "--cluster-config-file",
-                 str(workdir / "nodes.conf"), "--cluster-node-timeout", "2000"]
+                 str(workdir / "nodes.conf"), "--cluster-node-timeout", "2000",
+                 # Its own free bus port: the default, port + 10000, may be taken or > 65535.
+                 "--cluster-port", str(free_port())]
     if password:
         args += ["--requirepass", password]
     proc = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
