@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from streamproc.adapters.cluster import RedisClient

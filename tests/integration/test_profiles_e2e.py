@@ -11,7 +11,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
 from streamproc.core.events import REJECT_REASONS
