@@ -40,17 +40,22 @@ REFUSAL: Final = "STATELOST"
 Origin = Literal["first_start", "operator"]
 Status = Literal["unverified", "ok", "lost"]
 
-# Prepended to a write script. The caller appends two arguments, the marker key and the
-# value it must hold; they are taken off ARGV before the script proper runs, so its own
-# argument layout is unchanged. An empty key turns the check off (tools and tests).
+# Prepended to a write script. The caller appends the marker key to KEYS and the value it
+# must hold to ARGV (see :func:`guard`); both are taken off before the script proper runs,
+# so its own layout is unchanged. The key is declared, as Redis Cluster requires: it is
+# the copy in the slot of the script's other keys, and a slot being migrated answers
+# TRYAGAIN/ASK for it like for them. An empty value (and no key) turns the check off.
 _GUARD: Final = f"""-- deployment guard (streamproc/adapters/deployment.py)
 do
-  local mkey, mval = ARGV[#ARGV - 1], ARGV[#ARGV]
+  local mval = ARGV[#ARGV]
   ARGV[#ARGV] = nil
-  ARGV[#ARGV] = nil
-  if mkey ~= '' and redis.call('GET', mkey) ~= mval then
-    return redis.error_reply('{REFUSAL} the deployment marker ' .. mkey ..
-      ' is missing or changed: this Redis is not the one the worker wrote to')
+  if mval ~= '' then
+    local mkey = KEYS[#KEYS]
+    KEYS[#KEYS] = nil
+    if redis.call('GET', mkey) ~= mval then
+      return redis.error_reply('{REFUSAL} the deployment marker ' .. mkey ..
+        ' is missing or changed: this Redis is not the one the worker wrote to')
+    end
   end
 end
 """
@@ -126,10 +131,10 @@ class DeploymentMarker:
             return self.key
         return keys.deployment_copy_key(self.cluster_prefix, slot_tag(slot_of(key)))
 
-    def args(self, key: str = "") -> list[str | bytes]:
-        """The two trailing arguments of a :func:`guarded` script touching ``key``."""
+    def guard(self, key: str = "") -> tuple[list[str], list[str | bytes]]:
+        """The trailing keys and arguments of a :func:`guarded` script touching ``key``."""
         # A value nothing can hold refuses every write until the marker is known.
-        return [self.key_for(key), self.value if self.value is not None else b"\x00unknown"]
+        return [self.key_for(key)], [self.value if self.value is not None else b"\x00unknown"]
 
     def check(self, raw: bytes | str | None) -> None:
         """Raise :class:`StateLost` unless ``raw`` (read with the data) is the value."""
@@ -338,10 +343,11 @@ async def accept_marker(client: RedisClient, prefix: str,
     return MarkerRecord.parse(_as_bytes(old) if isinstance(old, str | bytes) else None), fresh
 
 
-def guard_args(marker: DeploymentMarker | None, key: str = "") -> list[str | bytes]:
-    """Trailing arguments of a :func:`guarded` script touching ``key`` for ``marker``
-    (None: no check, for tools and tests that write without a worker's marker)."""
-    return marker.args(key) if marker is not None else ["", ""]
+def guard(marker: DeploymentMarker | None,
+          key: str = "") -> tuple[list[str], list[str | bytes]]:
+    """Trailing keys and arguments of a :func:`guarded` script touching ``key`` for
+    ``marker`` (None: no check, for tools and tests that write without a worker's marker)."""
+    return marker.guard(key) if marker is not None else ([], [""])
 
 
 def _as_bytes(raw: bytes | str | None) -> bytes | None:

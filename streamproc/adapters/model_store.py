@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from streamproc.adapters import keys
 from streamproc.adapters.cluster import RedisClient
-from streamproc.adapters.deployment import DeploymentMarker, guard_args, guarded
+from streamproc.adapters.deployment import DeploymentMarker, guard, guarded
 from streamproc.core.modelset import ModelBundle, SnapshotRejected, Trainer, sign, verify_and_load
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,8 @@ class ModelStore:
         once the next owner has claimed, those stores are refused, so they can neither
         overwrite the newer state nor move ``current`` back.
         """
-        await self._claim(keys=[self._k(OWNER)],
-                          args=[owner, *guard_args(self.marker, self._k(OWNER))])
+        marker_keys, marker_args = guard(self.marker, self._k(OWNER))
+        await self._claim(keys=[self._k(OWNER), *marker_keys], args=[owner, *marker_args])
 
     async def store(self, version: int, items: Mapping[str, bytes | str | int],
                     owner: str) -> bool:
@@ -163,9 +163,9 @@ class ModelStore:
             return True
         sets = {name: value for name, value in writes.items() if value is not None}
         deletes = [name for name, value in writes.items() if value is None]
-        done = await self._fenced_write(keys=[self._k(OWNER), *sets, *deletes],
-                                        args=[owner, len(sets), *sets.values(),
-                                              *guard_args(self.marker, self._k(OWNER))])
+        marker_keys, marker_args = guard(self.marker, self._k(OWNER))
+        done = await self._fenced_write(keys=[self._k(OWNER), *sets, *deletes, *marker_keys],
+                                        args=[owner, len(sets), *sets.values(), *marker_args])
         return bool(done)
 
     async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:

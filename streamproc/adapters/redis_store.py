@@ -29,7 +29,7 @@ from streamproc.adapters.cluster import (
     partition,
     run_per_slot,
 )
-from streamproc.adapters.deployment import DeploymentMarker, guard_args, guarded
+from streamproc.adapters.deployment import DeploymentMarker, guard, guarded
 from streamproc.adapters.scoring_codec import decode_state, encode_state, state_token
 from streamproc.core import seen
 from streamproc.core.features import (
@@ -305,9 +305,12 @@ class RedisProfileStore:
         wall = int(time.time()) if now is None else now
         names = [keys.profile_key(self.prefix, c) for c in customers]
         slots = group_by_slot(names, self.cluster)
-        calls = [([names[i] for i in group],
-                  [self._config, encode_for_lua([groups[customers[i]] for i in group]), wall,
-                   *guard_args(self.marker, names[group[0]])]) for group in slots]
+        calls = []
+        for group in slots:
+            marker_keys, marker_args = guard(self.marker, names[group[0]])
+            calls.append(([*(names[i] for i in group), *marker_keys],
+                          [self._config, encode_for_lua([groups[customers[i]] for i in group]),
+                           wall, *marker_args]))
         replies = await run_per_slot(self.client, self._script, calls)
         # Customers in the order they first appear in the batch, whatever their slots.
         rows: list[Any] = [None] * len(customers)
@@ -427,8 +430,9 @@ class RedisScoringStore:
         blobs = [b"" if w.state is None else encode_state(w.state) for w in writes]
         names = [*(keys.profile_key(self.prefix, w.customer_id) for w in writes),
                  *(self.schedule_key(name) for name in sets)]
-        return names, [self.ttl_s, len(writes), *blobs, encode_for_lua(plan),
-                       *guard_args(self.marker, names[0])]
+        marker_keys, marker_args = guard(self.marker, names[0])
+        return [*names, *marker_keys], [self.ttl_s, len(writes), *blobs, encode_for_lua(plan),
+                                        *marker_args]
 
     async def _schedule(self, writes: Sequence[StateWrite]) -> None:
         """The schedule entries of applied writes, one ZADD/ZREM per set, one pipeline.
