@@ -72,23 +72,34 @@ async def run_per_slot(client: RedisClient, script: AsyncScript,
                        calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
     """Run ``script`` once per (keys, args) call; each call's keys share one slot.
 
-    One call is sent as is; several go in one non-transactional cluster pipeline. A
-    master that lacks the script (it joined or failed over since) gets it loaded and
-    the pipeline is sent again: every script run this way is idempotent.
+    One call is sent as is; several go in one non-transactional cluster pipeline (one
+    round trip per master, in parallel). Calls refused with NOSCRIPT (a master that
+    joined or failed over since the script was loaded) run again, alone, after the
+    script is loaded on every master; the others' replies stand, so a call never runs
+    twice. Any other error is raised as the server sent it, once every call has run.
     """
     if len(calls) == 1 or not isinstance(client, RedisCluster):
         return [await script(keys=k, args=a) for k, a in calls]
-    for attempt in (1, 2):
-        pipe = client.pipeline(transaction=False)
-        for k, a in calls:
-            await script(keys=k, args=a, client=pipe)  # type: ignore[arg-type]
-        try:
-            return list(await pipe.execute())
-        except NoScriptError:
-            if attempt == 2:
-                raise
-            await client.script_load(script.script)
-    raise AssertionError("unreachable")
+    replies = await _pipelined(client, script, calls)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        await client.script_load(script.script)
+        again = await _pipelined(client, script, [calls[i] for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def _pipelined(client: RedisCluster, script: AsyncScript,
+                     calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for k, a in calls:
+        await script(keys=k, args=a, client=pipe)  # type: ignore[arg-type]
+    # Errors as the server sent them (raising, the pipeline would reword the first one).
+    return list(await pipe.execute(raise_on_error=False))
 
 
 def partition(items: Sequence[T], key: Callable[[T], str], cluster: bool) -> list[list[T]]:

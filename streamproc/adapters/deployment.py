@@ -170,6 +170,8 @@ class DeploymentGuard:
         self._clock = clock
         self._open = asyncio.Event()
         self._wake = asyncio.Event()
+        #: Check every slot's copy at the next verify (cluster only; see _copies_hold).
+        self._copies_due = True
 
     @property
     def is_open(self) -> bool:
@@ -190,6 +192,7 @@ class DeploymentGuard:
         """Whether ``exc`` is a refusal by the marker check; if so, calls are held."""
         if not is_refusal(exc):
             return False
+        self._copies_due = True
         self.suspect()
         return True
 
@@ -200,8 +203,10 @@ class DeploymentGuard:
         expected = self.marker.value
         if raw is not None and (raw == expected or expected is None
                                 or (record is not None and record.origin == "operator")):
-            if self.status != "ok" and not await self._copies_hold(raw):
-                return
+            if self._copies_due:
+                if not await self._copies_hold(raw):
+                    return
+                self._copies_due = False
             self._adopt(raw, record)
         elif raw is not None:
             self._lose(f"the deployment marker {self.marker.key} holds another deployment's "
@@ -231,9 +236,10 @@ class DeploymentGuard:
     async def _copies_hold(self, raw: bytes) -> bool:
         """On a cluster, whether every slot's copy of the marker holds ``raw``.
 
-        Checked whenever the gate is not open (first check, after a failed or refused
-        call), not every few seconds: a master that lost its data refuses the next
-        write to any of its slots, which brings the worker here. Copies missing on a
+        Checked at the first check and after a refused write, not every few seconds nor
+        after a mere connection failure (it costs one MGET per slot, ~1-3 s of client
+        time): a master that lost its data refuses the next write to any of its slots,
+        which brings the worker here. Copies missing on a
         deployment that never consumed anything are written (a first start, or one
         that stopped before writing them all); otherwise a master lost its data.
         """
