@@ -104,6 +104,13 @@ class RedisSettings(_Group):
     password: SecretStr | None = Field(None, description="Redis password (AUTH).")
     username: str | None = Field(None, description="Redis ACL user name.")
     ssl_ca_certs: str | None = Field(None, description="CA bundle for rediss:// URLs.")
+    cluster: bool = Field(
+        False,
+        description=(
+            "URL names a node of a Redis Cluster: batches are split into one Lua call per "
+            "slot (README: Redis Cluster)."
+        ),
+    )
     key_prefix: str = Field("sp", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Key prefix.")
     profile_ttl_s: int = Field(
         int(400 * DAY),

@@ -13,8 +13,17 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as ClusterClient
 
-from streamproc.runtime.embedded import Service, ServiceError, start_redis, start_tansu
+from streamproc.adapters.cluster import RedisClient
+from streamproc.runtime.embedded import (
+    RedisCluster,
+    Service,
+    ServiceError,
+    start_redis,
+    start_redis_cluster,
+    start_tansu,
+)
 from streamproc.settings import Settings
 
 # Keep the developer's own STREAMPROC_* environment out of the tests.
@@ -50,6 +59,44 @@ def redis_server() -> Iterator[Service]:
 async def redis_client(redis_server: Service) -> AsyncIterator[aioredis.Redis]:
     """A client of the session's redis-server, closed after the test."""
     client = aioredis.Redis(port=redis_server.port)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A private three-master Redis Cluster, started for the first test that asks."""
+    try:
+        cluster = start_redis_cluster(3)
+    except ServiceError as exc:
+        pytest.fail(f"cannot start a redis cluster: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: RedisCluster) -> AsyncIterator[ClusterClient]:
+    """A cluster client of the session's Redis Cluster, closed after the test."""
+    client = ClusterClient(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    yield client
+    await client.aclose()
+
+
+def client_of(request: pytest.FixtureRequest, kind: str) -> RedisClient:
+    """A new client of the session's redis-server (``single``) or Redis Cluster
+    (``cluster``), starting the service on first use; the caller closes it."""
+    if kind == "single":
+        server: Service = request.getfixturevalue("redis_server")
+        return aioredis.Redis(port=server.port)
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return ClusterClient(host="127.0.0.1", port=cluster.nodes[0].port)
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def any_redis(request: pytest.FixtureRequest) -> AsyncIterator[RedisClient]:
+    """A client of the single redis-server, then of the Redis Cluster: the same test
+    runs against both deployments with the same assertions."""
+    client = client_of(request, request.param)
     yield client
     await client.aclose()
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from streamproc.adapters import keys
+from streamproc.adapters.cluster import SLOTS, RedisClient, is_cluster, mget, slot_of, slot_tag
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,22 @@ REFUSAL: Final = "STATELOST"
 Origin = Literal["first_start", "operator"]
 Status = Literal["unverified", "ok", "lost"]
 
-# Prepended to a write script. The caller appends two arguments, the marker key and the
-# value it must hold; they are taken off ARGV before the script proper runs, so its own
-# argument layout is unchanged. An empty key turns the check off (tools and tests).
+# Prepended to a write script. The caller appends the marker key to KEYS and the value it
+# must hold to ARGV (see :func:`guard`); both are taken off before the script proper runs,
+# so its own layout is unchanged. The key is declared, as Redis Cluster requires: it is
+# the copy in the slot of the script's other keys, and a slot being migrated answers
+# TRYAGAIN/ASK for it like for them. An empty value (and no key) turns the check off.
 _GUARD: Final = f"""-- deployment guard (streamproc/adapters/deployment.py)
 do
-  local mkey, mval = ARGV[#ARGV - 1], ARGV[#ARGV]
+  local mval = ARGV[#ARGV]
   ARGV[#ARGV] = nil
-  ARGV[#ARGV] = nil
-  if mkey ~= '' and redis.call('GET', mkey) ~= mval then
-    return redis.error_reply('{REFUSAL} the deployment marker ' .. mkey ..
-      ' is missing or changed: this Redis is not the one the worker wrote to')
+  if mval ~= '' then
+    local mkey = KEYS[#KEYS]
+    KEYS[#KEYS] = nil
+    if redis.call('GET', mkey) ~= mval then
+      return redis.error_reply('{REFUSAL} the deployment marker ' .. mkey ..
+        ' is missing or changed: this Redis is not the one the worker wrote to')
+    end
   end
 end
 """
@@ -108,16 +113,28 @@ class MarkerRecord:
 
 
 class DeploymentMarker:
-    """The marker value a store's guarded scripts require (None: not known yet)."""
+    """The marker value a store's guarded scripts require (None: not known yet).
 
-    def __init__(self, key: str) -> None:
+    On Redis Cluster a script checks the copy of the marker in the slot of the keys it
+    writes (:func:`keys.deployment_copy_key`), since it may read no other slot.
+    """
+
+    def __init__(self, key: str, prefix: str | None = None) -> None:
         self.key = key
+        #: Set on Redis Cluster: the prefix of the per-slot copies.
+        self.cluster_prefix = prefix
         self.value: bytes | None = None
 
-    def args(self) -> list[str | bytes]:
-        """The two trailing arguments of a :func:`guarded` script."""
+    def key_for(self, key: str) -> str:
+        """The marker key a call touching ``key`` checks (the same slot on a cluster)."""
+        if self.cluster_prefix is None:
+            return self.key
+        return keys.deployment_copy_key(self.cluster_prefix, slot_tag(slot_of(key)))
+
+    def guard(self, key: str = "") -> tuple[list[str], list[str | bytes]]:
+        """The trailing keys and arguments of a :func:`guarded` script touching ``key``."""
         # A value nothing can hold refuses every write until the marker is known.
-        return [self.key, self.value if self.value is not None else b"\x00unknown"]
+        return [self.key_for(key)], [self.value if self.value is not None else b"\x00unknown"]
 
     def check(self, raw: bytes | str | None) -> None:
         """Raise :class:`StateLost` unless ``raw`` (read with the data) is the value."""
@@ -137,12 +154,14 @@ class DeploymentGuard:
     the old one is stale.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str, *,
+    def __init__(self, client: RedisClient, prefix: str, *,
                  history: Callable[[], Awaitable[bool]],
                  on_change: Callable[[Status, str | None], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
-        self.marker = DeploymentMarker(keys.deployment_key(prefix))
+        self.prefix = prefix
+        self.marker = DeploymentMarker(keys.deployment_key(prefix),
+                                       prefix if is_cluster(client) else None)
         self.status: Status = "unverified"
         self.reason: str | None = None
         self._history = history
@@ -151,6 +170,8 @@ class DeploymentGuard:
         self._clock = clock
         self._open = asyncio.Event()
         self._wake = asyncio.Event()
+        #: Check every slot's copy at the next verify (cluster only; see _copies_hold).
+        self._copies_due = True
 
     @property
     def is_open(self) -> bool:
@@ -171,6 +192,7 @@ class DeploymentGuard:
         """Whether ``exc`` is a refusal by the marker check; if so, calls are held."""
         if not is_refusal(exc):
             return False
+        self._copies_due = True
         self.suspect()
         return True
 
@@ -181,6 +203,10 @@ class DeploymentGuard:
         expected = self.marker.value
         if raw is not None and (raw == expected or expected is None
                                 or (record is not None and record.origin == "operator")):
+            if self._copies_due:
+                if not await self._copies_hold(raw):
+                    return
+                self._copies_due = False
             self._adopt(raw, record)
         elif raw is not None:
             self._lose(f"the deployment marker {self.marker.key} holds another deployment's "
@@ -206,6 +232,32 @@ class DeploymentGuard:
         fresh = MarkerRecord.new("first_start", self._clock())
         await self.client.set(self.marker.key, fresh.to_bytes(), nx=True)
         await self.verify()  # another worker may have created it first: adopt theirs
+
+    async def _copies_hold(self, raw: bytes) -> bool:
+        """On a cluster, whether every slot's copy of the marker holds ``raw``.
+
+        Checked at the first check and after a refused write, not every few seconds nor
+        after a mere connection failure (it costs one MGET per slot, ~1-3 s of client
+        time): a master that lost its data refuses the next write to any of its slots,
+        which brings the worker here. Copies missing on a
+        deployment that never consumed anything are written (a first start, or one
+        that stopped before writing them all); otherwise a master lost its data.
+        """
+        if self.marker.cluster_prefix is None:
+            return True
+        names = marker_copy_keys(self.prefix)
+        values = await mget(self.client, names)
+        bad = [name for name, value in zip(names, values, strict=True)
+               if _as_bytes(value) != raw]
+        if not bad:
+            return True
+        if any(value is not None for value in values) or await self._history():
+            self._lose(f"{len(bad)} of {SLOTS} slots hold no copy of the deployment marker "
+                       f"{self.marker.key} or another one (e.g. {bad[0]}): a cluster master "
+                       "lost its data")
+            return False
+        await write_marker_copies(self.client, self.prefix, raw)
+        return True
 
     def _adopt(self, raw: bytes, record: MarkerRecord | None) -> None:
         previous = self.marker.value
@@ -264,12 +316,25 @@ class DeploymentGuard:
                 await asyncio.wait_for(self._wake.wait(), interval_s)
 
 
-async def read_marker(client: aioredis.Redis, prefix: str) -> MarkerRecord | None:
+def marker_copy_keys(prefix: str) -> list[str]:
+    """Every slot's copy of the marker (Redis Cluster), slot order."""
+    return [keys.deployment_copy_key(prefix, slot_tag(s)) for s in range(SLOTS)]
+
+
+async def write_marker_copies(client: RedisClient, prefix: str, raw: bytes) -> None:
+    """Write ``raw`` to every slot's copy of the marker (a no-op on a single instance)."""
+    if not is_cluster(client):
+        return
+    mapping = dict.fromkeys(marker_copy_keys(prefix), raw)
+    await client.mset_nonatomic(mapping)  # type: ignore[union-attr]
+
+
+async def read_marker(client: RedisClient, prefix: str) -> MarkerRecord | None:
     """The stored marker (None when absent or unreadable)."""
     return MarkerRecord.parse(_as_bytes(await client.get(keys.deployment_key(prefix))))
 
 
-async def accept_marker(client: aioredis.Redis, prefix: str,
+async def accept_marker(client: RedisClient, prefix: str,
                         now: float) -> tuple[MarkerRecord | None, MarkerRecord]:
     """Make this Redis the deployment's state store: a new operator marker.
 
@@ -278,14 +343,17 @@ async def accept_marker(client: aioredis.Redis, prefix: str,
     """
     key = keys.deployment_key(prefix)
     fresh = MarkerRecord.new("operator", now)
+    # Copies first: a worker adopting the new main marker finds them in place.
+    await write_marker_copies(client, prefix, fresh.to_bytes())
     old = await client.set(key, fresh.to_bytes(), get=True)
     return MarkerRecord.parse(_as_bytes(old) if isinstance(old, str | bytes) else None), fresh
 
 
-def guard_args(marker: DeploymentMarker | None) -> list[str | bytes]:
-    """Trailing arguments of a :func:`guarded` script for ``marker`` (None: no check,
-    for tools and tests that write without a worker's marker)."""
-    return marker.args() if marker is not None else ["", ""]
+def guard(marker: DeploymentMarker | None,
+          key: str = "") -> tuple[list[str], list[str | bytes]]:
+    """Trailing keys and arguments of a :func:`guarded` script touching ``key`` for
+    ``marker`` (None: no check, for tools and tests that write without a worker's marker)."""
+    return marker.guard(key) if marker is not None else ([], [""])
 
 
 def _as_bytes(raw: bytes | str | None) -> bytes | None:

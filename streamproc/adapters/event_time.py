@@ -12,15 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import redis.asyncio as aioredis
-
 from streamproc.adapters import keys
+from streamproc.adapters.cluster import RedisClient
 
 
 class EventTimeWriter:
     """Stores a worker's partition watermarks, skipping those that did not move."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.key = keys.event_time_key(prefix)
         self._written: dict[int, float] = {}
@@ -35,13 +34,13 @@ class EventTimeWriter:
         self._written.update(moved)
 
 
-async def partition_watermarks(client: aioredis.Redis, prefix: str) -> dict[int, float]:
+async def partition_watermarks(client: RedisClient, prefix: str) -> dict[int, float]:
     """Each partition's stored watermark (seconds since the epoch); empty before any sweep."""
     rows = await client.zrange(keys.event_time_key(prefix), 0, -1, withscores=True)
     return {int(row[0]): float(row[1]) for row in rows}
 
 
-async def current_event_time(client: aioredis.Redis, prefix: str) -> float | None:
+async def current_event_time(client: RedisClient, prefix: str) -> float | None:
     """The deployment's event time: the largest stored watermark, None before any sweep."""
     top = await client.zrange(keys.event_time_key(prefix), -1, -1, withscores=True)
     return float(top[0][1]) if top else None

@@ -54,10 +54,22 @@ def schedule_key(prefix: str, schedule: str) -> str:
 
 
 def model_key(prefix: str, name: str) -> str:
-    """Key of a signed model snapshot (``current``, ``trainer`` or a version number)."""
-    return f"{prefix}:model:{name}"
+    """Key of a signed model snapshot (``current``, ``trainer`` or a version number).
+
+    Every model key shares the ``{model}`` hash tag: one slot, so the store's
+    transactions and fenced scripts also run on Redis Cluster.
+    """
+    return f"{prefix}:{{model}}:{name}"
 
 
 def deployment_key(prefix: str) -> str:
     """Key of the deployment marker: which Redis this deployment's state lives in."""
     return f"{prefix}:deployment"
+
+
+def deployment_copy_key(prefix: str, tag: str) -> str:
+    """A copy of the deployment marker in the slot of hash tag ``tag`` (Redis Cluster).
+
+    A script may only read keys of the slot it writes; each slot holds its own copy.
+    """
+    return f"{prefix}:deployment:{{{tag}}}"

@@ -14,10 +14,9 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from streamproc.adapters import keys
-from streamproc.adapters.deployment import DeploymentMarker, guard_args, guarded
+from streamproc.adapters.cluster import RedisClient
+from streamproc.adapters.deployment import DeploymentMarker, guard, guarded
 from streamproc.core.modelset import ModelBundle, SnapshotRejected, Trainer, sign, verify_and_load
 
 log = logging.getLogger(__name__)
@@ -81,9 +80,9 @@ class PublishedBundle:
 
 
 class ModelStore:
-    """Reads and writes signed snapshots under ``<prefix>:model:*``."""
+    """Reads and writes signed snapshots under ``<prefix>:{model}:*`` (one cluster slot)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, key: bytes,
+    def __init__(self, client: RedisClient, prefix: str, key: bytes,
                  marker: DeploymentMarker | None = None) -> None:
         self.client = client
         self.prefix = prefix
@@ -106,7 +105,8 @@ class ModelStore:
         if self.marker is None:
             raw = await self.client.get(self._k("current"))
         else:
-            raw, mark = await self.client.mget([self._k("current"), self.marker.key])
+            current = self._k("current")
+            raw, mark = await self.client.mget([current, self.marker.key_for(current)])
             self.marker.check(mark)
         return int(raw) if raw else 0
 
@@ -126,7 +126,8 @@ class ModelStore:
         once the next owner has claimed, those stores are refused, so they can neither
         overwrite the newer state nor move ``current`` back.
         """
-        await self._claim(keys=[self._k(OWNER)], args=[owner, *guard_args(self.marker)])
+        marker_keys, marker_args = guard(self.marker, self._k(OWNER))
+        await self._claim(keys=[self._k(OWNER), *marker_keys], args=[owner, *marker_args])
 
     async def store(self, version: int, items: Mapping[str, bytes | str | int],
                     owner: str) -> bool:
@@ -162,9 +163,9 @@ class ModelStore:
             return True
         sets = {name: value for name, value in writes.items() if value is not None}
         deletes = [name for name, value in writes.items() if value is None]
-        done = await self._fenced_write(keys=[self._k(OWNER), *sets, *deletes],
-                                        args=[owner, len(sets), *sets.values(),
-                                              *guard_args(self.marker)])
+        marker_keys, marker_args = guard(self.marker, self._k(OWNER))
+        done = await self._fenced_write(keys=[self._k(OWNER), *sets, *deletes, *marker_keys],
+                                        args=[owner, len(sets), *sets.values(), *marker_args])
         return bool(done)
 
     async def publish(self, bundle: ModelBundle, trainer: Trainer, published_at: float) -> None:

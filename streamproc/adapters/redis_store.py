@@ -18,9 +18,18 @@ from typing import Any, Final
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from streamproc.adapters import keys
-from streamproc.adapters.deployment import DeploymentMarker, guard_args, guarded
+from streamproc.adapters.cluster import (
+    RedisClient,
+    group_by_slot,
+    is_cluster,
+    mget,
+    partition,
+    run_per_slot,
+)
+from streamproc.adapters.deployment import DeploymentMarker, guard, guarded
 from streamproc.adapters.scoring_codec import decode_state, encode_state, state_token
 from streamproc.core import seen
 from streamproc.core.features import (
@@ -227,8 +236,11 @@ def encode_blob(value: Any) -> bytes:
     return packed
 
 
-def make_client(settings: RedisSettings) -> aioredis.Redis:
-    """An asyncio Redis client from settings (password and TLS included)."""
+def make_client(settings: RedisSettings) -> RedisClient:
+    """An asyncio Redis client from settings (password and TLS included).
+
+    With ``cluster`` on, a Redis Cluster client: the URL names any one node.
+    """
     kwargs: dict[str, Any] = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
     if settings.password is not None:
         kwargs["password"] = settings.password.get_secret_value()
@@ -238,6 +250,8 @@ def make_client(settings: RedisSettings) -> aioredis.Redis:
         kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
         if settings.ssl_ca_certs:
             kwargs["ssl_ca_certs"] = settings.ssl_ca_certs
+    if settings.cluster:
+        return RedisCluster.from_url(settings.url, **kwargs)
     return aioredis.Redis.from_url(settings.url, **kwargs)
 
 
@@ -246,7 +260,7 @@ class RedisProfileStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         features: FeatureConfig,
@@ -254,6 +268,7 @@ class RedisProfileStore:
         marker: DeploymentMarker | None = None,
     ) -> None:
         self.client = client
+        self.cluster = is_cluster(client)
         self.prefix = prefix
         #: Writes go only to a Redis holding this marker (None: unchecked, for tools).
         self.marker = marker
@@ -263,7 +278,7 @@ class RedisProfileStore:
         self._config = encode_for_lua(wire)
 
     @classmethod
-    def from_settings(cls, client: aioredis.Redis, settings: RedisSettings,
+    def from_settings(cls, client: RedisClient, settings: RedisSettings,
                       features: FeatureConfig,
                       marker: DeploymentMarker | None = None) -> RedisProfileStore:
         """A store configured from :class:`RedisSettings`."""
@@ -276,7 +291,8 @@ class RedisProfileStore:
 
         ``now`` (wall clock, whole seconds; default: this machine's) expires cart/order links.
         Raises ``redis.exceptions.ResponseError`` for a stored profile this version cannot
-        read or write, and writes nothing then.
+        read or write, and writes nothing then (on Redis Cluster: nothing in that slot;
+        other slots' calls may have landed, and a retried batch finds their events seen).
         """
         if not events:
             return []
@@ -287,13 +303,22 @@ class RedisProfileStore:
                 (digest(ev.event_id), ev.ts, ev.ops, ev.lane))
         customers = list(groups)
         wall = int(time.time()) if now is None else now
-        argv: list[bytes | int | str] = [self._config, encode_for_lua(list(groups.values())),
-                                         wall, *guard_args(self.marker)]
-        reply = await self._script(
-            keys=[keys.profile_key(self.prefix, c) for c in customers], args=argv
-        )
+        names = [keys.profile_key(self.prefix, c) for c in customers]
+        slots = group_by_slot(names, self.cluster)
+        calls = []
+        for group in slots:
+            marker_keys, marker_args = guard(self.marker, names[group[0]])
+            calls.append(([*(names[i] for i in group), *marker_keys],
+                          [self._config, encode_for_lua([groups[customers[i]] for i in group]),
+                           wall, *marker_args]))
+        replies = await run_per_slot(self.client, self._script, calls)
+        # Customers in the order they first appear in the batch, whatever their slots.
+        rows: list[Any] = [None] * len(customers)
+        for group, reply in zip(slots, replies, strict=True):
+            for i, row in zip(group, reply, strict=True):
+                rows[i] = row
         updates = []
-        for customer_id, (blob, out_blob, flags, dropped) in zip(customers, reply, strict=True):
+        for customer_id, (blob, out_blob, flags, dropped) in zip(customers, rows, strict=True):
             profile = decode_profile(blob or None)
             updates.append(CustomerUpdate(
                 customer_id=customer_id, state=profile,
@@ -309,7 +334,7 @@ class RedisProfileStore:
         """Raw profiles of many customers in one round trip."""
         if not customer_ids:
             return []
-        values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
+        values = await mget(self.client, [keys.profile_key(self.prefix, c) for c in customer_ids])
         out: list[dict[str, Any] | None] = []
         for value in values:
             profile = split_value(value)[0]
@@ -333,9 +358,10 @@ class RedisScoringStore:
     """The :class:`~streamproc.core.store.ScoringStore` on Redis: states in customers' keys,
     schedules in sorted sets (``<prefix>:<schedule>``), written by ``scoring_write.lua``."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl_s: int,
+    def __init__(self, client: RedisClient, *, prefix: str, ttl_s: int,
                  marker: DeploymentMarker | None = None) -> None:
         self.client = client
+        self.cluster = is_cluster(client)
         self.prefix = prefix
         #: Applies to a state written for a customer with no key (its profile expired).
         self.ttl_s = ttl_s
@@ -344,7 +370,7 @@ class RedisScoringStore:
         self._write = client.register_script(guarded(_SCORING_WRITE))
 
     @classmethod
-    def from_settings(cls, client: aioredis.Redis, settings: RedisSettings,
+    def from_settings(cls, client: RedisClient, settings: RedisSettings,
                       marker: DeploymentMarker | None = None) -> RedisScoringStore:
         """A store configured from :class:`RedisSettings`."""
         return cls(client, prefix=settings.key_prefix, ttl_s=settings.profile_ttl_s,
@@ -358,7 +384,7 @@ class RedisScoringStore:
         """Profiles and scoring states of customers, in order, in one round trip."""
         if not customer_ids:
             return []
-        values = await self.client.mget([keys.profile_key(self.prefix, c) for c in customer_ids])
+        values = await mget(self.client, [keys.profile_key(self.prefix, c) for c in customer_ids])
         out = []
         for cid, value in zip(customer_ids, values, strict=True):
             profile, state = split_value(value)
@@ -366,25 +392,73 @@ class RedisScoringStore:
         return out
 
     async def write(self, writes: Sequence[StateWrite]) -> list[str]:
-        """Apply every write whose token still names the stored state, in one command.
+        """Apply every write whose token still names the stored state.
 
-        Returns the customers whose write was refused. Like ``apply_batch``, the call names
-        every key it touches; on Redis Cluster the keys of one call must share a slot.
+        Returns the customers whose write was refused. On a single instance one script
+        call writes states and schedule entries atomically. On Redis Cluster the keys of
+        one call must share a slot: one call per slot writes the states, then the
+        schedule entries of the writes that were not refused follow (``_schedule``).
         """
         if not writes:
             return []
-        sets = sorted({name for w in writes for name in w.schedules})
+        if not self.cluster:
+            return await self._write_slot(writes, with_schedules=True)
+        groups = partition(writes, lambda w: keys.profile_key(self.prefix, w.customer_id), True)
+        calls = [self._call(group, with_schedules=False) for group in groups]
+        replies = await run_per_slot(self.client, self._write, calls)
+        refused = {group[int(i) - 1].customer_id
+                   for group, reply in zip(groups, replies, strict=True) for i in reply}
+        await self._schedule([w for w in writes if w.customer_id not in refused])
+        return [w.customer_id for w in writes if w.customer_id in refused]
+
+    async def _write_slot(self, writes: Sequence[StateWrite], *,
+                          with_schedules: bool) -> list[str]:
+        names, args = self._call(writes, with_schedules=with_schedules)
+        refused = await self._write(keys=names, args=args)
+        return [writes[int(i) - 1].customer_id for i in refused]
+
+    def _call(self, writes: Sequence[StateWrite], *,
+              with_schedules: bool) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of one ``scoring_write.lua`` call (schedules left out if not
+        ``with_schedules``)."""
+        sets = sorted({name for w in writes for name in w.schedules}) if with_schedules else []
         index = {name: i + 1 for i, name in enumerate(sets)}
         plan = [[w.token, w.customer_id,
                  [[index[name], False if due is None else due]
-                  for name, due in w.schedules.items()]] for w in writes]
+                  for name, due in w.schedules.items()] if with_schedules else []]
+                for w in writes]
         blobs = [b"" if w.state is None else encode_state(w.state) for w in writes]
-        refused = await self._write(
-            keys=[*(keys.profile_key(self.prefix, w.customer_id) for w in writes),
-                  *(self.schedule_key(name) for name in sets)],
-            args=[self.ttl_s, len(writes), *blobs, encode_for_lua(plan),
-                  *guard_args(self.marker)])
-        return [writes[int(i) - 1].customer_id for i in refused]
+        names = [*(keys.profile_key(self.prefix, w.customer_id) for w in writes),
+                 *(self.schedule_key(name) for name in sets)]
+        marker_keys, marker_args = guard(self.marker, names[0])
+        return [*names, *marker_keys], [self.ttl_s, len(writes), *blobs, encode_for_lua(plan),
+                                        *marker_args]
+
+    async def _schedule(self, writes: Sequence[StateWrite]) -> None:
+        """The schedule entries of applied writes, one ZADD/ZREM per set, one pipeline.
+
+        Not atomic with the states (on a cluster a schedule set lives in its own slot):
+        a crash between the two leaves entries out, and the batch, redelivered because
+        its offsets were not committed, writes them again (its retried state write is no
+        conflict). Entries are unguarded by the marker: a schedule only says when to
+        look at a customer, and a look at a customer with no profile finds nothing.
+        """
+        adds: dict[str, dict[str, float]] = {}
+        gone: dict[str, list[str]] = {}
+        for w in writes:
+            for name, due in w.schedules.items():
+                if due is None:
+                    gone.setdefault(name, []).append(w.customer_id)
+                else:
+                    adds.setdefault(name, {})[w.customer_id] = due
+        if not adds and not gone:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name, mapping in adds.items():
+            pipe.zadd(self.schedule_key(name), mapping)
+        for name, members in gone.items():
+            pipe.zrem(self.schedule_key(name), *members)
+        await pipe.execute()
 
     async def due(self, schedule: str, upto: float, limit: int) -> list[str]:
         """Up to ``limit`` customers of ``schedule`` due at or before ``upto``, oldest first."""

@@ -124,13 +124,22 @@ def start_tansu(port: int | None = None, *, timeout: float = 30.0) -> Service:
 
 
 def start_redis(port: int | None = None, *, password: str | None = None,
-                timeout: float = 15.0, appendonly: bool = False) -> Service:
-    """Start a private redis-server on 127.0.0.1 with its own working directory."""
+                timeout: float = 15.0, appendonly: bool = False,
+                cluster: bool = False) -> Service:
+    """Start a private redis-server on 127.0.0.1 with its own working directory.
+
+    ``cluster`` starts it as an empty Redis Cluster node (see :func:`start_redis_cluster`).
+    """
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="streamproc-redis-"))
     args = [str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "yes" if appendonly else "no",
             "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"]
+    if cluster:
+        args += ["--cluster-enabled", "yes", "--cluster-config-file",
+                 str(workdir / "nodes.conf"), "--cluster-node-timeout", "2000",
+                 # Its own free bus port: the default, port + 10000, may be taken or > 65535.
+                 "--cluster-port", str(free_port())]
     if password:
         args += ["--requirepass", password]
     proc = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
@@ -143,6 +152,59 @@ def start_redis(port: int | None = None, *, password: str | None = None,
         service.stop()
         raise
     return service
+
+
+@dataclass
+class RedisCluster:
+    """A running Redis Cluster: its master nodes, every slot assigned."""
+
+    nodes: list[Service]
+
+    @property
+    def url(self) -> str:
+        """A ``redis://`` URL of one node: the cluster client discovers the others."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+
+
+def start_redis_cluster(masters: int = 3, *, timeout: float = 30.0) -> RedisCluster:
+    """Start ``masters`` cluster nodes on free ports and join them into one cluster.
+
+    Waits until every node reports ``cluster_state:ok``.
+    """
+    nodes: list[Service] = []
+    try:
+        for _ in range(masters):
+            nodes.append(start_redis(cluster=True, timeout=timeout))
+        cli = _redis_cli()
+        subprocess.run(  # noqa: S603 - fixed binary, no shell
+            [cli, "--cluster", "create",
+             *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            while b"cluster_state:ok" not in subprocess.run(  # noqa: S603
+                    [cli, "-p", str(node.port), "cluster", "info"],
+                    capture_output=True, timeout=timeout).stdout:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"redis cluster node {node.port} never became ok")
+                time.sleep(0.1)
+    except (ServiceError, subprocess.SubprocessError, OSError) as exc:
+        for node in nodes:
+            node.stop()
+        raise ServiceError(f"cannot start a redis cluster: {exc}") from exc
+    return RedisCluster(nodes)
+
+
+def _redis_cli() -> str:
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise ServiceError("redis-cli not found: apt-get install redis-tools")
+    return found
 
 
 def spawn_worker(env: dict[str, str], *, log_path: Path | None = None) -> subprocess.Popen[bytes]:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from streamproc.adapters import keys
+from streamproc.adapters.cluster import RedisClient, mget
 from streamproc.adapters.redis_store import (
     VALUE_TAG,
     PreparedEvent,
@@ -61,7 +62,7 @@ from tests.unit.test_features import (
 pytestmark = pytest.mark.integration
 
 
-def _store(client: aioredis.Redis, config: FeatureConfig, ttl_s: int = 0) -> RedisProfileStore:
+def _store(client: RedisClient, config: FeatureConfig, ttl_s: int = 0) -> RedisProfileStore:
     prefix = "conf-" + uuid.uuid4().hex[:12]
     return RedisProfileStore(client, prefix=prefix, features=config, profile_ttl_s=ttl_s)
 
@@ -146,7 +147,7 @@ async def assert_stored_by_lua_as_by_python(store: RedisProfileStore,
                                             states: dict[str, dict[str, Any]]) -> None:
     """Every customer of ``states`` is stored as an array, as ``encode_profile`` encodes it."""
     customers = sorted(states)
-    values = await store.client.mget([keys.profile_key(store.prefix, c) for c in customers])
+    values = await mget(store.client, [keys.profile_key(store.prefix, c) for c in customers])
     for cid, value in zip(customers, values, strict=True):
         profile = split_value(value)[0]
         assert profile is not None, cid
@@ -264,7 +265,8 @@ async def test_150_cart_then_order_sessions_with_the_purchases_ahead(
         assert (dropped > 0) == (stream is not paced)
 
 
-async def test_lua_matches_the_python_twin_on_generator_traffic(redis_server: Service) -> None:
+async def test_lua_matches_the_python_twin_on_generator_traffic(any_redis: RedisClient) -> None:
+    """On a single instance (one call per batch) and on Redis Cluster (one per slot)."""
     events = generator_events(customers=30, days=60, seed=7)
     assert len(events) > 1000
     rng = random.Random(11)
@@ -279,17 +281,14 @@ async def test_lua_matches_the_python_twin_on_generator_traffic(redis_server: Se
         noisy[start:start + 20] = window
     sizes = [rng.randint(1, 300) for _ in range(40)]
     config = FeatureConfig()
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        store = _store(client, config)
-        twin = await _conform(store, noisy, sizes, config)
-        assert len(twin.states) >= 25
-        usage = sorted([await store.memory_usage(cid) for cid in twin.states])
-        # Heavy customers also hold the cart sessions no order has settled yet (17 B each).
-        assert usage[len(usage) // 2] < 1024, usage
-        assert usage[-1] < 1280, usage
-    finally:
-        await client.aclose()
+    store = _store(any_redis, config)
+    twin = await _conform(store, noisy, sizes, config)
+    assert len(twin.states) >= 25
+    assert sorted([c async for c in store.customers()]) == sorted(twin.states)
+    usage = sorted([await store.memory_usage(cid) for cid in twin.states])
+    # Heavy customers also hold the cart sessions no order has settled yet (17 B each).
+    assert usage[len(usage) // 2] < 1024, usage
+    assert usage[-1] < 1280, usage
 
 
 async def _evalsha_calls(client: aioredis.Redis) -> int:

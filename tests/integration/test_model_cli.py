@@ -13,14 +13,22 @@ from streamproc.adapters.redis_store import make_client
 from streamproc.cli import main
 from streamproc.core.features import MODEL_FEATURES
 from streamproc.core.modelset import Trainer
+from streamproc.runtime.embedded import RedisCluster
 from streamproc.settings import to_env
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("deployment", ["single", "cluster"])
 def test_status_rollback_and_reset(make_settings: Any, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
-    settings = make_settings()
+                                   capsys: pytest.CaptureFixture[str], deployment: str,
+                                   request: pytest.FixtureRequest) -> None:
+    """Against one redis-server, then a Redis Cluster (model keys share the {model} slot)."""
+    if deployment == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        settings = make_settings(redis={"url": cluster.url, "cluster": True})
+    else:
+        settings = make_settings()
     for name, value in to_env(settings).items():
         monkeypatch.setenv(name, value)
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from streamproc.adapters.redis_store import RedisProfileStore, make_client
 from streamproc.core.events import REJECT_REASONS
 from streamproc.core.features import FeatureConfig, ProfileView
 from streamproc.core.generator import TrafficGenerator, batch_envelopes, inject_faults
-from streamproc.runtime.embedded import spawn_worker
+from streamproc.runtime.embedded import RedisCluster, spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
 from tests.integration.kafka_io import consume_all, produce, wait_until
@@ -74,8 +73,15 @@ async def _profiles(settings: Settings) -> dict[str, dict]:
     return out
 
 
-async def test_worker_profiles_match_reference(make_settings, worker_factory) -> None:
-    settings = make_settings()
+@pytest.mark.parametrize("deployment", ["single", "cluster"])
+async def test_worker_profiles_match_reference(make_settings, worker_factory, deployment: str,
+                                               request: pytest.FixtureRequest) -> None:
+    """Against one redis-server, then a three-master Redis Cluster: the same assertions."""
+    if deployment == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        settings = make_settings(redis={"url": cluster.url, "cluster": True})
+    else:
+        settings = make_settings()
     await ensure_topics(settings)
     records, valid, invalid = _stream(customers=200, seed=7)
     garbage = [(settings.topics.clickstream, "c-garbage", b"\xff\xfe not json"),
@@ -90,12 +96,10 @@ async def test_worker_profiles_match_reference(make_settings, worker_factory) ->
     assert len(reference) >= 150
 
     async def all_there() -> bool:
-        r = aioredis.Redis.from_url(settings.redis.url)
+        r = make_client(settings.redis)
         try:
-            n = 0
-            async for _ in r.scan_iter(match=f"{settings.redis.key_prefix}:{{*}}:p", count=1000):
-                n += 1
-            return n >= len(reference)
+            store = RedisProfileStore.from_settings(r, settings.redis, FeatureConfig())
+            return len([c async for c in store.customers()]) >= len(reference)
         finally:
             await r.aclose()
 

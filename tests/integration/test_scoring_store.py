@@ -25,6 +25,7 @@ from streamproc.core.labels import Snapshot
 from streamproc.core.policies import AlertState, SegmentState
 from streamproc.core.step import ScoringState
 from streamproc.core.store import InMemoryStore, ScoringStore, StateWrite, stored_precision
+from tests.conftest import client_of
 from tests.integration.test_feature_store import WALL, _view
 
 pytestmark = pytest.mark.integration
@@ -50,17 +51,18 @@ class Harness:
         return update.state
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def harness(request: pytest.FixtureRequest,
-                  redis_client: aioredis.Redis) -> AsyncIterator[Harness]:
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         twin = InMemoryStore(InMemoryProfiles.empty(clock=lambda: WALL))
         yield Harness(twin, twin.profiles)
         return
+    client = client_of(request, "single" if request.param == "redis" else "cluster")
     prefix = "ss-" + uuid.uuid4().hex[:10]
-    yield Harness(RedisScoringStore(redis_client, prefix=prefix, ttl_s=600),
-                  RedisProfileStore(redis_client, prefix=prefix, features=FeatureConfig(),
+    yield Harness(RedisScoringStore(client, prefix=prefix, ttl_s=600),
+                  RedisProfileStore(client, prefix=prefix, features=FeatureConfig(),
                                     profile_ttl_s=600))
+    await client.aclose()
 
 
 def _state(la: float, cid: str = "c-1", *, pending: int = 1) -> ScoringState:

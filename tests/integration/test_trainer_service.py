@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streamproc.adapters import keys
+from streamproc.adapters.cluster import RedisClient
 from streamproc.adapters.model_store import ModelStore, TrainerPosition
 from streamproc.core.features import MODEL_FEATURES
 from streamproc.core.modelset import Trainer
@@ -47,9 +48,10 @@ class _Clock:
 
 
 @pytest.fixture
-def store(redis_client: aioredis.Redis) -> ModelStore:
-    """A model store under a fresh key prefix on the session's Redis."""
-    return ModelStore(redis_client, "tr-" + uuid.uuid4().hex[:8], KEY)
+def store(any_redis: RedisClient) -> ModelStore:
+    """A model store under a fresh key prefix on the session's Redis, then its Redis
+    Cluster (every model key in the ``{model}`` slot: the same transactions work)."""
+    return ModelStore(any_redis, "tr-" + uuid.uuid4().hex[:8], KEY)
 
 
 async def _owner(store: ModelStore, settings: ModelSettings = EVERY_250,
