@@ -41,6 +41,10 @@ class CustomerReport:
     churn_probability: float | None = None
     churn_model_ready: bool = False
     reasons: list[dict[str, Any]] = field(default_factory=list)
+    #: Spend expected over the next ``horizon_days``, in the currency of the orders.
+    expected_value: float | None = None
+    #: The churn horizon in use (churn = no qualifying event within it).
+    horizon_days: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -56,6 +60,8 @@ class CustomerReport:
             "churn_probability": self.churn_probability,
             "churn_model_ready": self.churn_model_ready,
             "reasons": self.reasons,
+            "expected_value": self.expected_value,
+            "horizon_days": self.horizon_days,
             "profile": self.profile,
         }
 
@@ -166,6 +172,7 @@ class AnalyticsReader:
                     segment_profile=score.segment_profile, rfm_tier=score.rfm_tier,
                     churn_probability=score.churn_probability,
                     churn_model_ready=bundle.churn_ready,
+                    expected_value=score.expected_value, horizon_days=score.horizon_days,
                     reasons=[{"feature": f, "contribution": c, "text": t}
                              for f, c, t in score.reasons])
             reports.append(CustomerReport(**base))

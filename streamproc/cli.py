@@ -173,11 +173,24 @@ def _model(args: argparse.Namespace) -> int:
     elif status["version"] is None:
         print("no model version published yet")
     else:
-        q = status["quality"]
         print(f"model v{status['version']}: churn ready={status['churn_ready']} "
-              f"labels={status['labels_seen']} roc_auc={q.get('roc_auc', float('nan')):.3f} "
+              f"horizon={status['horizon_days']:g} days "
+              f"(typical gap {status['typical_gap_days']:.0f} days) "
+              f"labels={status['labels_seen']} {_quality_line(status['quality'])} "
               f"segments={', '.join(status['segments'].values())}")
     return 0
+
+
+def _quality_line(q: dict[str, float]) -> str:
+    """The churn model's quality beside the base rate it is read against."""
+    if "base_rate" not in q:
+        return "quality: no labels yet"
+    parts = [f"base_rate={q['base_rate']:.3f}"]
+    parts += [f"{k}={q[k]:.3f}" for k in ("roc_auc", "log_loss", "brier",
+                                          "predicted_positive_rate") if k in q]
+    if "roc_auc" not in q:
+        parts.append("(one class so far: no ROC AUC, log loss or Brier)")
+    return " ".join(parts)
 
 
 def _deployment(args: argparse.Namespace) -> int:

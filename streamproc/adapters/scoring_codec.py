@@ -1,9 +1,10 @@
 """How a customer's scoring state is stored: msgpack after the profile, in the customer's key.
 
 The state is a msgpack map: ``seg`` [segment id, since], ``al`` [last alert at, last
-probability], ``pend`` [[scored at, model version, features], ...], ``fs`` the feature set
-of those features, ``la`` last activity, ``ls`` last snapshot, ``own`` the partition whose
-idle-check schedule holds the customer, ``spr`` true once its events came on more than
+probability], ``pend`` [[scored at, model version, features, horizon s, came back, spend
+after], ...], ``fs`` the feature set
+of those features, ``la`` last activity, ``ls`` last census check, ``own`` the partition whose
+census schedule holds the customer, ``spr`` true once its events came on more than
 one partition. Pending features are packed as bfloat16 in ``MODEL_FEATURES`` order, 2
 bytes each; snapshots of another feature set are dropped on reading (and counted), as
 their values cannot be matched to the running features.
@@ -41,8 +42,8 @@ def encode_state(state: ScoringState) -> bytes:
     out: dict[str, Any] = {}
     if state.pending:
         out["fs"] = feature_set()
-        out["pend"] = [[s.scored_at, s.model_version, pack_features(s.features)]
-                       for s in state.pending]
+        out["pend"] = [[s.scored_at, s.model_version, pack_features(s.features), s.horizon_s,
+                        s.came_back, s.spend_after] for s in state.pending]
     if state.segment is not None:
         out["seg"] = [state.segment.segment_id, state.segment.since]
     if state.alert is not None:
@@ -73,8 +74,9 @@ def decode_state(customer_id: str, blob: bytes | None) -> tuple[ScoringState | N
     return ScoringState(
         segment=SegmentState(int(seg[0]), float(seg[1])) if seg else None,
         alert=AlertState(None if al[0] is None else float(al[0]), float(al[1])) if al else None,
-        pending=tuple(Snapshot(customer_id, float(t), unpack_features(f), int(v))
-                      for t, v, f in pend),
+        pending=tuple(Snapshot(customer_id, float(t), unpack_features(f), int(v), float(h),
+                               bool(back), float(spend))
+                      for t, v, f, h, back, spend in pend),
         last_activity=raw.get("la"),
         last_snapshot=raw.get("ls"),
         owner=raw.get("own"),

@@ -28,6 +28,7 @@ async def model_status(settings: Settings) -> dict[str, Any]:
         b = loaded.bundle
         return {"version": version, "published_at": loaded.published_at,
                 "churn_ready": b.churn_ready, "labels_seen": b.labels_seen,
+                "horizon_days": b.horizon_days, "typical_gap_days": b.typical_gap_days,
                 "quality": b.quality,
                 "segments": {sid: seg.name for sid, seg in sorted(b.segments.items())}}
     finally:

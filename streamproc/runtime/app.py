@@ -26,8 +26,8 @@ from streamproc.core.eventclock import (
     PartitionClock,
     partition_clock,
 )
-from streamproc.core.features import DAY
 from streamproc.core.outputs import MAX_RECORD_BYTES
+from streamproc.core.step import MAX_BATCH_SPAN_S
 from streamproc.metrics import Metrics, create_metrics
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
 from streamproc.runtime.inflight import InFlight
@@ -158,7 +158,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     model_store = ModelStore(client, settings.redis.key_prefix,
                              settings.models.signing_key.get_secret_value().encode(),
                              guard.marker)
-    models = ModelHolder(model_store, metrics, time.time)
+    models = ModelHolder(model_store, metrics, time.time, settings.models.churn_definition)
     # An accepted Redis holds none of the models in hand (the trainer finds its claim gone
     # at its next store and starts over by itself).
     guard.on_replaced = models.forget
@@ -176,7 +176,6 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                        key_serializer="raw", value_serializer="raw")
     ingest = settings.ingest
     catch_up = ingest.catchup_max_wait_s > 0
-    snapshot_gap_s = settings.models.min_snapshot_gap_days * DAY
 
     @app.agent(inputs, name="ingest")
     async def ingest_agent(stream: Any) -> None:
@@ -224,7 +223,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
                                                 max_messages=ingest.batch_max_messages,
                                                 max_events=ingest.batch_max_events,
                                                 max_wait_s=ingest.catchup_max_wait_s,
-                                                max_span_s=snapshot_gap_s):
+                                                max_span_s=MAX_BATCH_SPAN_S):
                     continue
                 await dispatch(held, held_events)
                 held, held_events = None, []
