@@ -87,6 +87,12 @@ class ScoringState:
     last_activity: float | None = None
     #: Event time of the last census check (or of the first scoring: the schedule's phase).
     last_snapshot: float | None = None
+    #: The snapshot the next census check takes unless activity comes before it, frozen
+    #: when the customer was last stepped (see :func:`_census`).
+    ahead: Snapshot | None = None
+    #: (event time, order total) of qualifying activity after the last census check: a
+    #: check that fires after that activity was stepped still learns that it came back.
+    recent: tuple[tuple[float, float], ...] = ()
     #: Partition whose census schedule holds the customer (set by the worker).
     owner: int | None = None
     #: The customer's events arrived on more than one partition (counted once).
@@ -175,41 +181,71 @@ def _point(plan: _Plan, view: _features.ProfileView, feats: dict[str, float]) ->
     plan.points.append(_Point(view.as_of, feats, round(view.net_spend, 2), view.currency))
 
 
+def _census_snapshot(view: _features.ProfileView, bundle: ModelBundle | None,
+                     config: StepConfig) -> Snapshot:
+    horizon = config.horizon_s(bundle)
+    return Snapshot(view.customer_id, view.as_of, _features_of(view, bundle, horizon),
+                    bundle.version if bundle is not None else 0, horizon)
+
+
 def _census(plan: _Plan, view: _features.ProfileView, bundle: ModelBundle | None,
             config: StepConfig) -> None:
     """One census check at ``view.as_of``: a snapshot under the horizon in use, scored.
 
-    The profile is read after whatever its batch applied: a customer active after the
-    check's time would be seen with that future activity in its features, so the check
-    is passed over (counted, no snapshot) rather than leak it.
+    The profile is read after whatever its batch applied, and the watermark that lets a
+    check fire may lag the applied events: a customer active after the check's time
+    would be seen with that future activity. Then the snapshot frozen ahead of time
+    (:func:`_freeze_ahead`, from the profile before that activity) is taken instead;
+    without one the check is passed over. Passing over them is not neutral: the
+    customers active right after a check are the ones who stayed.
     """
     st = plan.state
     at = view.as_of
     plan.idle_checks += 1
-    plan.state = replace(st, last_snapshot=at)
-    if float(view.raw.get("lq", -math.inf)) > at:
+    plan.state = replace(st, last_snapshot=at, ahead=None,
+                         recent=tuple(r for r in st.recent if r[0] > at))
+    if float(view.raw.get("lq", -math.inf)) <= at:
+        snap = _census_snapshot(view, bundle, config)
+    elif st.ahead is not None and st.ahead.scored_at == at:
+        snap = st.ahead
+    else:
         return
-    horizon = config.horizon_s(bundle)
-    feats = _features_of(view, bundle, horizon)
-    version = bundle.version if bundle is not None else 0
-    pending, dropped = add_snapshot(
-        st.pending, Snapshot(view.customer_id, at, feats, version, horizon),
-        max_pending=config.max_pending)
+    marked: tuple[Snapshot, ...] = (snap,)
+    for t, amount in plan.state.recent:
+        marked = on_activity(marked, t, amount)
+    snap = marked[0]
+    pending, dropped = add_snapshot(st.pending, snap, max_pending=config.max_pending)
     plan.dropped += dropped
-    plan.examples.append(ProfileExample(view.customer_id, at, feats))
+    plan.examples.append(ProfileExample(view.customer_id, at, snap.features))
     plan.state = replace(plan.state, pending=pending)
-    _point(plan, view, feats)
+    plan.points.append(_Point(at, snap.features, round(view.net_spend, 2), view.currency))
+
+
+def _freeze_ahead(plan: _Plan, cid: str, profile: Mapping[str, Any],
+                  bundle: ModelBundle | None, config: StepConfig) -> None:
+    """Freeze the next census check's snapshot from the profile as it is now, while no
+    activity after that check can be in it."""
+    st = plan.state
+    if st.last_snapshot is None:
+        return
+    due = st.last_snapshot + config.check_interval_s
+    if float(profile.get("lq", -math.inf)) <= due:  # else the one frozen earlier stands
+        view = _features.ProfileView(cid, due, profile)
+        plan.state = replace(st, ahead=_census_snapshot(view, bundle, config))
 
 
 def _on_activity(plan: _Plan, cid: str, activity: tuple[tuple[float, float], ...]) -> None:
     st = plan.state
-    pending, last = st.pending, st.last_activity
+    pending, last, recent = st.pending, st.last_activity, list(st.recent)
+    since = st.last_snapshot if st.last_snapshot is not None else -math.inf
     for t, amount in activity:
         pending = on_activity(pending, t, amount)
+        if t > since:
+            recent.append((t, amount))
         if last is not None and t - last >= _features.DAY:
             plan.examples.append(GapExample(cid, t, (t - last) / _features.DAY))
         last = t if last is None else max(last, t)
-    plan.state = replace(st, pending=pending, last_activity=last)
+    plan.state = replace(st, pending=pending, last_activity=last, recent=tuple(recent))
 
 
 def _plan(state: ScoringState | None, inp: StepInput, bundle: ModelBundle | None,
@@ -233,6 +269,8 @@ def _plan(state: ScoringState | None, inp: StepInput, bundle: ModelBundle | None
     pending, labelled = on_watermark(plan.state.pending, inp.watermark)
     plan.examples += labelled
     plan.state = replace(plan.state, pending=pending)
+    if profile is not None:
+        _freeze_ahead(plan, cid, profile, bundle, config)
     return plan
 
 

@@ -26,7 +26,8 @@ def snap(t: float, cid: str = "c1", horizon: float = H) -> Snapshot:
 def test_activity_inside_the_horizon_marks_the_snapshot_and_labels_nothing() -> None:
     pending = on_activity((snap(100.0),), 100.0 + DAY, 42.5)
     [s] = pending
-    assert s.came_back and s.spend_after == 42.5
+    assert s.came_back
+    assert s.spend_after == 42.5
     pending = on_activity(pending, 100.0 + 2 * DAY, 10.0)
     assert pending[0].spend_after == 52.5
 
@@ -34,7 +35,8 @@ def test_activity_inside_the_horizon_marks_the_snapshot_and_labels_nothing() -> 
 def test_the_label_is_known_at_the_horizon_end_only() -> None:
     pending = on_activity((snap(0.0), snap(2 * DAY)), DAY, 5.0)
     left, out = on_watermark(pending, H - 1.0)
-    assert left == pending and out == []
+    assert left == pending
+    assert out == []
     left, out = on_watermark(pending, H)
     assert [(e.label, e.labelled_at, e.snapshot.spend_after) for e in out] == [(0, H, 5.0)]
     assert [s.scored_at for s in left] == [2 * DAY]

@@ -189,5 +189,6 @@ def test_reasons_state_amounts_in_the_customers_order_currency() -> None:
     views = [view(rng, i, T0 + 10 * DAY) for i in range(200)]
     gbp = [ProfileView(v.customer_id, v.as_of, {**v.raw, "cur": "GBP"}) for v in views]
     texts = [t for s in bundle.score_many(gbp) for f, _, t in s.reasons if f == "log_aov"]
-    assert texts and all(t.endswith(" GBP") for t in texts)
+    assert texts
+    assert all(t.endswith(" GBP") for t in texts)
     assert all("EUR" not in t for s in bundle.score_many(views) for _, _, t in s.reasons)

@@ -59,7 +59,9 @@ def test_encoded_state_round_trips() -> None:
         pending=(Snapshot("c-1", 1.0e9, _features(), 4, 30 * DAY),
                  Snapshot("c-1", 1.1e9, _features(), 5, 132 * DAY, came_back=True,
                           spend_after=42.25)),
-        last_activity=1.1e9, last_snapshot=1.1e9, owner=2, spread=True)
+        last_activity=1.1e9, last_snapshot=1.1e9, owner=2, spread=True,
+        ahead=Snapshot("c-1", 1.2e9, _features(), 5, 132 * DAY),
+        recent=((1.15e9, 12.5), (1.16e9, 0.0)))
     assert decode_state("c-1", encode_state(state)) == (state, 0)
     assert decode_state("c-1", encode_state(ScoringState())) == (ScoringState(), 0)
     assert decode_state("c-1", None) == (None, 0)

@@ -138,14 +138,26 @@ def test_a_comeback_is_learned_as_stayed_at_the_horizon_end_with_its_spend() -> 
     assert (ex.label, ex.labelled_at, ex.snapshot.spend_after) == (0, T0 + 7 * DAY + H, 25.0)
 
 
-def test_a_check_the_profile_has_moved_past_is_passed_over() -> None:
-    st, _ = step(None, StepInput("c", profile(0), act(0), score_at=T0), None, CONFIG)
-    # The check of day 7 fires only once activity of day 8 is already in the profile.
+def test_a_check_the_profile_has_moved_past_takes_the_snapshot_frozen_ahead() -> None:
+    p0 = profile(0)
+    st, _ = step(None, StepInput("c", p0, act(0), score_at=T0), None, CONFIG)
+    assert st.ahead is not None
+    assert st.ahead.scored_at == T0 + 7 * DAY
+    # The check of day 7 fires only once activity of day 8 is already in the profile:
+    # it takes what was frozen before, not a profile that knows the future.
     p1 = profile(0, 8)
     st, out = step(st, StepInput("c", p1, act(8), watermark=T0 + 9 * DAY), None, CONFIG)
     assert out.idle_checks == 1
-    assert snapshots(out) == [] and st.pending == ()
-    assert st.last_snapshot == T0 + 7 * DAY
+    [snap] = snapshots(out)
+    assert snap.features == features("c", T0 + 7 * DAY, p0)
+    assert snap.features != features("c", T0 + 7 * DAY, p1)
+    [pending] = st.pending
+    assert pending.came_back  # day 8 falls in its horizon
+    # Without a frozen snapshot the check is passed over rather than leak.
+    bare = replace(st, last_snapshot=T0 + 7 * DAY, ahead=None, pending=())
+    p2 = profile(0, 8, 15)
+    st, out = step(bare, StepInput("c", p2, act(15), watermark=T0 + 16 * DAY), None, CONFIG)
+    assert (out.idle_checks, snapshots(out), st.pending) == (1, [], ())
 
 
 def test_the_horizon_in_use_is_the_bundles() -> None:
