@@ -141,8 +141,8 @@ class IngestSettings(_Group):
         description=(
             "Longest a batch keeps growing while the input is backlogged; 0 turns catch-up "
             "batching off: every BATCH_WITHIN_S window is a batch. A batch also stops "
-            "growing once its events span MODELS__MIN_SNAPSHOT_GAP_DAYS of event time, so a "
-            "replay of history learns from as many churn snapshots as the live stream did."
+            "growing once its events span one day of event time, so a replay of history "
+            "decides churn census checks as the live stream did."
         ),
     )
     inflight_batches: int = Field(
