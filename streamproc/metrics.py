@@ -57,7 +57,7 @@ class Metrics:
     churn_predicted_positive_rate: Gauge
     churn_precision: Gauge
     churn_recall: Gauge
-    churn_horizon_days: Gauge
+    churn_horizon_seconds: Gauge
     training_examples: Counter
     idle_checks: Counter
     feature_set_mismatches: Counter
@@ -178,8 +178,8 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         churn_recall=Gauge("streamproc_churn_recall",
                            "Recall at the alert threshold on delayed labels.", ["definition"],
                            registry=reg),
-        churn_horizon_days=Gauge("streamproc_churn_horizon_days",
-                                 "The churn horizon in use, days (set, or learned from the "
+        churn_horizon_seconds=Gauge("streamproc_churn_horizon_seconds",
+                                 "The churn horizon in use (set, or learned from the "
                                  "purchase rhythm).", ["definition"], registry=reg),
         training_examples=Counter("streamproc_training_examples_total",
                                   "Examples learned by the trainer, by kind.", ["kind"],

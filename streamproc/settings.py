@@ -268,7 +268,7 @@ class ModelSettings(_Group):
             "rhythm (the 90 % quantile of the gaps between a customer's consecutive "
             "qualifying days over the whole base, never below 30 days; 30 days until 200 "
             "gaps were seen). Set it when the business has its own definition; the horizon "
-            "in use is published (`model status`, streamproc_churn_horizon_days)."
+            "in use is published (`model status`, streamproc_churn_horizon_seconds)."
         ),
     )
     churn_threshold: float = Field(

@@ -122,7 +122,7 @@ class ModelHolder:
         self.metrics.churn_model_ready.set(1 if b.churn_ready else 0)
         m = self.metrics
         definition = self.definition
-        m.churn_horizon_days.labels(definition).set(b.horizon_days)
+        m.churn_horizon_seconds.labels(definition).set(b.horizon_s)
         q = b.quality
         for gauge, name in ((m.churn_roc_auc, "roc_auc"), (m.churn_log_loss, "log_loss"),
                             (m.churn_brier, "brier"), (m.churn_base_rate, "base_rate"),

@@ -82,7 +82,8 @@ def test_alerts_catch_churners_before_horizon_and_spare_loyal(
     replayed: tuple[Replay, TrafficGenerator],
 ) -> None:
     replay, gen = replayed
-    horizon = replay.config.horizon_s
+    assert replay.bundle is not None
+    horizon = replay.bundle.horizon_s  # the horizon in use, learned from the rhythm
     end = gen.end.timestamp()
     truths = gen.truths()
     first_alert: dict[str, float] = {}
