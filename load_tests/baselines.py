@@ -86,12 +86,19 @@ class BgNbd:
     params: dict[str, float]
     p_alive: Array
     summary: CalibrationSummary
+    fitter: Any
 
     def p_no_purchase(self, days: float) -> Array:
         """P(no order in the ``days`` after the cutoff) per customer: a churn probability."""
         s = self.summary
         return p_no_purchase(self.p_alive, self.params["r"], self.params["alpha"], s.frequency,
                              s.age, days)
+
+    def expected_purchases(self, days: float) -> Array:
+        """Expected repeat purchase days in the ``days`` after the cutoff (lifetimes)."""
+        s = self.summary
+        return np.asarray(self.fitter.conditional_expected_number_of_purchases_up_to_time(
+            days, s.frequency, s.recency, s.age), dtype=np.float64)
 
 
 def fit_bgnbd(summary: CalibrationSummary, penalizer: float = 0.0) -> BgNbd:
@@ -101,7 +108,41 @@ def fit_bgnbd(summary: CalibrationSummary, penalizer: float = 0.0) -> BgNbd:
     p_alive = np.asarray(fitter.conditional_probability_alive(
         summary.frequency, summary.recency, summary.age), dtype=np.float64)
     params = {k: float(v) for k, v in fitter.params_.items()}
-    return BgNbd(params, p_alive, summary)
+    return BgNbd(params, p_alive, summary, fitter)
+
+
+def repeat_day_values(population: Sequence[Customer]) -> Array:
+    """Each customer's mean spend per repeat purchase day (0 without one): Gamma-Gamma's
+    monetary value in lifetimes' convention (the first purchase day left out)."""
+    out = []
+    for cust in population:
+        per_day: dict[int, float] = {}
+        for t, usd in cust.calibration:
+            per_day[_day(t)] = per_day.get(_day(t), 0.0) + usd
+        repeat = [v for _, v in sorted(per_day.items())[1:]]
+        out.append(sum(repeat) / len(repeat) if repeat else 0.0)
+    return np.asarray(out, dtype=np.float64)
+
+
+def bgnbd_gamma_gamma_value(bgnbd: BgNbd, population: Sequence[Customer],
+                            days: float) -> Array:
+    """BG/NBD + Gamma-Gamma expected spend over the ``days`` after the cutoff: expected
+    purchases times lifetimes' GammaGammaFitter conditional expected average value.
+
+    Gamma-Gamma is fitted on customers with repeat purchase days and a positive mean
+    value (it needs both); the rest get its population mean through the same formula.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from lifetimes import GammaGammaFitter
+    freq = bgnbd.summary.frequency
+    values = repeat_day_values(population)
+    fit = (freq > 0) & (values > 0)
+    gg = GammaGammaFitter(penalizer_coef=0.0)
+    gg.fit(freq[fit], values[fit])
+    avg = np.asarray(gg.conditional_expected_average_profit(freq, np.where(fit, values, 0.0)),
+                     dtype=np.float64)
+    return bgnbd.expected_purchases(days) * avg
 
 
 def rfm_matrix(summary: CalibrationSummary) -> Array:

@@ -132,7 +132,7 @@ class Customer:
 
     customer_id: str
     calibration: list[tuple[float, float]] = field(default_factory=list)
-    later: list[float] = field(default_factory=list)
+    later: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def value(self) -> float:
@@ -142,7 +142,11 @@ class Customer:
     def orders_between(self, start: float, end: float) -> bool:
         """Whether an order falls in ``(start, end]`` (calibration or later)."""
         return any(start < t <= end for t, _ in self.calibration) or \
-            any(start < t <= end for t in self.later)
+            any(start < t <= end for t, _ in self.later)
+
+    def spend_between(self, start: float, end: float) -> float:
+        """Dollars of the orders in ``(start, end]`` (calibration or later)."""
+        return sum(usd for t, usd in (*self.calibration, *self.later) if start < t <= end)
 
 
 def customers(orders: Iterable[Order], split: Split) -> dict[str, Customer]:
@@ -157,7 +161,7 @@ def customers(orders: Iterable[Order], split: Split) -> dict[str, Customer]:
             later.append(order)
     for order in later:
         if order.customer_id in out:
-            out[order.customer_id].later.append(order.at.timestamp())
+            out[order.customer_id].later.append((order.at.timestamp(), order.usd))
     for cust in out.values():
         cust.calibration.sort()
         cust.later.sort()

@@ -7,6 +7,7 @@ scikit-learn's ``average_precision_score``), calibration bins that never split a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -210,3 +211,31 @@ def cutoff_alerts(ids: Sequence[str], probabilities: Sequence[float], threshold:
         alerts_per_customer=len(flagged) / len(ids) if len(ids) else 0.0,
         precision=sum(right) / len(right) if right else None,
         churned_value_covered=_value_share({ids[i] for i in flagged}, population, churned))
+
+
+def spearman(actual: Sequence[float], predicted: Sequence[float]) -> float | None:
+    """Spearman rank correlation (ties share their mean rank); None if either is constant."""
+    a = average_ranks(np.asarray(actual, dtype=np.float64))
+    p = average_ranks(np.asarray(predicted, dtype=np.float64))
+    if a.shape != p.shape:
+        raise ValueError("actual and predicted must have one length")
+    a, p = a - a.mean(), p - p.mean()
+    denom = math.sqrt(float(a @ a) * float(p @ p))
+    return None if denom == 0 else float(a @ p) / denom
+
+
+def top_share(actual: Sequence[float], predicted: Sequence[float], share: float = 0.1) -> float:
+    """Share of the total of ``actual`` held by the top ``share`` of customers by
+    ``predicted`` (ties broken by position, so equal predictions pick no one by luck)."""
+    a = np.asarray(actual, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64)
+    k = max(1, round(share * len(p)))
+    top = np.lexsort((np.arange(len(p)), -p))[:k]
+    total = float(a.sum())
+    return float(a[top].sum()) / total if total else 0.0
+
+
+def value_figures(actual: Sequence[float], predicted: Sequence[float]) -> dict[str, Any]:
+    """Spearman with the actual spend and the top-10 % revenue share, as JSON."""
+    return {"spearman": spearman(actual, predicted),
+            "top10_share": top_share(actual, predicted)}

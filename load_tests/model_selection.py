@@ -1,14 +1,12 @@
-"""Measure segmentation and churn-model choices on generator traffic.
+"""Measure segmentation choices on generator traffic.
 
 Replays seeded synthetic traffic once through the worker's scoring step on the in-memory
 store (``core/replay.py``, with the settings' defaults: features, snapshots, delayed
 labels, a model version every SNAPSHOT_EVERY_EXAMPLES), records the profile stream the
-trainer learns from and the delayed labels, then runs every candidate over the same streams:
-
-- clusterers: adjusted Rand index vs planted persona (every customer's profile at
-  the end of the period), learn rows/s, pickle size;
-- churn models: progressive validation on delayed labels (predict, then learn):
-  ROC AUC, log loss, learn rows/s, pickle size.
+trainer learns from, then runs every clusterer over it: adjusted Rand index vs planted
+persona (every customer's profile at the end of the period), learn rows/s, pickle size.
+The churn model is chosen on real purchases, not here (``load_tests/churn_study.py``,
+``load_tests/realdata.py``).
 
 Run: ``python load_tests/model_selection.py [--customers 1000] [--days 120] [--seed 7]``
 """
@@ -25,10 +23,8 @@ from typing import Any
 import numpy as np
 from river import preprocessing
 
-from streamproc.core.churn import make_churn_model, roc_auc
 from streamproc.core.features import model_features
 from streamproc.core.generator import TrafficGenerator, batch_envelopes
-from streamproc.core.labels import LabelledExample
 from streamproc.core.modelset import Trainer
 from streamproc.core.replay import Replay
 from streamproc.core.segments import (
@@ -43,7 +39,6 @@ from streamproc.core.training import ProfileExample
 from streamproc.settings import IngestSettings, ModelSettings
 
 CLUSTERERS = ("kmeans", "kmeans-h0.2", "kmeans-h0.01", "streamkmeans", "clustream", "dbstream")
-CHURN_MODELS = ("logreg", "logreg-sgd0.01", "logreg-adam", "hatc", "arf5")
 
 
 def record(customers: int, days: float, seed: int) -> tuple[Replay, TrafficGenerator, float]:
@@ -103,32 +98,6 @@ def eval_clusterer(
     }
 
 
-def eval_churn(kind: str, stream: list[LabelledExample], seed: int) -> dict[str, Any]:
-    """Progressive validation (predict, then learn) of one churn model."""
-    model = make_churn_model(kind, seed)
-    probs: list[float] = []
-    labels: list[int] = []
-    t0 = time.perf_counter()
-    for ex in stream:
-        x = dict(ex.snapshot.features)
-        proba = model.predict_proba_one(x)
-        probs.append(float(proba.get(1, 0.0)))
-        labels.append(ex.label)
-        model.learn_one(x, ex.label)
-    rate = len(stream) / (time.perf_counter() - t0)
-    p = np.clip(np.array(probs), 1e-12, 1 - 1e-12)
-    y = np.array(labels)
-    half = len(y) // 2
-    return {
-        "model": kind,
-        "auc": roc_auc(p, y),
-        "auc_2nd_half": roc_auc(p[half:], y[half:]),
-        "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
-        "rows_s": rate,
-        "kb": len(pickle.dumps(model)) / 1024,
-    }
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     """A plain fixed-width table."""
     cols = list(rows[0])
@@ -171,9 +140,6 @@ def main() -> None:
             ]
         )
     )
-
-    print("\n# churn: progressive validation on delayed labels")
-    print(table([eval_churn(kind, replay.label_stream, args.seed) for kind in CHURN_MODELS]))
 
     bundle = replay.trainer.bundle()
     t0 = time.perf_counter()

@@ -40,9 +40,17 @@ import orjson
 from rich.console import Console
 
 from load_tests import cdnow
-from load_tests.baselines import fit_bgnbd, logistic_cv, rfm_matrix, summarize, versions
+from load_tests.baselines import (
+    bgnbd_gamma_gamma_value,
+    fit_bgnbd,
+    logistic_cv,
+    rfm_matrix,
+    summarize,
+    versions,
+)
 from load_tests.bench import _code_state, parse_overrides
-from load_tests.churn_metrics import cutoff_alerts, evaluate, streaming_alerts
+from load_tests.cdnow import DAY
+from load_tests.churn_metrics import cutoff_alerts, evaluate, streaming_alerts, value_figures
 from load_tests.realdata_report import print_report
 from streamproc.settings import Settings, to_env
 
@@ -58,6 +66,8 @@ class StreamScores:
 
     churn_probability: dict[str, float | None]
     recency_days: dict[str, float]
+    #: Spend expected over the model's horizon (None before a model).
+    expected_value: dict[str, float | None]
     #: Churn alerts as (customer id, event time in seconds).
     alerts: list[tuple[str, float]]
     horizon_days: float
@@ -122,9 +132,11 @@ async def read_scores(settings: Settings, as_of: datetime) -> StreamScores:
     try:
         probability: dict[str, float | None] = {}
         recency: dict[str, float] = {}
+        value: dict[str, float | None] = {}
         async for report in reader.all_customers(as_of=as_of):
             probability[report.customer_id] = report.churn_probability
             recency[report.customer_id] = float(report.profile["recency_days"])
+            value[report.customer_id] = report.expected_value
         bundle = await reader.bundle()
     finally:
         await reader.close()
@@ -133,10 +145,14 @@ async def read_scores(settings: Settings, as_of: datetime) -> StreamScores:
               if r.kind == "churn_alert"]
     model = {} if bundle is None else {
         "version": bundle.version, "churn_ready": bundle.churn_ready,
-        "labels_seen": bundle.labels_seen, "quality": dict(bundle.quality)}
+        "labels_seen": bundle.labels_seen, "horizon_days": bundle.horizon_days,
+        "typical_gap_days": bundle.typical_gap_days, "quality": dict(bundle.quality)}
     m = settings.models
-    return StreamScores(probability, recency, alerts, m.churn_horizon_days, m.churn_threshold,
-                        model)
+    # The H-day label uses the horizon the model published (the operator's if set).
+    horizon = bundle.horizon_days if bundle is not None else m.churn_horizon_days
+    if horizon is None:
+        raise RuntimeError("no model version was published: no horizon to label against")
+    return StreamScores(probability, recency, value, alerts, horizon, m.churn_threshold, model)
 
 
 def stream_scores(orders: Sequence[cdnow.Order], split: cdnow.Split,
@@ -190,6 +206,14 @@ def evaluate_run(population: Mapping[str, cdnow.Customer], split: cdnow.Split,
     days = {LONG_LABEL: float(split.holdout_days), HORIZON_LABEL: horizon}
     summary = summarize(customers, split)
     bgnbd = fit_bgnbd(summary)
+    cutoff = split.cutoff.timestamp()
+    spend = [c.spend_between(cutoff, cutoff + split.holdout_days * DAY) for c in customers]
+    predicted = [stream.expected_value.get(c) for c in ids]
+    value: dict[str, Any] = {"BG/NBD + Gamma-Gamma": value_figures(
+        spend, bgnbd_gamma_gamma_value(bgnbd, customers, split.holdout_days).tolist())}
+    if all(v is not None for v in predicted):
+        value = {"streamproc": value_figures(spend, [float(v or 0.0) for v in predicted]),
+                 **value}
     rfm = rfm_matrix(summary)
     streamed = [stream.churn_probability.get(c) for c in ids]
     scores: dict[str, dict[str, Any]] = {}
@@ -218,6 +242,8 @@ def evaluate_run(population: Mapping[str, cdnow.Customer], split: cdnow.Split,
         "labels": {name: {"days": days[name], "base_rate": sum(y) / len(y) if y else None}
                    for name, y in labels.items()},
         "scores": scores, "alerts": alerts, "threshold": stream.threshold,
+        "value": {"holdout_days": split.holdout_days,
+                  "holdout_spend": round(sum(spend), 2), "scores": value},
         "bgnbd_params": bgnbd.params,
     }
 

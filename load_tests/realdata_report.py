@@ -71,12 +71,26 @@ def alert_table(doc: Mapping[str, Any]) -> Table:
     return table
 
 
+def value_table(doc: Mapping[str, Any]) -> Table:
+    """Expected value against the spend that followed the cutoff."""
+    v = doc["value"]
+    table = Table(title=f"value: spend in the {v['holdout_days']} days after the cutoff "
+                  f"(total {v['holdout_spend']:,.2f} USD) against each prediction",
+                  title_justify="left")
+    for column in ("prediction", "Spearman", "top-10 % revenue share"):
+        table.add_column(column, justify="left" if column == "prediction" else "right")
+    for name, m in v["scores"].items():
+        table.add_row(name, _num(m["spearman"]), _num(m["top10_share"]))
+    return table
+
+
 def print_report(doc: Mapping[str, Any], console: Console) -> None:
     """Every table of the document, then one line on the streaming model."""
     for label in doc["labels"]:
         console.print(score_table(doc, label))
     for label in doc["labels"]:
         console.print(calibration_table(doc, label))
+    console.print(value_table(doc))
     console.print(alert_table(doc))
     s = doc["streamproc"]
     model = s.get("model") or {}

@@ -121,6 +121,10 @@ class CustomerReport:
     #: One of :data:`RISK_LEVELS`; None until the churn model may alert.
     risk_level: str | None = None
     reasons: list[dict[str, Any]] = field(default_factory=list)
+    #: Spend expected over the next ``horizon_days``, in the currency of the orders.
+    expected_value: float | None = None
+    #: The churn horizon in use (churn = no qualifying event within it).
+    horizon_days: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (CLI ``--json`` and HTTP): one time format, new fields additive."""
@@ -140,6 +144,8 @@ class CustomerReport:
             "churn_threshold": self.churn_threshold,
             "risk_level": self.risk_level,
             "reasons": self.reasons,
+            "expected_value": self.expected_value,
+            "horizon_days": self.horizon_days,
             "profile": readable_profile(self.profile),
         }
 
@@ -515,6 +521,7 @@ class AnalyticsReader:
                     churn_model_ready=bundle.churn_ready, churn_threshold=threshold,
                     risk_level=risk_level(score.churn_probability, threshold)
                     if bundle.churn_ready else None,
+                    expected_value=score.expected_value, horizon_days=score.horizon_days,
                     reasons=[{"feature": f, "contribution": c, "text": t}
                              for f, c, t in score.reasons])
             reports.append(CustomerReport(**base))

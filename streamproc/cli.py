@@ -225,6 +225,8 @@ def _model(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
 def _deployment(args: argparse.Namespace) -> int:
     from streamproc.commands import CommandError, print_json, run
     from streamproc.commands.deployment import (

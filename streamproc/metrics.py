@@ -84,8 +84,12 @@ class Metrics:
     churn_labels: Counter
     churn_roc_auc: Gauge
     churn_log_loss: Gauge
+    churn_brier: Gauge
+    churn_base_rate: Gauge
+    churn_predicted_positive_rate: Gauge
     churn_precision: Gauge
     churn_recall: Gauge
+    churn_horizon_seconds: Gauge
     training_examples: Counter
     idle_checks: Counter
     feature_set_mismatches: Counter
@@ -250,16 +254,38 @@ def _build(reg: CollectorRegistry) -> Metrics:
         churn_labels=Counter("streamproc_churn_labels_total",
                              "Delayed churn labels produced, by label.", ["label"],
                              registry=reg),
+        # Quality gauges carry the churn definition as a label so that, like any labelled
+        # gauge, they are absent until set: a figure that cannot be computed yet (one class
+        # seen so far) is not exported, rather than a NaN or a made-up 0.
         churn_roc_auc=Gauge("streamproc_churn_roc_auc",
-                            "Progressive ROC AUC of the churn model on delayed labels.",
+                            "Progressive ROC AUC of the churn model on delayed labels (absent "
+                            "until both classes are in the window).", ["definition"],
                             registry=reg),
         churn_log_loss=Gauge("streamproc_churn_log_loss",
-                             "Progressive log loss of the churn model on delayed labels.",
+                             "Progressive log loss of the churn model on delayed labels (absent "
+                             "until both classes are in the window).", ["definition"],
                              registry=reg),
+        churn_brier=Gauge("streamproc_churn_brier",
+                          "Progressive Brier score of the churn model on delayed labels (absent "
+                          "until both classes are in the window).", ["definition"],
+                          registry=reg),
+        churn_base_rate=Gauge("streamproc_churn_base_rate",
+                              "Share of churned among the recent delayed labels: what the "
+                              "quality figures are read against.", ["definition"],
+                              registry=reg),
+        churn_predicted_positive_rate=Gauge(
+            "streamproc_churn_predicted_positive_rate",
+            "Share of recent predictions at or above the alert threshold (near 0 or 1: the "
+            "model says the same of everyone).", ["definition"], registry=reg),
         churn_precision=Gauge("streamproc_churn_precision",
-                              "Precision at the alert threshold on delayed labels.", registry=reg),
+                              "Precision at the alert threshold on delayed labels.",
+                              ["definition"], registry=reg),
         churn_recall=Gauge("streamproc_churn_recall",
-                           "Recall at the alert threshold on delayed labels.", registry=reg),
+                           "Recall at the alert threshold on delayed labels.", ["definition"],
+                           registry=reg),
+        churn_horizon_seconds=Gauge("streamproc_churn_horizon_seconds",
+                                 "The churn horizon in use (set, or learned from the "
+                                 "purchase rhythm).", ["definition"], registry=reg),
         training_examples=Counter("streamproc_training_examples_total",
                                   "Examples learned by the trainer, by kind.", ["kind"],
                                   registry=reg),

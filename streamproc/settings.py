@@ -8,6 +8,7 @@ variables are rejected so that a typo fails at start-up instead of being ignored
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamproc.core.churn_definition import ChurnDefinition
 from streamproc.core.events import ValidationLimits
 from streamproc.core.features import DAY, FeatureConfig
 from streamproc.core.policies import AlertPolicy
@@ -136,8 +138,8 @@ class IngestSettings(_Group):
         description=(
             "Longest a batch keeps growing while the input is backlogged; 0 turns catch-up "
             "batching off: every BATCH_WITHIN_S window is a batch. A batch also stops "
-            "growing once its events span MODELS__MIN_SNAPSHOT_GAP_DAYS of event time, so a "
-            "replay of history learns from as many churn snapshots as the live stream did."
+            "growing once its events span one day of event time, so a replay of history "
+            "decides churn census checks as the live stream did."
         ),
     )
     max_payload_bytes: int = Field(
@@ -232,8 +234,23 @@ class ModelSettings(_Group):
         le=1,
         description="A customer moves only if the new centre is this much closer (relative).",
     )
-    churn_horizon_days: float = Field(
-        30.0, gt=0, description="No qualifying activity for this long means churned."
+    churn_definition: ChurnDefinition = Field(
+        "order",
+        description=(
+            "What keeps a customer from churning: 'order' (only orders; the right choice for "
+            "order data) or 'activity' (any event but a refund: visits, views, searches, "
+            "carts, orders; for engagement products)."
+        ),
+    )
+    churn_horizon_days: float | None = Field(
+        None, gt=0,
+        description=(
+            "Churned = no qualifying event for this long. Unset: learned from the purchase "
+            "rhythm (the 90 % quantile of the gaps between a customer's consecutive "
+            "qualifying days over the whole base, never below 30 days; 30 days until 200 "
+            "gaps were seen). Set it when the business has its own definition; the horizon "
+            "in use is published (`model status`, streamproc_churn_horizon_seconds)."
+        ),
     )
     churn_threshold: float = Field(
         0.7, gt=0, lt=1, description="Churn probability at or above which an alert is raised."
@@ -245,24 +262,19 @@ class ModelSettings(_Group):
         500, ge=0, description="The churn model raises no alerts before learning this many."
     )
     check_interval_days: float = Field(
-        7.0, gt=0, description="Idle customers are re-scored every this many event-time days."
-    )
-    min_snapshot_gap_days: float = Field(
-        1.0, gt=0,
+        7.0, gt=0,
         description=(
-            "Least event time between two churn snapshots of a customer's activity (each "
-            "snapshot becomes a training example when its label is known); at most "
-            "CHECK_INTERVAL_DAYS. Smaller gaps give more, more alike examples of active "
-            "customers."
+            "Every known customer is re-scored (a census check) every this many event-time "
+            "days, whatever they did; each check is a churn snapshot labelled at its horizon."
         ),
     )
     max_pending_snapshots: int = Field(
-        8, ge=1, le=64,
+        64, ge=1, le=256,
         description=(
-            "Most snapshots per customer waiting for their churn label (38 bytes each in "
-            "the customer's key); beyond it the oldest is dropped unlabelled. Covers a "
-            "horizon of activity at the least snapshot gap only when it is at least "
-            "CHURN_HORIZON_DAYS / MIN_SNAPSHOT_GAP_DAYS."
+            "Most snapshots per customer waiting for their churn label (~60 bytes each in "
+            "the customer's key); beyond it the oldest is dropped unlabelled, which biases "
+            "the labels. Must be at least the horizon over CHECK_INTERVAL_DAYS (64: a "
+            "horizon up to 448 days at weekly checks)."
         ),
     )
     snapshot_every_examples: int = Field(
@@ -273,19 +285,21 @@ class ModelSettings(_Group):
     )
 
     @model_validator(mode="after")
-    def _gap_within_interval(self) -> ModelSettings:
-        if self.min_snapshot_gap_days > self.check_interval_days:
-            raise ValueError("MIN_SNAPSHOT_GAP_DAYS must not exceed CHECK_INTERVAL_DAYS")
+    def _pending_covers_horizon(self) -> ModelSettings:
+        if self.churn_horizon_days is not None and self.max_pending_snapshots < math.ceil(
+                self.churn_horizon_days / self.check_interval_days):
+            raise ValueError("MAX_PENDING_SNAPSHOTS must be at least CHURN_HORIZON_DAYS / "
+                             "CHECK_INTERVAL_DAYS, or labels are lost")
         return self
 
     def step_config(self) -> StepConfig:
         """The scoring step's configuration (worker and replay alike), built once."""
         return StepConfig(
-            horizon_s=self.churn_horizon_days * DAY,
+            horizon_days=self.churn_horizon_days,
             check_interval_s=self.check_interval_days * DAY,
             max_pending=self.max_pending_snapshots,
-            min_snapshot_gap_s=self.min_snapshot_gap_days * DAY,
             hysteresis=self.segment_hysteresis,
+            churn_definition=self.churn_definition,
             # A zero cooldown still allows only one alert per event time (one id, one alert).
             alert_policy=AlertPolicy(threshold=self.churn_threshold,
                                      cooldown_s=max(self.alert_cooldown_days * DAY, 1.0),

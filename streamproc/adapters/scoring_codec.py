@@ -1,12 +1,14 @@
 """How a customer's scoring state is stored: msgpack after the profile, in the customer's key.
 
 The state is a msgpack map: ``seg`` [segment id, since], ``al`` [last alert at, last
-probability], ``pend`` [[scored at, model version, features], ...], ``fs`` the feature set
-of those features, ``la`` last activity, ``ls`` last snapshot, ``own`` the partition whose
-idle-check schedule holds the customer, ``spr`` true once its events came on more than
-one partition. Pending features are packed as bfloat16 in ``MODEL_FEATURES`` order, 2
-bytes each; snapshots of another feature set are dropped on reading (and counted), as
-their values cannot be matched to the running features.
+probability], ``pend`` [[scored at, model version, features, horizon s, came back, spend
+after], ...], ``ah`` the next census check's snapshot frozen ahead (same shape), ``rc``
+[[event time, order total], ...] of the activity since the last census check, ``fs`` the
+feature set of those features, ``la`` last activity, ``ls`` last census check, ``own`` the
+partition whose census schedule holds the customer, ``spr`` true once its events came on
+more than one partition. Snapshot features are packed as bfloat16 in ``MODEL_FEATURES``
+order, 2 bytes each; snapshots of another feature set are dropped on reading (and
+counted), as their values cannot be matched to the running features.
 """
 
 from __future__ import annotations
@@ -36,13 +38,28 @@ def unpack_features(blob: bytes) -> dict[str, float]:
     return dict(zip(feature_names(), values, strict=True))
 
 
+def _pack_snapshot(s: Snapshot) -> list[Any]:
+    return [s.scored_at, s.model_version, pack_features(s.features), s.horizon_s, s.came_back,
+            s.spend_after]
+
+
+def _unpack_snapshot(customer_id: str, row: list[Any]) -> Snapshot:
+    t, v, f, h, back, spend = row
+    return Snapshot(customer_id, float(t), unpack_features(f), int(v), float(h), bool(back),
+                    float(spend))
+
+
 def encode_state(state: ScoringState) -> bytes:
     """A scoring state as stored (see the module docstring)."""
     out: dict[str, Any] = {}
-    if state.pending:
+    if state.pending or state.ahead is not None:
         out["fs"] = feature_set()
-        out["pend"] = [[s.scored_at, s.model_version, pack_features(s.features)]
-                       for s in state.pending]
+    if state.pending:
+        out["pend"] = [_pack_snapshot(s) for s in state.pending]
+    if state.ahead is not None:
+        out["ah"] = _pack_snapshot(state.ahead)
+    if state.recent:
+        out["rc"] = [list(r) for r in state.recent]
     if state.segment is not None:
         out["seg"] = [state.segment.segment_id, state.segment.since]
     if state.alert is not None:
@@ -65,16 +82,17 @@ def decode_state(customer_id: str, blob: bytes | None) -> tuple[ScoringState | N
     if not blob:
         return None, 0
     raw: dict[str, Any] = msgpack.unpackb(blob, raw=False)
-    pend = raw.get("pend", ())
+    pend, ahead = raw.get("pend", ()), raw.get("ah")
     stale = 0
-    if pend and raw.get("fs") != feature_set():
-        stale, pend = len(pend), ()
+    if (pend or ahead) and raw.get("fs") != feature_set():
+        stale, pend, ahead = len(pend), (), None
     seg, al = raw.get("seg"), raw.get("al")
     return ScoringState(
         segment=SegmentState(int(seg[0]), float(seg[1])) if seg else None,
         alert=AlertState(None if al[0] is None else float(al[0]), float(al[1])) if al else None,
-        pending=tuple(Snapshot(customer_id, float(t), unpack_features(f), int(v))
-                      for t, v, f in pend),
+        pending=tuple(_unpack_snapshot(customer_id, row) for row in pend),
+        ahead=None if ahead is None else _unpack_snapshot(customer_id, ahead),
+        recent=tuple((float(t), float(a)) for t, a in raw.get("rc", ())),
         last_activity=raw.get("la"),
         last_snapshot=raw.get("ls"),
         owner=raw.get("own"),

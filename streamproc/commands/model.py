@@ -58,8 +58,10 @@ def _status_doc(bundle: ModelBundle, published_at: float) -> dict[str, Any]:
         # Share of churned labels: what precision is worth against alerting everyone.
         "base_rate": positives / labels if labels else None,
         "quality": {name: _finite(q.get(name)) for name in (
-            "roc_auc", "log_loss", "precision", "recall", "positive_rate", "alert_rate",
-            "brier", "window") if name in q},
+            "roc_auc", "log_loss", "brier", "precision", "recall", "base_rate",
+            "predicted_positive_rate", "mean_probability", "window") if name in q},
+        "horizon_days": bundle.horizon_days,
+        "typical_gap_days": bundle.typical_gap_days,
         "segments": {sid: seg.name for sid, seg in sorted(bundle.segments.items())},
     }
 
@@ -172,11 +174,13 @@ def format_status(status: dict[str, Any]) -> list[str]:
     q = status["quality"]
     ready = "ready to alert" if status["churn_ready"] else "warming up (no alerts yet)"
     base = status["base_rate"]
-    window_rate = q.get("positive_rate")
+    window_rate = q.get("base_rate")
     return [
         f"model v{status['version']}, published {status['published_at'] or '-'} "
         f"({_duration(status['age_s'])} ago)",
         f"churn model      {ready}, threshold {status['churn_threshold']:.2f}",
+        f"horizon          {status['horizon_days']:g} days (typical gap between orders "
+        f"{status['typical_gap_days']:.0f} days)",
         f"labels           {status['labels_seen']:,} "
         f"({status['positives_seen']:,} churned, base rate "
         f"{'-' if base is None else f'{base:.1%}'})",

@@ -1,10 +1,9 @@
-"""Churn model: online logistic regression, readable reasons and quality on delayed labels.
+"""Churn risk: readable reasons and model quality on delayed labels.
 
-The trainer learns a River ``StandardScaler | LogisticRegression`` pipeline from
-delayed labels (:mod:`streamproc.core.labels`). For scoring it is frozen into
-:class:`FrozenLogit` (numpy arrays), which is deterministic, batchable and yields
-per-feature contributions (weight x standardised value) that :func:`reason_text`
-turns into sentences a retention team can act on.
+The churn model itself is :class:`streamproc.core.bayes_logit.BayesLogit` over
+:data:`~streamproc.core.rhythm_features.CHURN_FEATURES`, frozen into a
+:class:`~streamproc.core.bayes_logit.FrozenLinearLogit` for scoring; its exact
+per-feature contributions (against the average training example) are the reasons.
 """
 
 from __future__ import annotations
@@ -12,145 +11,32 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
-from river import compose, forest, linear_model, optim, preprocessing, tree
 
-from streamproc.core.features import MODEL_FEATURES
+from streamproc.core.rhythm_features import RHYTHM_FEATURES, reason_text
 
 _EPS: Final = 1e-12
 
 
-def make_churn_model(kind: str = "logreg", seed: int = 42) -> Any:
-    """A River classifier by name (the candidates ``load_tests/model_selection.py`` compares)."""
-    if kind == "logreg":
-        return compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(optimizer=optim.SGD(0.05), l2=1e-4),
-        )
-    if kind == "logreg-sgd0.01":
-        return compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=0.0),
-        )
-    if kind == "logreg-adam":
-        return compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(optimizer=optim.Adam(0.01), l2=1e-4),
-        )
-    if kind == "hatc":
-        return tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, seed=seed)
-    if kind == "arf5":
-        return forest.ARFClassifier(n_models=5, seed=seed)
-    raise ValueError(f"unknown churn model {kind!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class FrozenLogit:
-    """A standardise-then-logistic model frozen into arrays over :data:`MODEL_FEATURES`."""
-
-    mean: np.ndarray
-    scale: np.ndarray  # 1/std, 0 where the variance is 0 (River's convention)
-    weights: np.ndarray
-    intercept: float
-
-    @classmethod
-    def from_pipeline(cls, model: Any) -> FrozenLogit:
-        """Freeze a ``StandardScaler | LogisticRegression`` River pipeline."""
-        scaler, logit = model.steps.values()
-        mean = np.array([scaler.means.get(f, 0.0) for f in MODEL_FEATURES], dtype=np.float64)
-        var = np.array([scaler.vars.get(f, 0.0) for f in MODEL_FEATURES], dtype=np.float64)
-        scale = np.divide(1.0, np.sqrt(var), out=np.zeros_like(var), where=var > 0)
-        weights = np.array([logit.weights.get(f, 0.0) for f in MODEL_FEATURES], dtype=np.float64)
-        return cls(mean, scale, weights, float(logit.intercept))
-
-    def contributions(self, x: np.ndarray) -> np.ndarray:
-        """Per-feature logit contributions (n, d) for raw feature rows (n, d)."""
-        out: np.ndarray = (x - self.mean) * self.scale * self.weights
-        return out
-
-    def probabilities(self, contributions: np.ndarray) -> np.ndarray:
-        """Churn probabilities from :meth:`contributions` (row sums + intercept, sigmoid)."""
-        logits = contributions.sum(axis=1) + self.intercept
-        out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(logits, -500.0, 500.0)))
-        return out
-
-
-def feature_row(features: Mapping[str, float]) -> list[float]:
-    """A feature dict in :data:`MODEL_FEATURES` order."""
-    return [features[f] for f in MODEL_FEATURES]
-
-
-# ---------------------------------------------------------------- reasons
-
-
-def _count(x: float) -> str:
-    return f"{math.expm1(x):.0f}"
-
-
-def reason_text(feature: str, f: Mapping[str, float]) -> str:
-    """A customer's value of ``feature`` in business terms (``f``: model-feature dict)."""
-    v = f[feature]
-    orders = math.expm1(f["log_orders"])
-    if feature == "recency_days":
-        return f"no visits for {v:.0f} days"
-    if feature == "days_since_last_order":
-        if orders < 0.5:
-            return f"never ordered in {f['tenure_days']:.0f} days"
-        return f"no order for {v:.0f} days"
-    if feature == "tenure_days":
-        return f"customer for {v:.0f} days"
-    if feature == "log_orders":
-        return f"{orders:.0f} orders in total"
-    if feature == "log_net_spend":
-        return f"net spend EUR {math.expm1(v):.0f}"
-    if feature == "log_aov":
-        return f"average order EUR {math.expm1(v):.0f}"
-    if feature == "log_sessions":
-        return f"{_count(v)} visits in total"
-    if feature == "log_views":
-        return f"{_count(v)} page and product views in total"
-    if feature == "log_searches":
-        return f"{_count(v)} searches in total"
-    if feature == "views_7d":
-        return f"about {_count(v)} views in the last 7 days"
-    if feature == "views_30d":
-        return f"about {_count(v)} views in the last 30 days"
-    if feature == "carts_30d":
-        return f"about {_count(v)} add-to-carts in the last 30 days"
-    if feature == "orders_30d":
-        recent = math.expm1(v)
-        usual = f["orders_per_30d_tenure"]
-        trend = " (down)" if recent < 0.8 * usual else ""
-        return f"{recent:.0f} orders in the last 30 days{trend}"
-    if feature == "spend_30d":
-        return f"EUR {math.expm1(v):.0f} spent in the last 30 days"
-    if feature == "conversion_rate":
-        return f"{v:.0%} of visits end in an order"
-    if feature == "cart_abandonment_rate":
-        return f"cart abandonment {v:.0%}"
-    if feature == "refund_rate":
-        return f"{v:.0%} of spend refunded"
-    if feature == "mean_days_between_orders":
-        return f"orders every {v:.0f} days on average" if v > 0 else "fewer than two orders"
-    if feature == "orders_per_30d_tenure":
-        return f"{v:.1f} orders a month since joining"
-    return f"{feature} = {v:.3g}"
-
-
 def top_reasons(
-    contributions: np.ndarray, features: Mapping[str, float], k: int = 3
+    contributions: np.ndarray, names: Sequence[str], features: Mapping[str, float],
+    currency: str | None, k: int = 3,
 ) -> list[tuple[str, float, str]]:
-    """The ``k`` largest positive contributions as (feature, contribution, text)."""
+    """The ``k`` largest risk-raising contributions as (feature, contribution, text).
+
+    Only factors that raise the risk against the average customer are reasons; the
+    horizon (the same for everyone scored by one bundle) never is.
+    """
     out: list[tuple[str, float, str]] = []
-    for j in np.argsort(-contributions, kind="stable")[:k].tolist():
+    for j in np.argsort(-contributions, kind="stable").tolist():
         c = float(contributions[j])
-        if c <= 0.0:
+        if c <= 0.0 or len(out) == k:
             break
-        name = MODEL_FEATURES[j]
-        out.append((name, c, reason_text(name, features)))
+        name = names[j]
+        if name in RHYTHM_FEATURES:
+            out.append((name, c, reason_text(name, features, currency)))
     return out
 
 
@@ -194,7 +80,14 @@ class QualityTracker:
         self.positives_seen += label
 
     def summary(self) -> dict[str, float]:
-        """ROC AUC, log loss, Brier, precision/recall at the threshold, counts."""
+        """Counts, base rate and, once both classes are in the window, the quality figures.
+
+        ROC AUC, log loss and Brier are absent (never NaN, never a placeholder) until the
+        window holds both a churned and a stayed label; precision is absent while no
+        prediction reached the threshold. ``base_rate`` is the window's churned share, the
+        figure a Brier or a precision must be read against; ``predicted_positive_rate`` the
+        share at or above the threshold (near 0 or 1: the model says the same of everyone).
+        """
         out: dict[str, float] = {
             "labels_seen": float(self.labels_seen),
             "positives_seen": float(self.positives_seen),
@@ -205,14 +98,17 @@ class QualityTracker:
         p = np.clip(np.array(self._p, dtype=np.float64), _EPS, 1.0 - _EPS)
         y = np.array(self._y, dtype=np.int64)
         alert = p >= self.threshold
-        tp = float(np.sum(alert & (y == 1)))
-        out.update(
-            roc_auc=roc_auc(p, y),
-            log_loss=float(-np.mean(y * np.log(p) + (1 - y) * np.log(1.0 - p))),
-            brier=float(np.mean((p - y) ** 2)),
-            positive_rate=float(y.mean()),
-            alert_rate=float(alert.mean()),
-            precision=tp / float(alert.sum()) if alert.any() else math.nan,
-            recall=tp / float(y.sum()) if y.any() else math.nan,
-        )
+        out.update(base_rate=float(y.mean()), predicted_positive_rate=float(alert.mean()),
+                   mean_probability=float(p.mean()))
+        positives = int(y.sum())
+        if 0 < positives < len(y):
+            tp = float(np.sum(alert & (y == 1)))
+            out.update(
+                roc_auc=roc_auc(p, y),
+                log_loss=float(-np.mean(y * np.log(p) + (1 - y) * np.log(1.0 - p))),
+                brier=float(np.mean((p - y) ** 2)),
+                recall=tp / positives,
+            )
+            if alert.any():
+                out["precision"] = tp / float(alert.sum())
         return out

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from streamproc.core import seen
+from streamproc.core.rhythm import FALLBACK_HORIZON_DAYS
+from streamproc.core.rhythm_features import expected_gap_days
 from streamproc.core.seen import SESSION_CART, SESSION_ORDER, SESSION_SEEN
 
 DAY: Final = 86_400.0
@@ -104,6 +106,8 @@ STORED_FIELDS: Final[tuple[str, ...]] = (
     LANE_PURCHASES, LANE_PURCHASES + "f",
     # Customers who returned something.
     "rf", "ra",
+    # The currency of the customer's latest order (reasons state amounts in it).
+    "cur", "cur@",
 )
 
 #: Decayed fields and their time constants (seconds of event time).
@@ -259,6 +263,7 @@ def purchase_ops(event: Any, ts: float) -> list[Op]:
         (OP_DECAY, "o30", 1.0),
         (OP_DECAY, "s7", total),
         (OP_DECAY, "s30", total),
+        (OP_LAST, "cur", str(event.currency)),
     ]
     items = 0
     for item in event.items:
@@ -488,6 +493,12 @@ class ProfileView:
         return days if days is not None else 0.0
 
     @property
+    def currency(self) -> str | None:
+        """The currency of the customer's latest order (None before any order)."""
+        value = self.raw.get("cur")
+        return None if value is None or value is False else str(value)
+
+    @property
     def average_order_value(self) -> float:
         """Revenue per order."""
         orders = self.get("o")
@@ -566,20 +577,32 @@ class ProfileView:
         return out
 
 
-def model_features(view: ProfileView) -> dict[str, float]:
-    """The numeric features the segmentation and churn models read, as of ``view.as_of``.
+def model_features(view: ProfileView, *, typical_gap_days: float = FALLBACK_HORIZON_DAYS,
+                   horizon_days: float = FALLBACK_HORIZON_DAYS) -> dict[str, float]:
+    """The numeric features the segmentation, churn and value models read, as of ``view.as_of``.
 
     Heavy-tailed counts are log1p-compressed so a standard scaler treats them sensibly.
+    The churn features (:data:`~streamproc.core.rhythm_features.CHURN_FEATURES`) need
+    the base's purchase rhythm and the horizon in use, both from the model bundle: the
+    customer's silence is measured against their own expected gap between orders, and
+    the model reads log H so snapshots labelled under a shorter horizon (the learned one
+    grows while long gaps complete) teach it how churn depends on H.
     """
     last_order = view.days_since_last_order
     gap = view.mean_days_between_orders
+    silent = last_order if last_order is not None else view.tenure_days
+    first, last = view.raw.get("fo"), view.raw.get("lo")
+    span = (float(last) - float(first)) / DAY if first is not None and last is not None else 0.0
+    since_first = (max(0.0, (view.as_of - float(first)) / DAY) if first is not None
+                   else view.tenure_days)
+    expected = expected_gap_days(view.get("o"), span, typical_gap_days)
     return {
         "recency_days": view.recency_days,
-        "days_since_last_order": last_order if last_order is not None else view.tenure_days,
+        "days_since_last_order": silent,
         "tenure_days": view.tenure_days,
         "log_orders": math.log1p(view.get("o")),
         "log_net_spend": math.log1p(max(0.0, view.net_spend)),
-        "log_aov": math.log1p(view.average_order_value),
+        "log_aov": math.log1p(max(0.0, view.average_order_value)),
         "log_sessions": math.log1p(view.get("se")),
         "log_views": math.log1p(view.get("pv") + view.get("vv")),
         "log_searches": math.log1p(view.get("sr")),
@@ -593,6 +616,10 @@ def model_features(view: ProfileView) -> dict[str, float]:
         "refund_rate": view.refund_rate,
         "mean_days_between_orders": gap if gap is not None else 0.0,
         "orders_per_30d_tenure": view.get("o") / max(1.0, view.tenure_days / 30.0),
+        "log_days_since_order": math.log1p(silent),
+        "log_tenure_days": math.log1p(since_first),
+        "log_overdue": math.log1p(silent / expected),
+        "log_horizon_days": math.log(horizon_days),
     }
 
 

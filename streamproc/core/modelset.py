@@ -24,17 +24,14 @@ from typing import Any, Final
 import numpy as np
 from river import preprocessing
 
-from streamproc.core.churn import (
-    FrozenLogit,
-    QualityTracker,
-    feature_row,
-    make_churn_model,
-    top_reasons,
-)
-from streamproc.core.features import MODEL_FEATURES, ProfileView, model_features
+from streamproc.core.bayes_logit import BayesLogit, FrozenLinearLogit
+from streamproc.core.churn import QualityTracker, top_reasons
+from streamproc.core.features import DAY, MODEL_FEATURES, ProfileView, model_features
 from streamproc.core.labels import LabelledExample
 from streamproc.core.outputs import SegmentInfo
 from streamproc.core.rfm import RFMCuts, RFMLearner, tier_name
+from streamproc.core.rhythm import GapQuantile, horizon_days
+from streamproc.core.rhythm_features import CHURN_FEATURES
 from streamproc.core.segments import (
     FrozenCentres,
     NamingRules,
@@ -46,8 +43,10 @@ from streamproc.core.segments import (
     segment_matrix,
 )
 from streamproc.core.training import feature_set
+from streamproc.core.value import FrozenValue, ValueModel
 
 _COL: Final[dict[str, int]] = {f: i for i, f in enumerate(MODEL_FEATURES)}
+_CHURN_COLS: Final = np.array([_COL[f] for f in CHURN_FEATURES])
 _N_REASONS: Final = 3
 #: The trainer cuts its first version after this many examples (or every-N, if fewer), so
 #: a new deployment scores with a model soon; then every N examples.
@@ -65,7 +64,7 @@ def version_due(version: int, since_last: int, every: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Score:
-    """One customer's segment, RFM tier and churn risk under one bundle."""
+    """One customer's segment, RFM tier, churn risk and expected value under one bundle."""
 
     segment_id: int
     segment_name: str
@@ -75,6 +74,10 @@ class Score:
     rfm_scores: tuple[int, int, int]
     churn_probability: float
     reasons: list[tuple[str, float, str]]  # (feature, contribution to the logit, text)
+    #: Spend expected over the next ``horizon_days``, in the currency of the orders.
+    expected_value: float
+    #: The churn horizon in use: P(churn) is of no qualifying event within it.
+    horizon_days: float
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -91,32 +94,47 @@ class ModelBundle:
     segments: dict[int, SegmentInfo]
     centres: FrozenCentres
     rfm: RFMCuts
-    #: The frozen logistic model, or None when a non-linear River model scores (no reasons then).
-    logit: FrozenLogit | None
+    churn: FrozenLinearLogit
+    value: FrozenValue
+    #: The churn horizon in use (the operator's, else learned from the purchase rhythm).
+    horizon_days: float
+    #: The base's median gap between order days: the expected gap of a one-order customer.
+    typical_gap_days: float
     #: :func:`~streamproc.core.training.feature_set` of the features it was learned on.
     feature_set: str
-    model: Any = None
+
+    @property
+    def horizon_s(self) -> float:
+        """:attr:`horizon_days` in seconds."""
+        return self.horizon_days * DAY
+
+    def features(self, view: ProfileView) -> dict[str, float]:
+        """:func:`model_features` of a profile under this bundle's rhythm and horizon."""
+        return model_features(view, typical_gap_days=self.typical_gap_days,
+                              horizon_days=self.horizon_days)
 
     def score(self, view: ProfileView) -> Score:
         """Score one profile (same code path, same numbers as :meth:`score_many`)."""
-        return self.score_features_many([model_features(view)])[0]
+        return self.score_many([view])[0]
 
     def score_many(self, views: Sequence[ProfileView]) -> list[Score]:
         """Score a batch of profiles."""
-        return self.score_features_many([model_features(v) for v in views])
+        return self.score_features_many([self.features(v) for v in views],
+                                        [v.currency for v in views])
 
-    def score_features(self, features: Mapping[str, float]) -> Score:
-        """Score one :func:`model_features` dict (e.g. a snapshot's frozen features)."""
-        return self.score_features_many([features])[0]
-
-    def score_features_many(self, rows: Sequence[Mapping[str, float]]) -> list[Score]:
-        """Score :func:`model_features` dicts, vectorised over the batch."""
+    def score_features_many(self, rows: Sequence[Mapping[str, float]],
+                            currencies: Sequence[str | None] | None = None) -> list[Score]:
+        """Score :meth:`features` dicts, vectorised over the batch; ``currencies``: each
+        customer's order currency, for the amounts in reasons."""
         if not rows:
             return []
-        x = np.array([feature_row(r) for r in rows], dtype=np.float64)
+        x = np.array([[r[f] for f in MODEL_FEATURES] for r in rows], dtype=np.float64)
         dist = self.centres.distances(segment_matrix(x))
         nearest = np.argmin(dist, axis=1)
-        probs, contrib = self._churn(x, rows)
+        churn_x = x[:, _CHURN_COLS]
+        contrib = self.churn.contributions(churn_x)
+        probs = self.churn.probabilities(contrib)
+        values = self.value.expected_spend(churn_x, probs)
         r, f, m = self._rfm_scores(x)
         ids = self.centres.ids
         out: list[Score] = []
@@ -124,28 +142,15 @@ class ModelBundle:
             sid = ids[int(nearest[i])]
             seg = self.segments[sid]
             rfm = (int(r[i]), int(f[i]), int(m[i]))
-            out.append(
-                Score(
-                    segment_id=sid,
-                    segment_name=seg.name,
-                    segment_profile=dict(seg.profile),
-                    distances=dict(zip(ids, dist[i].tolist(), strict=True)),
-                    rfm_tier=tier_name(*rfm),
-                    rfm_scores=rfm,
-                    churn_probability=float(probs[i]),
-                    reasons=[] if contrib is None else top_reasons(contrib[i], feats, _N_REASONS),
-                )
-            )
+            currency = currencies[i] if currencies is not None else None
+            out.append(Score(
+                segment_id=sid, segment_name=seg.name, segment_profile=dict(seg.profile),
+                distances=dict(zip(ids, dist[i].tolist(), strict=True)),
+                rfm_tier=tier_name(*rfm), rfm_scores=rfm,
+                churn_probability=float(probs[i]),
+                reasons=top_reasons(contrib[i], CHURN_FEATURES, feats, currency, _N_REASONS),
+                expected_value=round(float(values[i]), 2), horizon_days=self.horizon_days))
         return out
-
-    def _churn(
-        self, x: np.ndarray, rows: Sequence[Mapping[str, float]]
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.logit is not None:
-            contrib = self.logit.contributions(x)
-            return self.logit.probabilities(contrib), contrib
-        probs = [float(self.model.predict_proba_one(dict(r)).get(1, 0.0)) for r in rows]
-        return np.array(probs, dtype=np.float64), None
 
     def _rfm_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         recency = x[:, _COL["recency_days"]]
@@ -170,7 +175,13 @@ class ModelBundle:
 
 
 class Trainer:
-    """The single owner of the learning models; :meth:`bundle` publishes scoring copies."""
+    """The single owner of the learning models; :meth:`bundle` publishes scoring copies.
+
+    It learns the segmentation and RFM quintiles from profile snapshots, the base's
+    purchase rhythm from the gaps between order days, and the churn and value models
+    from delayed labels (an online Bayesian logistic regression and a hurdle model of
+    spend over the horizon; see :mod:`streamproc.core.bayes_logit`, :mod:`streamproc.core.value`).
+    """
 
     def __init__(
         self,
@@ -179,19 +190,22 @@ class Trainer:
         seed: int = 42,
         churn_threshold: float = 0.7,
         min_labels: int = 500,
+        horizon_days: float | None = None,
         clusterer: str = "kmeans",
-        churn_model: str = "logreg",
         quality_window: int = 5000,
         profile_sample: int = 4096,
         naming: NamingRules | None = None,
     ) -> None:
         if n_segments < 1:
             raise ValueError("n_segments must be >= 1")
+        if horizon_days is not None and horizon_days <= 0:
+            raise ValueError("horizon_days must be > 0")
         self.n_segments = n_segments
         self.seed = seed
         self.churn_threshold = churn_threshold
         self.min_labels = min_labels
-        self.churn_kind = churn_model
+        #: The operator's horizon (None: learned from the rhythm).
+        self.operator_horizon_days = horizon_days
         self.naming = naming or NamingRules()
         self.version = 0
         self.last_event_time = -math.inf
@@ -200,7 +214,9 @@ class Trainer:
         self._clusterer = make_clusterer(clusterer, n_segments, seed)
         self._rfm = RFMLearner()
         self._sample = ProfileSample(profile_sample)
-        self._churn = make_churn_model(churn_model, seed)
+        self.rhythm = GapQuantile()
+        self._churn = BayesLogit(CHURN_FEATURES)
+        self._value = ValueModel(CHURN_FEATURES)
         self.quality = QualityTracker(churn_threshold, quality_window)
         #: The feature set this trainer learns (a state of another one is not resumed).
         self.feature_set = feature_set()
@@ -210,9 +226,16 @@ class Trainer:
         """Delayed labels learned so far."""
         return self.quality.labels_seen
 
+    @property
+    def horizon_days(self) -> float:
+        """The churn horizon in use: the operator's, else from the purchase rhythm."""
+        return horizon_days(self.rhythm, operator_days=self.operator_horizon_days)
+
     def learn_profile(self, view: ProfileView) -> None:
         """Learn segmentation, RFM quintiles and segment profiles from one profile."""
-        self.learn_profile_features(view.customer_id, model_features(view), view.as_of)
+        features = model_features(view, typical_gap_days=self.rhythm.typical_gap_days(),
+                                  horizon_days=self.horizon_days)
+        self.learn_profile_features(view.customer_id, features, view.as_of)
 
     def learn_profile_features(
         self, customer_id: str, features: Mapping[str, float], as_of: float
@@ -226,16 +249,22 @@ class Trainer:
         self.profiles_seen += 1
         self.last_event_time = max(self.last_event_time, as_of)
 
+    def learn_gap(self, gap_days: float, at: float) -> None:
+        """Learn one gap between a customer's consecutive qualifying events (days)."""
+        self.rhythm.add(gap_days)
+        self.last_event_time = max(self.last_event_time, at)
+
     def predict_churn(self, features: Mapping[str, float]) -> float:
         """The live (unfrozen) model's churn probability."""
-        proba = self._churn.predict_proba_one(dict(features))
-        return float(proba.get(1, proba.get(True, 0.0)))
+        return self._churn.predict_proba_one(features)
 
     def learn_label(self, example: LabelledExample) -> None:
-        """Progressive validation: score with the current model, then learn the label."""
-        features = dict(example.snapshot.features)
-        self.quality.update(self.predict_churn(features), example.label)
-        self._churn.learn_one(features, example.label)
+        """Progressive validation: score with the current model, then learn the label and
+        the spend that followed the snapshot."""
+        snap = example.snapshot
+        self.quality.update(self.predict_churn(snap.features), example.label)
+        self._churn.learn_one(snap.features, example.label)
+        self._value.learn(snap.features, snap.spend_after)
         self.last_event_time = max(self.last_event_time, example.labelled_at)
 
     def bundle(self) -> ModelBundle:
@@ -254,12 +283,6 @@ class Trainer:
             sid: SegmentInfo(segment_id=sid, name=names[sid], profile=dict(profiles.get(sid, {})))
             for sid in centres.ids
         }
-        if self.churn_kind.startswith("logreg"):
-            logit: FrozenLogit | None = FrozenLogit.from_pipeline(self._churn)
-            model = None
-        else:
-            logit = None
-            model = pickle.loads(pickle.dumps(self._churn))  # noqa: S301 - our own bytes
         return ModelBundle(
             version=self.version,
             created_at=self.last_event_time,
@@ -270,9 +293,11 @@ class Trainer:
             segments=segments,
             centres=centres,
             rfm=self._rfm.freeze(),
-            logit=logit,
+            churn=self._churn.freeze(),
+            value=self._value.freeze(),
+            horizon_days=self.horizon_days,
+            typical_gap_days=self.rhythm.typical_gap_days(),
             feature_set=self.feature_set,
-            model=model,
         )
 
     def state_bytes(self, key: bytes) -> bytes:

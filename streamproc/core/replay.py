@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from streamproc.core import seen
+from streamproc.core.churn_definition import is_qualifying
 from streamproc.core.features import ProfileView, event_lane, event_ops
 from streamproc.core.labels import LabelledExample
 from streamproc.core.modelset import ModelBundle, Trainer, version_due
@@ -36,7 +37,7 @@ from streamproc.core.step import (
     step_many,
 )
 from streamproc.core.store import CustomerRecord, InMemoryStore, StateWrite, schedule_name
-from streamproc.core.training import ProfileExample, TrainingExample
+from streamproc.core.training import GapExample, ProfileExample, TrainingExample
 
 _CLICK_DEFAULTS = {"session_id": None, "category": None, "quantity": None}
 CHECKS = schedule_name("checks", 0)
@@ -53,11 +54,6 @@ def event_namespace(value: Mapping[str, Any]) -> SimpleNamespace:
 def event_time(value: Mapping[str, Any]) -> float:
     """Epoch seconds of an event dict's ISO-8601 timestamp."""
     return datetime.fromisoformat(str(value["timestamp"])).timestamp()
-
-
-def is_qualifying(value: Mapping[str, Any]) -> bool:
-    """Activity that counts against churn: anything but a refund."""
-    return value.get("type") != "refund"
 
 
 @dataclass
@@ -89,19 +85,20 @@ class Replay:
 
     def feed_message(self, customer_id: str, values: Sequence[Mapping[str, Any]]) -> None:
         """Process one tracker message: a customer's events (in event-time order overall)."""
-        activity: list[float] = []
+        activity: list[tuple[float, float]] = []
         for value in values:
             ts = event_time(value)
             event = event_namespace(value)
             status = self.store.profiles.apply(customer_id, str(value["event_id"]),
                                                event_ops(event, ts), ts, event_lane(event))
             self.newest = max(self.newest, ts)
-            if status == seen.APPLIED and is_qualifying(value):
-                activity.append(ts)
+            kind = str(value.get("type") or value.get("event_type"))
+            if status == seen.APPLIED and is_qualifying(kind, self.config.churn_definition):
+                activity.append((ts, float(value.get("total", 0.0))))
         if activity:
             activity.sort()
             [rec] = self.store.read_now([customer_id])
-            as_of = float((rec.profile or {}).get("lq", activity[-1]))
+            as_of = float((rec.profile or {}).get("lq", activity[-1][0]))
             self._step([(rec, StepInput(customer_id, rec.profile, tuple(activity),
                                         score_at=as_of))])
         self.advance(self.newest - self.lateness_s)
@@ -135,7 +132,9 @@ class Replay:
 
     def _learn(self, examples: Iterable[TrainingExample]) -> None:
         for example in examples:
-            if isinstance(example, ProfileExample):
+            if isinstance(example, GapExample):
+                self.trainer.learn_gap(example.gap_days, example.at)
+            elif isinstance(example, ProfileExample):
                 self.snapshots += 1
                 self.trainer.learn_profile_features(example.customer_id, example.features,
                                                     example.at)

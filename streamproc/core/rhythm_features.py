@@ -2,8 +2,9 @@
 
 What predicts that a buyer will not order again is how long they have been silent
 *compared with their own rhythm*: BG/NBD's P(alive) is a function of the number of repeat
-orders, the time of the last one and the tenure. These features give a linear model the
-same information on log scales, where a weight reads as "twice as long silent -> odds x k":
+orders, the time of the last one and the tenure. These features (computed by
+:func:`streamproc.core.features.model_features`) give a linear model the same information
+on log scales, where a weight reads as "twice as long silent -> odds x k":
 
 - ``log_days_since_order``: silence (days since the last order, or since first seen);
 - ``log_orders``: orders to date (frequency);
@@ -11,7 +12,9 @@ same information on log scales, where a weight reads as "twice as long silent ->
 - ``log_overdue``: silence over the customer's expected gap between orders, where the
   expected gap is their own mean gap shrunk towards the base's typical gap by one pseudo
   gap (a customer with one order gets the typical gap; one with many, their own);
-- ``log_aov``: average order value (big spenders churn differently from small ones).
+- ``log_aov``: average order value (big spenders churn differently from small ones);
+- ``log_horizon_days``: the horizon the snapshot is labelled against (the same for every
+  customer scored under one bundle, so never a reason).
 
 Every feature is a fixed transform of profile fields (no learned scaling inside), so a
 linear model's per-feature contribution is exact, and :func:`reason_text` states the
@@ -24,8 +27,6 @@ import math
 from collections.abc import Mapping
 from typing import Final
 
-from streamproc.core.features import DAY, ProfileView
-
 RHYTHM_FEATURES: Final[tuple[str, ...]] = (
     "log_days_since_order",
     "log_orders",
@@ -33,6 +34,8 @@ RHYTHM_FEATURES: Final[tuple[str, ...]] = (
     "log_overdue",
     "log_aov",
 )
+#: What the churn and value models read.
+CHURN_FEATURES: Final[tuple[str, ...]] = (*RHYTHM_FEATURES, "log_horizon_days")
 
 #: Pseudo gaps of the base's typical gap mixed into each customer's own mean gap.
 PRIOR_GAPS: Final = 1.0
@@ -50,26 +53,11 @@ def expected_gap_days(orders: float, span_days: float, typical_gap_days: float) 
     return (max(0.0, span_days) + PRIOR_GAPS * typical_gap_days) / (gaps + PRIOR_GAPS)
 
 
-def rhythm_features(view: ProfileView, *, typical_gap_days: float) -> dict[str, float]:
-    """The purchase-rhythm churn features of a profile as of ``view.as_of``."""
-    orders = view.get("o")
-    since = view.days_since_last_order
-    silent = since if since is not None else view.tenure_days
-    first, last = view.raw.get("fo"), view.raw.get("lo")
-    span = (float(last) - float(first)) / DAY if first is not None and last is not None else 0.0
-    tenure = max(0.0, (view.as_of - float(first)) / DAY) if first is not None else view.tenure_days
-    gap = expected_gap_days(orders, span, typical_gap_days)
-    return {
-        "log_days_since_order": math.log1p(silent),
-        "log_orders": math.log1p(orders),
-        "log_tenure_days": math.log1p(tenure),
-        "log_overdue": math.log1p(silent / gap),
-        "log_aov": math.log1p(max(0.0, view.average_order_value)),
-    }
-
-
 def reason_text(feature: str, f: Mapping[str, float], currency: str | None = None) -> str:
-    """A value of one of :data:`RHYTHM_FEATURES` in business units (``f``: the feature dict)."""
+    """A value of one of :data:`RHYTHM_FEATURES` in business units (``f``: the feature dict).
+
+    Amounts are stated in ``currency`` (the orders'), or without a unit when unknown.
+    """
     if feature not in RHYTHM_FEATURES:
         raise ValueError(f"unknown rhythm feature {feature!r}")
     v = math.expm1(f[feature])

@@ -3,14 +3,18 @@
 ``step(state, input, bundle, config) -> (state, output)``, in the shape of Bytewax's
 ``stateful_map``. In order, for one customer:
 
-1. each new qualifying activity time labels the pending snapshots it resolves;
-2. fresh activity is scored as of ``score_at`` (a snapshot when the least gap since the
-   last one has passed; a segment decision with hysteresis; an alert decision);
-3. every idle check due at or before the watermark fires, oldest first, each one a
-   snapshot and a scoring as of its own event time;
-4. the watermark labels as churned the snapshots whose horizon it passed;
-5. the next event time something is due for the customer (a horizon end or an idle
-   check) is returned for the idle-check schedule.
+1. each new qualifying activity marks the pending snapshots whose horizon it falls in
+   ("came back", plus an order's total as the spend that followed) and, after a gap of a
+   day or more since the previous one, emits the gap for the trainer's purchase rhythm;
+2. fresh activity is scored as of ``score_at`` (a segment decision with hysteresis; an
+   alert decision); the first scoring starts the customer's census schedule;
+3. every census check due at or before the watermark fires, oldest first: a snapshot
+   under the horizon in use and a scoring as of its own event time. Every known customer
+   is checked every ``check_interval_s`` whatever they did, so each gives one training
+   example per interval and a lapsing customer is seen lapsing;
+4. the watermark labels every snapshot whose horizon it passed (at ``t + H`` only);
+5. the next event time something is due for the customer (a horizon end or a census
+   check) is returned for the schedule.
 
 The worker (``runtime/scoring.py``) and the in-memory replay (``core/replay.py``) are
 two thin drivers of this step: they differ only in where state lives and when they
@@ -24,16 +28,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from streamproc.core import features as _features
-from streamproc.core.labels import (
-    Snapshot,
-    add_snapshot,
-    next_idle_check,
-    on_activity,
-    on_watermark,
-)
+from streamproc.core.churn_definition import ChurnDefinition
+from streamproc.core.labels import Snapshot, add_snapshot, on_activity, on_watermark
 from streamproc.core.outputs import ChurnAlert, Reason, SegmentChanged, SegmentInfo
 from streamproc.core.policies import (
     AlertDecision,
@@ -45,29 +44,37 @@ from streamproc.core.policies import (
     decide_alert,
     decide_segment,
 )
-from streamproc.core.training import ProfileExample, TrainingExample
+from streamproc.core.rhythm import FALLBACK_HORIZON_DAYS
+from streamproc.core.training import GapExample, ProfileExample, TrainingExample
 
 if TYPE_CHECKING:  # the step only calls a bundle; importing River here slows the settings
     from streamproc.core.modelset import ModelBundle, Score
+
+#: Most event time one catch-up batch may span: a census check that falls inside a batch
+#: fires after the batch's activity is in the profile, so it is skipped when the customer
+#: was active after it (see :func:`_census`); short batches keep those skips rare.
+MAX_BATCH_SPAN_S: Final = _features.DAY
 
 
 @dataclass(frozen=True, slots=True)
 class StepConfig:
     """Every value that changes what the step decides (``ModelSettings.step_config``)."""
 
-    horizon_s: float
+    #: The operator's churn horizon; None: the bundle's (learned from the purchase rhythm).
+    horizon_days: float | None
     check_interval_s: float
     #: Most snapshots awaiting their label per customer (the oldest is dropped beyond).
     max_pending: int
-    #: Least event time between two snapshots of a customer's activity.
-    min_snapshot_gap_s: float
     hysteresis: float
     alert_policy: AlertPolicy
+    #: Which events keep a customer from churning (the drivers pass only those as activity).
+    churn_definition: ChurnDefinition = "order"
 
-    def __post_init__(self) -> None:
-        if self.check_interval_s < self.min_snapshot_gap_s:
-            # An idle check must always be allowed a snapshot, or it would fire forever.
-            raise ValueError("the idle-check interval must be at least the least snapshot gap")
+    def horizon_s(self, bundle: ModelBundle | None) -> float:
+        """The horizon in use: the bundle's, else the operator's, else the fallback."""
+        if bundle is not None:
+            return bundle.horizon_s
+        return (self.horizon_days or FALLBACK_HORIZON_DAYS) * _features.DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +85,15 @@ class ScoringState:
     alert: AlertState | None = None
     pending: tuple[Snapshot, ...] = ()
     last_activity: float | None = None
-    #: Event time of the last snapshot of activity or idle check.
+    #: Event time of the last census check (or of the first scoring: the schedule's phase).
     last_snapshot: float | None = None
-    #: Partition whose idle-check schedule holds the customer (set by the worker).
+    #: The snapshot the next census check takes unless activity comes before it, frozen
+    #: when the customer was last stepped (see :func:`_census`).
+    ahead: Snapshot | None = None
+    #: (event time, order total) of qualifying activity after the last census check: a
+    #: check that fires after that activity was stepped still learns that it came back.
+    recent: tuple[tuple[float, float], ...] = ()
+    #: Partition whose census schedule holds the customer (set by the worker).
     owner: int | None = None
     #: The customer's events arrived on more than one partition (counted once).
     spread: bool = False
@@ -93,11 +106,12 @@ class StepInput:
     customer_id: str
     #: The stored profile (None: unknown or expired; nothing is scored then).
     profile: Mapping[str, Any] | None
-    #: Event times of qualifying activity applied since the last step, ascending.
-    activity: tuple[float, ...] = ()
+    #: (event time, order total or 0) of qualifying activity applied since the last step,
+    #: ascending.
+    activity: tuple[tuple[float, float], ...] = ()
     #: Score the profile as of this event time (fresh activity); None: nothing fresh.
     score_at: float | None = None
-    #: No activity before it is still to come: labels and idle checks may fire up to it.
+    #: No activity before it is still to come: labels and census checks may fire up to it.
     watermark: float = -math.inf
 
 
@@ -140,9 +154,9 @@ class StepOutput:
 @dataclass(slots=True)
 class _Point:
     at: float
-    idle: bool
     features: dict[str, float]
     customer_value: float
+    currency: str | None
 
 
 @dataclass(slots=True)
@@ -156,74 +170,116 @@ class _Plan:
     dropped: int = 0
 
 
-def _snapshot(plan: _Plan, cid: str, view: _features.ProfileView, version: int,
-              config: StepConfig, *, idle: bool) -> None:
-    """Score ``view``; snapshot it when the least gap since the last snapshot has passed."""
+def _features_of(view: _features.ProfileView, bundle: ModelBundle | None,
+                 horizon_s: float) -> dict[str, float]:
+    if bundle is not None:
+        return bundle.features(view)
+    return _features.model_features(view, horizon_days=horizon_s / _features.DAY)
+
+
+def _point(plan: _Plan, view: _features.ProfileView, feats: dict[str, float]) -> None:
+    plan.points.append(_Point(view.as_of, feats, round(view.net_spend, 2), view.currency))
+
+
+def _census_snapshot(view: _features.ProfileView, bundle: ModelBundle | None,
+                     config: StepConfig) -> Snapshot:
+    horizon = config.horizon_s(bundle)
+    return Snapshot(view.customer_id, view.as_of, _features_of(view, bundle, horizon),
+                    bundle.version if bundle is not None else 0, horizon)
+
+
+def _census(plan: _Plan, view: _features.ProfileView, bundle: ModelBundle | None,
+            config: StepConfig) -> None:
+    """One census check at ``view.as_of``: a snapshot under the horizon in use, scored.
+
+    The profile is read after whatever its batch applied, and the watermark that lets a
+    check fire may lag the applied events: a customer active after the check's time
+    would be seen with that future activity. Then the snapshot frozen ahead of time
+    (:func:`_freeze_ahead`, from the profile before that activity) is taken instead;
+    without one the check is passed over. Passing over them is not neutral: the
+    customers active right after a check are the ones who stayed.
+    """
     st = plan.state
-    feats = _features.model_features(view)
     at = view.as_of
-    gap = config.min_snapshot_gap_s
-    if st.last_snapshot is None or at - st.last_snapshot >= gap:
-        before = len(st.pending)
-        pending, added = add_snapshot(st.pending, Snapshot(cid, at, feats, version),
-                                      max_pending=config.max_pending, min_gap_s=gap)
-        if added:
-            plan.dropped += before + 1 - len(pending)
-            plan.examples.append(ProfileExample(cid, at, feats))
-            st = replace(st, pending=pending, last_snapshot=at)
-    if idle:  # an idle check counts as done even if a newer snapshot kept it out
-        st = replace(st, last_snapshot=max(at, st.last_snapshot or at))
-    plan.state = st
-    plan.points.append(_Point(at, idle, feats, round(view.net_spend, 2)))
+    plan.idle_checks += 1
+    plan.state = replace(st, last_snapshot=at, ahead=None,
+                         recent=tuple(r for r in st.recent if r[0] > at))
+    if float(view.raw.get("lq", -math.inf)) <= at:
+        snap = _census_snapshot(view, bundle, config)
+    elif st.ahead is not None and st.ahead.scored_at == at:
+        snap = st.ahead
+    else:
+        return
+    marked: tuple[Snapshot, ...] = (snap,)
+    for t, amount in plan.state.recent:
+        marked = on_activity(marked, t, amount)
+    snap = marked[0]
+    pending, dropped = add_snapshot(st.pending, snap, max_pending=config.max_pending)
+    plan.dropped += dropped
+    plan.examples.append(ProfileExample(view.customer_id, at, snap.features))
+    plan.state = replace(plan.state, pending=pending)
+    plan.points.append(_Point(at, snap.features, round(view.net_spend, 2), view.currency))
 
 
-def _next_idle(st: ScoringState, config: StepConfig) -> float | None:
-    if st.last_activity is None:
-        return None
-    after = max(st.last_activity, st.last_snapshot or st.last_activity)
-    return next_idle_check(st.last_activity, after, check_interval_s=config.check_interval_s,
-                           horizon_s=config.horizon_s)
+def _freeze_ahead(plan: _Plan, cid: str, profile: Mapping[str, Any],
+                  bundle: ModelBundle | None, config: StepConfig) -> None:
+    """Freeze the next census check's snapshot from the profile as it is now, while no
+    activity after that check can be in it."""
+    st = plan.state
+    if st.last_snapshot is None:
+        return
+    due = st.last_snapshot + config.check_interval_s
+    if float(profile.get("lq", -math.inf)) <= due:  # else the one frozen earlier stands
+        view = _features.ProfileView(cid, due, profile)
+        plan.state = replace(st, ahead=_census_snapshot(view, bundle, config))
 
 
-def _plan(state: ScoringState | None, inp: StepInput, version: int,
+def _on_activity(plan: _Plan, cid: str, activity: tuple[tuple[float, float], ...]) -> None:
+    st = plan.state
+    pending, last, recent = st.pending, st.last_activity, list(st.recent)
+    since = st.last_snapshot if st.last_snapshot is not None else -math.inf
+    for t, amount in activity:
+        pending = on_activity(pending, t, amount)
+        if t > since:
+            recent.append((t, amount))
+        if last is not None and t - last >= _features.DAY:
+            plan.examples.append(GapExample(cid, t, (t - last) / _features.DAY))
+        last = t if last is None else max(last, t)
+    plan.state = replace(st, pending=pending, last_activity=last, recent=tuple(recent))
+
+
+def _plan(state: ScoringState | None, inp: StepInput, bundle: ModelBundle | None,
           config: StepConfig) -> _Plan:
     plan = _Plan(state or ScoringState())
-    cid, horizon = inp.customer_id, config.horizon_s
-    pending = plan.state.pending
-    for t in inp.activity:
-        # Activity after a snapshot resolves it whatever order the inputs arrive in.
-        pending, labelled = on_activity(pending, t, horizon)
-        plan.examples += labelled
-    last = plan.state.last_activity
-    if inp.activity:
-        last = max(inp.activity[-1], last if last is not None else -math.inf)
-    plan.state = replace(plan.state, pending=pending, last_activity=last)
-    profile = inp.profile
+    cid, profile = inp.customer_id, inp.profile
+    _on_activity(plan, cid, inp.activity)
     if profile is not None and inp.score_at is not None:
-        _snapshot(plan, cid, _features.ProfileView(cid, inp.score_at, profile), version, config,
-                  idle=False)
-    while profile is not None:
-        due = _next_idle(plan.state, config)
-        if due is None or due > inp.watermark:
+        view = _features.ProfileView(cid, inp.score_at, profile)
+        _point(plan, view, _features_of(view, bundle, config.horizon_s(bundle)))
+        if plan.state.last_snapshot is None:  # the census schedule's phase
+            plan.state = replace(plan.state, last_snapshot=inp.score_at)
+    while profile is not None and plan.state.last_snapshot is not None:
+        due = plan.state.last_snapshot + config.check_interval_s
+        if due > inp.watermark:
             break
-        pending, labelled = on_watermark(plan.state.pending, due, horizon)
+        pending, labelled = on_watermark(plan.state.pending, due)
         plan.examples += labelled
         plan.state = replace(plan.state, pending=pending)
-        plan.idle_checks += 1
-        _snapshot(plan, cid, _features.ProfileView(cid, due, profile), version, config, idle=True)
-    pending, labelled = on_watermark(plan.state.pending, inp.watermark, horizon)
+        _census(plan, _features.ProfileView(cid, due, profile), bundle, config)
+    pending, labelled = on_watermark(plan.state.pending, inp.watermark)
     plan.examples += labelled
     plan.state = replace(plan.state, pending=pending)
+    if profile is not None:
+        _freeze_ahead(plan, cid, profile, bundle, config)
     return plan
 
 
 def next_due(state: ScoringState, config: StepConfig) -> float | None:
     """The next event time the customer needs a step without activity: a horizon's end or
-    an idle check (None: neither)."""
-    candidates = [s.scored_at + config.horizon_s for s in state.pending]
-    idle = _next_idle(state, config)
-    if idle is not None:
-        candidates.append(idle)
+    a census check (None: neither)."""
+    candidates = [s.scored_at + s.horizon_s for s in state.pending]
+    if state.last_snapshot is not None:
+        candidates.append(state.last_snapshot + config.check_interval_s)
     return min(candidates) if candidates else None
 
 
@@ -253,10 +309,11 @@ def step_many(items: Sequence[tuple[ScoringState | None, StepInput]],
               bundle: ModelBundle | None,
               config: StepConfig) -> list[tuple[ScoringState, StepOutput]]:
     """:func:`step` for many customers, with one vectorised scoring call for all of them."""
-    version = bundle.version if bundle is not None else 0
-    plans = [_plan(state, inp, version, config) for state, inp in items]
-    rows = [p.features for plan in plans for p in plan.points]
-    scores = bundle.score_features_many(rows) if bundle is not None and rows else []
+    plans = [_plan(state, inp, bundle, config) for state, inp in items]
+    points = [p for plan in plans for p in plan.points]
+    scores = (bundle.score_features_many([p.features for p in points],
+                                         [p.currency for p in points])
+              if bundle is not None and points else [])
     out: list[tuple[ScoringState, StepOutput]] = []
     at = 0
     for plan, (_, inp) in zip(plans, items, strict=True):

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamproc.core.features import InMemoryProfiles
+from streamproc.core.labels import Snapshot
 from streamproc.core.step import ScoringState
 
 
@@ -100,15 +101,18 @@ def from_bfloat16(bits: np.ndarray) -> list[float]:
 
 
 def stored_precision(state: ScoringState) -> ScoringState:
-    """``state`` as a store returns it: pending snapshots' features at bfloat16 precision."""
-    if not state.pending:
+    """``state`` as a store returns it: snapshots' features at bfloat16 precision."""
+    if not state.pending and state.ahead is None:
         return state
-    pending = []
-    for snap in state.pending:
-        names = list(snap.features)
-        values = from_bfloat16(to_bfloat16([snap.features[n] for n in names]))
-        pending.append(replace(snap, features=dict(zip(names, values, strict=True))))
-    return replace(state, pending=tuple(pending))
+    ahead = None if state.ahead is None else _stored_snapshot(state.ahead)
+    return replace(state, pending=tuple(_stored_snapshot(s) for s in state.pending),
+                   ahead=ahead)
+
+
+def _stored_snapshot(snap: Snapshot) -> Snapshot:
+    names = list(snap.features)
+    values = from_bfloat16(to_bfloat16([snap.features[n] for n in names]))
+    return replace(snap, features=dict(zip(names, values, strict=True)))
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """Training examples and their wire format on the training topic; the feature-set identity.
 
-The scoring step emits two kinds of example, in order: a :class:`ProfileExample` for
-each snapshot (the trainer learns segments and RFM quintiles from it) and a
-:class:`~streamproc.core.labels.LabelledExample` for each delayed churn label. A
+The scoring step emits three kinds of example, in order: a :class:`GapExample` for each
+gap between a customer's consecutive qualifying events (the trainer learns the purchase
+rhythm, hence the default churn horizon, from them), a :class:`ProfileExample` for each
+snapshot (segments and RFM quintiles) and a
+:class:`~streamproc.core.labels.LabelledExample` for each delayed churn label (churn and
+value). A
 training-topic record is a JSON object ``{"fs": <feature set>, "examples": [...]}``
 holding up to :data:`EXAMPLES_PER_RECORD` of them; features travel as a list in
 ``MODEL_FEATURES`` order, so every record names the feature set it was written with
@@ -35,7 +38,16 @@ class ProfileExample:
     features: dict[str, float]
 
 
-TrainingExample = ProfileExample | LabelledExample
+@dataclass(frozen=True, slots=True)
+class GapExample:
+    """The gap in days between a customer's qualifying event at ``at`` and the previous one."""
+
+    customer_id: str
+    at: float
+    gap_days: float
+
+
+TrainingExample = ProfileExample | GapExample | LabelledExample
 
 
 @lru_cache(maxsize=8)
@@ -66,9 +78,13 @@ def _example_doc(example: TrainingExample) -> dict[str, Any]:
     if isinstance(example, ProfileExample):
         return {"kind": "profile", "customer_id": example.customer_id, "at": example.at,
                 "features": feature_list(example.features)}
+    if isinstance(example, GapExample):
+        return {"kind": "gap", "customer_id": example.customer_id, "at": example.at,
+                "gap_days": example.gap_days}
     s = example.snapshot
     return {"kind": "label", "customer_id": s.customer_id, "scored_at": s.scored_at,
-            "model_version": s.model_version, "label": example.label,
+            "model_version": s.model_version, "horizon_s": s.horizon_s,
+            "spend_after": s.spend_after, "label": example.label,
             "labelled_at": example.labelled_at, "features": feature_list(s.features)}
 
 
@@ -95,14 +111,18 @@ class DecodedRecord:
 
 
 def _parse_example(doc: Mapping[str, Any], names: tuple[str, ...]) -> TrainingExample:
+    if doc["kind"] == "gap":
+        return GapExample(str(doc["customer_id"]), float(doc["at"]), float(doc["gap_days"]))
     features = dict(zip(names, (float(v) for v in doc["features"]), strict=True))
     if doc["kind"] == "profile":
         return ProfileExample(str(doc["customer_id"]), float(doc["at"]), features)
     if doc["kind"] != "label":
         raise ValueError(f"unknown example kind {doc['kind']!r}")
+    label = int(doc["label"])
     snap = Snapshot(str(doc["customer_id"]), float(doc["scored_at"]), features,
-                    int(doc["model_version"]))
-    return LabelledExample(snap, int(doc["label"]), float(doc["labelled_at"]))
+                    int(doc["model_version"]), float(doc["horizon_s"]), came_back=label == 0,
+                    spend_after=float(doc["spend_after"]))
+    return LabelledExample(snap, label, float(doc["labelled_at"]))
 
 
 def decode_record(raw: bytes) -> DecodedRecord:

@@ -20,8 +20,8 @@ from streamproc.adapters.event_time import EventTimeWriter
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, RedisScoringStore, make_client
 from streamproc.core.eventclock import InputProgress, PartitionClock, partition_clock
-from streamproc.core.features import DAY
 from streamproc.core.outputs import MAX_RECORD_BYTES
+from streamproc.core.step import MAX_BATCH_SPAN_S
 from streamproc.metrics import Metrics, Topics, create_metrics
 from streamproc.runtime.catchup import CatchUpLimits, Collector
 from streamproc.runtime.faust_sensor import setup_lean_prometheus_sensors
@@ -139,7 +139,7 @@ def create_worker(settings: Settings, registry: CollectorRegistry | None = None)
     model_store = ModelStore(client, settings.redis.key_prefix,
                              settings.models.signing_key.get_secret_value().encode(),
                              guard.marker)
-    models = ModelHolder(model_store, metrics, time.time)
+    models = ModelHolder(model_store, metrics, time.time, settings.models.churn_definition)
     # An accepted Redis holds none of the models in hand (the trainer finds its claim gone
     # at its next store and starts over by itself).
     guard.on_replaced = models.forget
@@ -182,7 +182,7 @@ def _ingest_agent(worker: Worker) -> Collector:
     collector = Collector(
         CatchUpLimits(max_messages=ingest.batch_max_messages,
                       max_wait_s=ingest.catchup_max_wait_s,
-                      max_span_s=settings.models.min_snapshot_gap_days * DAY),
+                      max_span_s=MAX_BATCH_SPAN_S),
         waiting=lambda batch: waiting_behind(app.consumer, batch.marks), clock=pipeline.clock)
 
     @app.agent(inputs, name="ingest")

@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamproc.adapters.redis_store import CustomerUpdate, PreparedEvent, RedisProfileStore
 from streamproc.core import seen
+from streamproc.core.churn_definition import is_qualifying
 from streamproc.core.events import ClickstreamEvent, Event, Rejection, decode_message
 from streamproc.core.features import (
     LANE_CLICKSTREAM,
@@ -64,7 +65,9 @@ class _Origin:
     message: RawMessage
     index: int | None  # position in its batch envelope; None for a single-event message
     kind: str
-    qualifying: bool  # counts as activity for recency and churn (everything but a refund)
+    #: Qualifying activity under the churn definition: the order total (0 for other
+    #: events); None for an event that does not keep the customer from churning.
+    activity_amount: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +102,9 @@ class ActivityBatch:
     """What the scoring stage sees of one processed batch."""
 
     updates: list[CustomerUpdate]
-    #: customer -> sorted event times of events applied in this batch (qualifying activity only)
-    activity: dict[str, list[float]]
+    #: customer -> sorted (event time, order total or 0) of the qualifying activity applied
+    #: in this batch (see the churn definition)
+    activity: dict[str, list[tuple[float, float]]]
     #: customer -> input partition the customer's events arrived on
     partitions: dict[str, int]
     received_at: float
@@ -389,6 +393,7 @@ class IngestPipeline:
         prepared, origins, partitions = batch.events, batch.origins, batch.partitions
         out, marks, outcome = batch.out, batch.marks, batch.outcome
         dl_topic = self.settings.topics.dead_letter
+        definition = self.settings.models.churn_definition
         for msg in messages:
             source = self._sources.get(msg.topic, "clickstream")
             decoded = decode_message(msg.value, msg.key, source, limits=self.limits, now=now)
@@ -411,12 +416,15 @@ class IngestPipeline:
                 # Dispatch on the class: event_ops' attribute probes miss on pydantic models
                 # and raise through BaseModel.__getattr__ (3.5 % of worker CPU in a profile).
                 kind: str
+                amount = 0.0
                 if isinstance(event, ClickstreamEvent):
                     kind, ops, lane = event.event_type, clickstream_ops(event, ts), LANE_CLICKSTREAM
                 else:
                     kind, ops, lane = event.type, purchase_ops(event, ts), LANE_PURCHASES
+                    amount = float(event.total)
                 prepared.append(PreparedEvent(event.customer_id, event.event_id, ts, ops, lane))
-                origins.append(_Origin(msg, position, kind, kind != "refund"))
+                origins.append(_Origin(msg, position, kind,
+                                       amount if is_qualifying(kind, definition) else None))
                 partitions[event.customer_id] = msg.partition
                 if ts > newest:
                     newest = ts
@@ -474,11 +482,11 @@ class IngestPipeline:
 
     def _count(self, prepared: Sequence[PreparedEvent], origins: Sequence[_Origin],
                updates: Sequence[CustomerUpdate], outcome: BatchOutcome,
-               ) -> tuple[dict[str, list[float]], list[int]]:
+               ) -> tuple[dict[str, list[tuple[float, float]]], list[int]]:
         """Count each event's fate; returns activity per customer and the late events."""
         statuses: dict[str, list[int]] = {u.customer_id: u.statuses for u in updates}
         cursor: dict[str, int] = {}
-        activity: dict[str, list[float]] = {}
+        activity: dict[str, list[tuple[float, float]]] = {}
         late: list[int] = []
         counts: Counter[tuple[str, str, str]] = Counter()
         dupes: Counter[str] = Counter()
@@ -490,8 +498,9 @@ class IngestPipeline:
             if status == seen.APPLIED:
                 counts[topic, origin.kind, "applied"] += 1
                 outcome.applied += 1
-                if origin.qualifying:
-                    activity.setdefault(ev.customer_id, []).append(ev.ts)
+                if origin.activity_amount is not None:
+                    activity.setdefault(ev.customer_id, []).append(
+                        (ev.ts, origin.activity_amount))
             elif status == seen.DUPLICATE:
                 counts[topic, origin.kind, "duplicate"] += 1
                 outcome.duplicates += 1

@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, Literal, Protocol
 
 from streamproc.adapters.model_store import ModelStore
+from streamproc.core.churn_definition import DEFAULT_CHURN_DEFINITION, ChurnDefinition
 from streamproc.core.eventclock import PartitionClock
 from streamproc.core.labels import LabelledExample
 from streamproc.core.modelset import ModelBundle, SnapshotRejected
@@ -62,10 +63,13 @@ class ModelSource(Protocol):
 class ModelHolder:
     """The worker's read-only copy of the current model version, hot-reloaded."""
 
-    def __init__(self, store: ModelStore, metrics: Metrics, clock: Callable[[], float]) -> None:
+    def __init__(self, store: ModelStore, metrics: Metrics, clock: Callable[[], float],
+                 definition: ChurnDefinition = DEFAULT_CHURN_DEFINITION) -> None:
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        #: The churn definition, the label of the quality gauges.
+        self.definition = definition
         self.bundle: ModelBundle | None = None
         self.published_at = 0.0
         #: version -> wall time it was refused; retried after REFUSED_RETRY_S in case the
@@ -117,13 +121,18 @@ class ModelHolder:
         self.metrics.model_snapshot_timestamp_seconds.set(self.published_at)
         self.metrics.model_snapshot_age_seconds.set(max(0.0, self.clock() - self.published_at))
         self.metrics.churn_model_ready.set(1 if b.churn_ready else 0)
+        m = self.metrics
+        definition = self.definition
+        m.churn_horizon_seconds.labels(definition).set(b.horizon_s)
         q = b.quality
-        for gauge, name in ((self.metrics.churn_roc_auc, "roc_auc"),
-                            (self.metrics.churn_log_loss, "log_loss"),
-                            (self.metrics.churn_precision, "precision"),
-                            (self.metrics.churn_recall, "recall")):
+        for gauge, name in ((m.churn_roc_auc, "roc_auc"), (m.churn_log_loss, "log_loss"),
+                            (m.churn_brier, "brier"), (m.churn_base_rate, "base_rate"),
+                            (m.churn_predicted_positive_rate, "predicted_positive_rate"),
+                            (m.churn_precision, "precision"), (m.churn_recall, "recall")):
             if name in q:
-                gauge.set(q[name])
+                gauge.labels(definition).set(q[name])
+            else:
+                gauge.clear()
 
 
 def _reason_code(reason: str) -> str:
@@ -143,7 +152,7 @@ class _Job:
     partition: int
     clock: PartitionClock
     kind: Literal["batch", "deferred", "idle"]
-    activity: tuple[float, ...] = ()
+    activity: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +286,7 @@ class Scorer:
     def _as_of(job: _Job, rec: CustomerRecord) -> float:
         # The profile as of its last qualifying event (lq), which may be newer than the
         # activity in hand when another batch of the customer's landed first.
-        fallback = job.activity[-1] if job.activity else 0.0
+        fallback = job.activity[-1][0] if job.activity else 0.0
         return float((rec.profile or {}).get("lq", fallback))
 
     def _waits(self, job: _Job, rec: CustomerRecord) -> bool:

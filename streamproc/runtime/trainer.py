@@ -23,6 +23,7 @@ from streamproc.adapters.model_store import ModelStore, TrainerPosition
 from streamproc.core.modelset import SnapshotRejected, Trainer, version_due
 from streamproc.core.training import (
     DecodedRecord,
+    GapExample,
     ProfileExample,
     TrainingExample,
     decode_record,
@@ -109,6 +110,7 @@ class TrainerService:
     def _new_trainer(self) -> Trainer:
         return Trainer(n_segments=self.settings.segments, seed=42,
                        churn_threshold=self.settings.churn_threshold,
+                       horizon_days=self.settings.churn_horizon_days,
                        min_labels=self.settings.min_labels_before_alerts)
 
     async def load(self, topic: str) -> Trainer | None:
@@ -287,6 +289,9 @@ def _learn(trainer: Trainer, example: TrainingExample) -> str:
     if isinstance(example, ProfileExample):
         trainer.learn_profile_features(example.customer_id, example.features, example.at)
         return "profile"
+    if isinstance(example, GapExample):
+        trainer.learn_gap(example.gap_days, example.at)
+        return "gap"
     trainer.learn_label(example)
     return "label"
 

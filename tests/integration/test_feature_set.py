@@ -1,7 +1,8 @@
 """A release that adds a model feature: what earlier ones stored is skipped, never fatal.
 
-A worker of the running release scores a customer (its pending snapshot is stored in
-Redis), publishes a training record and has a model version published. Then one more
+A worker of the running release scores a customer and takes a census snapshot of it (its
+pending snapshot is stored in Redis), publishes a training record and has a model version
+published. Then one more
 model feature is added (``MODEL_FEATURES`` patched longer, as a new release would have it)
 and a new worker and trainer meet all of that on the same Redis: the old pending snapshot
 is dropped, the old model version and trainer state are not loaded, the old training
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -35,12 +37,15 @@ from tests.integration.test_idle_sweep import Collect
 pytestmark = pytest.mark.integration
 
 
-async def _worker(settings: Settings) -> tuple[Worker, Collect]:
+async def _worker(settings: Settings, watermark_day: int) -> tuple[Worker, Collect]:
+    """A worker whose partitions' watermark is that day of March 2026 (census checks up to
+    it fire with the batch)."""
     worker = create_worker(settings, CollectorRegistry())
     await worker.guard.verify()  # what the running app does first: Redis calls wait for it
     publisher = Collect()
     worker.pipeline.publisher = publisher
-    worker.scorer.clock_for = lambda _p: PartitionClock(-math.inf, math.inf)
+    watermark = datetime(2026, 3, watermark_day, tzinfo=UTC).timestamp()
+    worker.scorer.clock_for = lambda _p: PartitionClock(watermark, math.inf)
     return worker, publisher
 
 
@@ -58,8 +63,9 @@ def _mismatches(worker: Worker, kind: str) -> float:
 
 async def test_a_new_feature_skips_what_the_old_feature_set_stored(
         make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = make_settings()
-    old, publisher = await _worker(settings)
+    # Page views count as activity here, so a visit starts the customer's census schedule.
+    settings = make_settings(models={"churn_definition": "activity"})
+    old, publisher = await _worker(settings, 9)  # the census check of March 8 fires
     models = ModelStore(old.pipeline.store.client, settings.redis.key_prefix,
                         SIGNING_KEY.encode())
     trainer = Trainer(seed=1)
@@ -80,13 +86,13 @@ async def test_a_new_feature_skips_what_the_old_feature_set_stored(
     released = features_module.model_features
     monkeypatch.setattr(features_module, "MODEL_FEATURES", longer)
     monkeypatch.setattr(features_module, "model_features",
-                        lambda view: {**released(view), "returns_30d": 0.0})
+                        lambda view, **kw: {**released(view, **kw), "returns_30d": 0.0})
     assert feature_set() != old_set
 
-    new, publisher = await _worker(settings)
+    new, publisher = await _worker(settings, 16)  # the census check of March 15 fires
     client = new.pipeline.store.client
     try:
-        await _view(new, settings, 1, 3)
+        await _view(new, settings, 1, 1)  # the same day: no gap for the purchase rhythm
         assert _mismatches(new, "model") == 1  # the old version is not scored with
         assert _mismatches(new, "pending_snapshot") == 1
         [stored] = await RedisScoringStore.from_settings(client, settings.redis).read(["c-1"])

@@ -68,7 +68,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
 def _state(la: float, cid: str = "c-1", *, pending: int = 1) -> ScoringState:
     features = {n: 0.1 * i + la / 1e9 for i, n in enumerate(MODEL_FEATURES)}
     return ScoringState(segment=SegmentState(2, la), alert=AlertState(None, 0.3),
-                        pending=tuple(Snapshot(cid, la - i, features, 3)
+                        pending=tuple(Snapshot(cid, la - i, features, 3, 30 * 86_400.0)
                                       for i in range(pending)),
                         last_activity=la, last_snapshot=la, owner=0)
 

@@ -1,83 +1,52 @@
-"""Churn model freezing, reasons and quality metrics."""
+"""Churn reasons and quality metrics on delayed labels."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import random
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamproc.core.churn import (
-    FrozenLogit,
-    QualityTracker,
-    feature_row,
-    make_churn_model,
-    reason_text,
-    roc_auc,
-    top_reasons,
-)
-from streamproc.core.features import MODEL_FEATURES
+from streamproc.core.churn import QualityTracker, roc_auc, top_reasons
+from streamproc.core.rhythm_features import CHURN_FEATURES
 
 
-def example(rng: random.Random) -> tuple[dict[str, float], int]:
-    x = {f: rng.uniform(0, 3) for f in MODEL_FEATURES}
-    x["recency_days"] = rng.uniform(0, 60)
-    y = int(x["recency_days"] + rng.gauss(0, 5) > 20)
-    return x, y
+def _features(**values: float) -> dict[str, float]:
+    f = dict.fromkeys(CHURN_FEATURES, 0.0)
+    f.update(values)
+    return f
 
 
-def test_frozen_logit_matches_the_river_pipeline() -> None:
-    rng = random.Random(2)
-    model = make_churn_model("logreg")
-    for _ in range(2000):
-        x, y = example(rng)
-        model.learn_one(x, y)
-    frozen = FrozenLogit.from_pipeline(model)
-    xs = [example(rng)[0] for _ in range(50)]
-    probs = frozen.probabilities(frozen.contributions(np.array([feature_row(x) for x in xs])))
-    expected = [model.predict_proba_one(x)[True] for x in xs]
-    assert np.allclose(probs, expected, atol=1e-9)
-    assert frozen.weights[MODEL_FEATURES.index("recency_days")] > 0
-
-
-def test_reasons_are_top_positive_contributions_in_business_terms() -> None:
-    f = dict.fromkeys(MODEL_FEATURES, 0.0)
-    f.update(
-        recency_days=12.0,
-        days_since_last_order=41.0,
-        log_orders=math.log1p(4),
-        cart_abandonment_rate=0.8,
-        orders_30d=math.log1p(2),
-        orders_per_30d_tenure=4.0,
-        tenure_days=90.0,
-    )
-    contrib = np.zeros(len(MODEL_FEATURES))
-    for name, c in [
-        ("days_since_last_order", 2.0),
-        ("cart_abandonment_rate", 1.0),
-        ("orders_30d", 0.5),
-        ("recency_days", 0.1),
-        ("tenure_days", -3.0),
-    ]:
-        contrib[MODEL_FEATURES.index(name)] = c
-    reasons = top_reasons(contrib, f)
+def test_reasons_are_the_risk_raising_contributions_never_the_horizon() -> None:
+    f = _features(log_days_since_order=math.log1p(41), log_overdue=math.log1p(2.5),
+                  log_aov=math.log1p(24.5), log_orders=math.log1p(4),
+                  log_horizon_days=math.log(132))
+    contrib = np.zeros(len(CHURN_FEATURES))
+    for name, c in [("log_horizon_days", 5.0), ("log_days_since_order", 2.0),
+                    ("log_overdue", 1.0), ("log_aov", 0.5), ("log_orders", -3.0)]:
+        contrib[CHURN_FEATURES.index(name)] = c
+    reasons = top_reasons(contrib, CHURN_FEATURES, f, "USD")
     assert [(n, t) for n, _, t in reasons] == [
-        ("days_since_last_order", "no order for 41 days"),
-        ("cart_abandonment_rate", "cart abandonment 80%"),
-        ("orders_30d", "2 orders in the last 30 days (down)"),
+        ("log_days_since_order", "no order for 41 days"),
+        ("log_overdue", "silent for 2.5 times the usual gap between orders"),
+        ("log_aov", "average order 24.50 USD"),
     ]
-    assert reason_text("recency_days", f) == "no visits for 12 days"
-    assert top_reasons(-np.abs(contrib), f) == []
+    # Factors that lower the risk are never reasons, whatever their size.
+    assert top_reasons(-np.abs(contrib), CHURN_FEATURES, f, "USD") == []
 
 
-def test_every_feature_has_a_readable_reason() -> None:
-    f = dict.fromkeys(MODEL_FEATURES, 1.0)
-    for name in MODEL_FEATURES:
-        assert "=" not in reason_text(name, f)
+def test_amounts_are_in_the_currency_of_the_orders() -> None:
+    f = _features(log_aov=math.log1p(81.0))
+    contrib = np.zeros(len(CHURN_FEATURES))
+    contrib[CHURN_FEATURES.index("log_aov")] = 1.0
+    for currency in ("USD", "GBP"):
+        [(_, _, text)] = top_reasons(contrib, CHURN_FEATURES, f, currency)
+        assert text == f"average order 81.00 {currency}"
+    [(_, _, text)] = top_reasons(contrib, CHURN_FEATURES, f, None)
+    assert text == "average order 81.00"  # no order yet: no currency is made up
 
 
 @given(st.lists(st.tuples(st.sampled_from([0.1, 0.2, 0.5, 0.9]), st.integers(0, 1)), min_size=2))
@@ -95,13 +64,40 @@ def test_roc_auc_matches_pairwise_definition(pairs: list[tuple[float, int]]) -> 
 
 def test_quality_tracker_reports_metrics_over_window() -> None:
     q = QualityTracker(threshold=0.5, window=4)
-    assert q.summary()["labels_seen"] == 0.0
+    assert q.summary() == {"labels_seen": 0.0, "positives_seen": 0.0, "window": 0.0}
     for p, y in [(0.9, 0), (0.9, 1), (0.8, 1), (0.2, 0), (0.6, 0)]:
         q.update(p, y)
     s = q.summary()
     assert s["labels_seen"] == 5.0
     assert s["window"] == 4.0
+    assert s["base_rate"] == pytest.approx(0.5)
+    assert s["predicted_positive_rate"] == pytest.approx(0.75)
     assert s["precision"] == pytest.approx(2 / 3)
     assert s["recall"] == pytest.approx(1.0)
     assert s["roc_auc"] == pytest.approx(1.0)
     assert s["log_loss"] > 0
+    assert s["brier"] == pytest.approx((0.1**2 + 0.2**2 + 0.2**2 + 0.6**2) / 4)
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_quality_figures_are_absent_until_both_classes_are_seen(label: int) -> None:
+    q = QualityTracker(threshold=0.5, window=100)
+    for _ in range(20):
+        q.update(0.9, label)
+    s = q.summary()
+    assert s["base_rate"] == float(label)
+    for key in ("roc_auc", "log_loss", "brier", "recall"):
+        assert key not in s  # absent: not NaN, not a made-up perfect score
+    q.update(0.1, 1 - label)
+    s = q.summary()
+    assert all(math.isfinite(s[k]) for k in ("roc_auc", "log_loss", "brier"))
+
+
+def test_precision_is_absent_while_nothing_reaches_the_threshold() -> None:
+    q = QualityTracker(threshold=0.95, window=10)
+    for p, y in [(0.2, 0), (0.3, 1), (0.4, 1)]:
+        q.update(p, y)
+    s = q.summary()
+    assert "precision" not in s
+    assert s["recall"] == 0.0
+    assert s["predicted_positive_rate"] == 0.0

@@ -47,8 +47,11 @@ def trained(seed: int = 1, n: int = 1500) -> Trainer:
         v = view(rng, i, T0 + i)
         trainer.learn_profile(v)
         f = model_features(v)
-        label = int(f["recency_days"] + rng.gauss(0, 5) > 25)
-        trainer.learn_label(LabelledExample(Snapshot(v.customer_id, v.as_of, f, 0), label, v.as_of))
+        label = int(math.expm1(f["log_days_since_order"]) + rng.gauss(0, 5) > 25)
+        spend = 0.0 if label else rng.uniform(10, 100)
+        snap = Snapshot(v.customer_id, v.as_of, f, 0, 30 * DAY, came_back=not label,
+                        spend_after=spend)
+        trainer.learn_label(LabelledExample(snap, label, v.as_of))
     return trainer
 
 
@@ -71,6 +74,9 @@ def test_bundle_scores_deterministically_and_batch_equals_single() -> None:
         assert all(1 <= x <= 5 for x in s.rfm_scores)
         assert len(s.reasons) <= 3
         assert all(c > 0 for _, c, _ in s.reasons)
+        assert s.horizon_days == bundle.horizon_days == 30.0  # too few gaps: the fallback
+        assert s.expected_value >= 0.0
+    assert max(s.expected_value for s in batch) > 0.0
     # A reloaded copy scores identically.
     again = ModelBundle.from_bytes(bundle.to_bytes(KEY), KEY)
     assert again.score_many(views) == batch
@@ -88,7 +94,7 @@ def test_bundle_is_isolated_from_further_learning() -> None:
         w = view(rng, i, T0 + i)
         trainer.learn_profile(w)
         f = model_features(w)
-        trainer.learn_label(LabelledExample(Snapshot("x", T0, f, 1), 1, T0 + i))
+        trainer.learn_label(LabelledExample(Snapshot("x", T0, f, 1, 30 * DAY), 1, T0 + i))
     assert bundle.score(v) == before
     assert trainer.bundle().version == 2
 
@@ -98,6 +104,8 @@ def test_untrained_trainer_bundles_and_is_not_ready() -> None:
     assert not bundle.churn_ready
     score = bundle.score(ProfileView("c", T0, {}))
     assert score.churn_probability == pytest.approx(0.5)
+    assert score.expected_value == 0.0  # no spend learned yet
+    assert "roc_auc" not in bundle.quality
     assert score.segment_id in (0, 1, 2)
 
 
@@ -108,7 +116,7 @@ def test_trainer_state_round_trip_continues_identically() -> None:
     for i in range(100):
         v = view(rng, i, T0 + i)
         f = model_features(v)
-        ex = LabelledExample(Snapshot("c", T0, f, 0), i % 2, T0 + i)
+        ex = LabelledExample(Snapshot("c", T0, f, 0, 30 * DAY, spend_after=i % 7), i % 2, T0 + i)
         for t in (trainer, restored):
             t.learn_profile(v)
             t.learn_label(ex)
@@ -162,3 +170,25 @@ def test_learn_profile_accepts_store_views() -> None:
     trainer.learn_profile(ProfileView("c1", T0, store.states["c1"]))
     assert trainer.profiles_seen == 1
     assert trainer.bundle().created_at == T0
+
+
+def test_the_horizon_is_the_operators_or_learned_from_the_rhythm() -> None:
+    learned = Trainer()
+    set_by_operator = Trainer(horizon_days=45.0)
+    for i in range(400):  # gaps of 10..109 days: the 90 % quantile is about 100 days
+        for t in (learned, set_by_operator):
+            t.learn_gap(10.0 + i % 100, T0 + i)
+    assert 99.0 <= learned.bundle().horizon_days <= 106.0
+    assert set_by_operator.bundle().horizon_days == 45.0
+    assert learned.bundle().typical_gap_days == pytest.approx(60.0, rel=0.06)
+
+
+def test_reasons_state_amounts_in_the_customers_order_currency() -> None:
+    bundle = trained().bundle()
+    rng = random.Random(3)
+    views = [view(rng, i, T0 + 10 * DAY) for i in range(200)]
+    gbp = [ProfileView(v.customer_id, v.as_of, {**v.raw, "cur": "GBP"}) for v in views]
+    texts = [t for s in bundle.score_many(gbp) for f, _, t in s.reasons if f == "log_aov"]
+    assert texts
+    assert all(t.endswith(" GBP") for t in texts)
+    assert all("EUR" not in t for s in bundle.score_many(views) for _, _, t in s.reasons)

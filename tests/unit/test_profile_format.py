@@ -112,10 +112,11 @@ def test_generator_profiles_round_trip_and_shrink(
 def test_absent_fields_are_false_and_trailing_ones_left_out() -> None:
     assert profile_row({}) == [PROFILE_FORMAT]
     assert profile_row({"fs": 5.0}) == [PROFILE_FORMAT, False, 5.0]
-    row = profile_row({"ra": 2.5})
+    last = STORED_FIELDS[-1]
+    row = profile_row({last: 2.5})
     assert len(row) == len(STORED_FIELDS) + 1
     assert row[1:-1] == [False] * (len(STORED_FIELDS) - 1)
-    assert profile_from_row(row) == {"ra": 2.5}
+    assert profile_from_row(row) == {last: 2.5}
     assert profile_from_row([PROFILE_FORMAT, None, 5.0]) == {"fs": 5.0}  # nil: absent too
 
 

@@ -7,12 +7,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from streamproc.core.features import DAY, InMemoryProfiles, ProfileView, event_lane, event_ops
+from streamproc.core.features import (
+    DAY,
+    MODEL_FEATURES,
+    InMemoryProfiles,
+    ProfileView,
+    event_lane,
+    event_ops,
+    model_features,
+)
 from streamproc.core.rhythm_features import (
+    CHURN_FEATURES,
     RHYTHM_FEATURES,
     expected_gap_days,
     reason_text,
-    rhythm_features,
 )
 
 
@@ -21,7 +29,7 @@ def _profile(order_days: list[float], totals: list[float] | None = None) -> InMe
     for i, day in enumerate(order_days):
         total = (totals or [10.0] * len(order_days))[i]
         ev = SimpleNamespace(order_id=f"o{i}", type="order", total=total, session_id=None,
-                             items=[SimpleNamespace(quantity=1, category=None)])
+                             currency="USD", items=[SimpleNamespace(quantity=1, category=None)])
         store.apply("c", f"e{i}", event_ops(ev, day * DAY), day * DAY, event_lane(ev))
     return store
 
@@ -29,13 +37,16 @@ def _profile(order_days: list[float], totals: list[float] | None = None) -> InMe
 def _features(order_days: list[float], as_of_day: float, typical: float = 60.0,
               totals: list[float] | None = None) -> dict[str, float]:
     view = ProfileView("c", as_of_day * DAY, _profile(order_days, totals).states["c"])
-    return rhythm_features(view, typical_gap_days=typical)
+    return model_features(view, typical_gap_days=typical, horizon_days=90.0)
 
 
 def test_features_are_the_declared_ones_and_finite() -> None:
     f = _features([0.0, 30.0, 50.0], 100.0)
-    assert tuple(f) == RHYTHM_FEATURES
+    assert tuple(f) == MODEL_FEATURES
+    assert set(CHURN_FEATURES) <= set(f)
+    assert set(RHYTHM_FEATURES) < set(CHURN_FEATURES)
     assert all(math.isfinite(v) for v in f.values())
+    assert f["log_horizon_days"] == pytest.approx(math.log(90.0))
     assert math.expm1(f["log_days_since_order"]) == pytest.approx(50.0)
     assert math.expm1(f["log_orders"]) == pytest.approx(3.0)
     assert math.expm1(f["log_tenure_days"]) == pytest.approx(100.0)
@@ -73,3 +84,9 @@ def test_reasons_read_in_business_units_with_plurals_and_the_order_currency() ->
     assert reason_text("log_overdue", g).startswith("silent for ")
     with pytest.raises(ValueError, match="unknown"):
         reason_text("views_7d", g)
+
+
+def test_the_profile_keeps_the_currency_of_the_latest_order() -> None:
+    view = ProfileView("c", 5 * DAY, _profile([0.0, 1.0]).states["c"])
+    assert view.currency == "USD"
+    assert ProfileView("c", 0.0, {}).currency is None

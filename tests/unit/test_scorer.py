@@ -51,7 +51,7 @@ def twin() -> InMemoryStore:
 def apply(store: InMemoryStore, cid: str, n: int, ts: float, kind: str = "view") -> None:
     if kind == "order":
         value: dict[str, Any] = {"event_id": f"o{n}", "customer_id": cid, "order_id": f"o{n}",
-                                 "type": "order", "total": 10.0,
+                                 "type": "order", "total": 10.0, "currency": "EUR",
                                  "items": [{"product_id": "p", "quantity": 1,
                                             "unit_price": 10.0}]}
     else:
@@ -66,7 +66,8 @@ def batch(store: InMemoryStore, activity: dict[str, list[float]], partition: int
     """What the pipeline hands the scorer after the Redis call applied these customers."""
     updates = [CustomerUpdate(r.customer_id, r.profile or {}, r, [1])
                for r in store.read_now(list(activity))]
-    return ActivityBatch(updates, activity, dict.fromkeys(activity, partition), 0.0)
+    qualifying = {cid: [(t, 0.0) for t in times] for cid, times in activity.items()}
+    return ActivityBatch(updates, qualifying, dict.fromkeys(activity, partition), 0.0)
 
 
 def on(records: Sequence[OutRecord], topic: str) -> list[dict[str, Any]]:
@@ -92,8 +93,8 @@ async def test_a_batch_scores_its_active_customers_and_schedules_their_checks() 
     out = await s.on_batch(batch(store, {"c1": [T0], "c2": [T0 + 60]}))
     topics = SETTINGS.topics
     assert sorted(r["customer_id"] for r in on(out, topics.segment_changes)) == ["c1", "c2"]
-    [record] = [r for r in out if r.topic == topics.training_examples]
-    assert [e.customer_id for e in decode_record(record.value).examples] == ["c1", "c2"]
+    # Activity is scored; training snapshots come from the census checks only.
+    assert [r for r in out if r.topic == topics.training_examples] == []
     [c1] = store.read_now(["c1"])
     assert c1.state is not None
     assert (c1.state.owner, c1.state.last_activity, c1.state.segment is not None) == \
@@ -133,6 +134,9 @@ async def test_the_sweep_fires_idle_checks_and_forgets_expired_customers() -> No
     sent = Sent()
     await (await s.sweep(0, sent))
     assert s.metrics.idle_checks._value.get() == 3  # days 7, 14 and 21
+    [record] = [r for r in sent.records if r.topic == SETTINGS.topics.training_examples]
+    assert [e.at for e in decode_record(record.value).examples] == [
+        T0 + d * DAY for d in (7, 14, 21)]
     [alert] = on(sent.records, SETTINGS.topics.churn_alerts)  # recency 21: p = 0.7
     assert alert["event_time"].startswith("2026-02-23")
     assert store.schedules["checks:0"] == {"c1": T0 + 28 * DAY}
@@ -157,6 +161,7 @@ async def test_a_customer_written_meanwhile_is_read_and_decided_again_not_overwr
     [c1] = store.read_now(["c1"])
     assert c1.state is not None
     assert (c1.state.owner, c1.state.spread, c1.state.last_activity) == (1, True, T0 + 600)
-    assert [s.scored_at for s in c1.state.pending] == [T0 + 600]
+    assert c1.state.pending == ()  # the census takes the snapshots
+    assert c1.state.last_snapshot == T0 + 600  # the first scoring set the census phase
     assert store.schedules.get("checks:0", {}) == {}  # one schedule: the owner's
     assert store.schedules["checks:1"] == {"c1": T0 + 600 + 7 * DAY}

@@ -16,7 +16,7 @@ from streamproc.adapters.scoring_codec import (
     unpack_features,
 )
 from streamproc.core import features as features_module
-from streamproc.core.features import MODEL_FEATURES
+from streamproc.core.features import DAY, MODEL_FEATURES
 from streamproc.core.labels import Snapshot
 from streamproc.core.policies import AlertState, SegmentState
 from streamproc.core.step import ScoringState
@@ -38,7 +38,8 @@ def test_round_trip_is_within_bfloat16_rounding(values: list[float]) -> None:
 
 def test_small_integers_and_halves_are_exact() -> None:
     # Counts, days and rates like 0.25 are what the features mostly are.
-    values = [0.0, 1.0, 7.0, 14.0, 21.0, 0.25, 0.375, -3.25, 100.0, 255.0] + [2.0] * 9
+    values = [0.0, 1.0, 7.0, 14.0, 21.0, 0.25, 0.375, -3.25, 100.0, 255.0]
+    values += [2.0] * (len(MODEL_FEATURES) - len(values))
     features = dict(zip(MODEL_FEATURES, values, strict=True))
     assert unpack_features(pack_features(features)) == features
 
@@ -55,15 +56,19 @@ def _features(offset: float = 0.0) -> dict[str, float]:
 def test_encoded_state_round_trips() -> None:
     state = ScoringState(
         segment=SegmentState(3, 1.0e9), alert=AlertState(None, 0.25),
-        pending=(Snapshot("c-1", 1.0e9, _features(), 4), Snapshot("c-1", 1.1e9, _features(), 5)),
-        last_activity=1.1e9, last_snapshot=1.1e9, owner=2, spread=True)
+        pending=(Snapshot("c-1", 1.0e9, _features(), 4, 30 * DAY),
+                 Snapshot("c-1", 1.1e9, _features(), 5, 132 * DAY, came_back=True,
+                          spend_after=42.25)),
+        last_activity=1.1e9, last_snapshot=1.1e9, owner=2, spread=True,
+        ahead=Snapshot("c-1", 1.2e9, _features(), 5, 132 * DAY),
+        recent=((1.15e9, 12.5), (1.16e9, 0.0)))
     assert decode_state("c-1", encode_state(state)) == (state, 0)
     assert decode_state("c-1", encode_state(ScoringState())) == (ScoringState(), 0)
     assert decode_state("c-1", None) == (None, 0)
 
 
 def test_the_in_memory_twin_keeps_the_stored_precision() -> None:
-    state = ScoringState(pending=(Snapshot("c-1", 1.0e9, _features(0.1), 4),))
+    state = ScoringState(pending=(Snapshot("c-1", 1.0e9, _features(0.1), 4, 30 * DAY),))
     stored, _ = decode_state("c-1", encode_state(state))
     assert stored == stored_precision(state)
     assert stored != state  # 0.1 is not a bfloat16
@@ -72,7 +77,7 @@ def test_the_in_memory_twin_keeps_the_stored_precision() -> None:
 def test_pending_snapshots_of_another_feature_set_are_dropped_and_counted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     state = ScoringState(segment=SegmentState(1, 5.0), alert=AlertState(5.0, 0.8),
-                         pending=(Snapshot("c-1", 1.0e9, _features(), 4),),
+                         pending=(Snapshot("c-1", 1.0e9, _features(), 4, 30 * DAY),),
                          last_activity=9.0, last_snapshot=9.0, owner=0)
     blob = encode_state(state)
     monkeypatch.setattr(features_module, "MODEL_FEATURES", (*MODEL_FEATURES, "returns_30d"))

@@ -9,17 +9,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from streamproc.core.features import DAY, InMemoryProfiles, ProfileView, event_ops, model_features
-from streamproc.core.labels import LabelledExample, Snapshot
+from streamproc.core.labels import LabelledExample
 from streamproc.core.modelset import ModelBundle, Score
 from streamproc.core.outputs import SegmentInfo
 from streamproc.core.replay import event_namespace
 from streamproc.core.step import ScoringState, StepInput, StepOutput, step, step_many
-from streamproc.core.training import ProfileExample
+from streamproc.core.training import GapExample, ProfileExample
 from streamproc.settings import ModelSettings
 
 T0 = 1_770_000_000.0
 CONFIG = ModelSettings(min_labels_before_alerts=0).step_config()  # the settings' defaults
-H, CHECK = CONFIG.horizon_s, CONFIG.check_interval_s
+CHECK = CONFIG.check_interval_s
+H = CONFIG.horizon_s(None)  # no model yet, no horizon set: the fallback
 
 
 def profile(*days: float, cid: str = "c") -> dict[str, Any]:
@@ -33,12 +34,21 @@ def profile(*days: float, cid: str = "c") -> dict[str, Any]:
     return copy.deepcopy(store.states[cid])
 
 
+def act(*days: float, amount: float = 0.0) -> tuple[tuple[float, float], ...]:
+    """Qualifying activity on ``days`` after T0."""
+    return tuple((T0 + d * DAY, amount) for d in days)
+
+
 def features(cid: str, at: float, prof: Mapping[str, Any]) -> dict[str, float]:
-    return model_features(ProfileView(cid, at, prof))
+    return model_features(ProfileView(cid, at, prof), horizon_days=H / DAY)
 
 
 def labels(out: StepOutput) -> list[LabelledExample]:
     return [e for e in out.examples if isinstance(e, LabelledExample)]
+
+
+def snapshots(out: StepOutput) -> list[ProfileExample]:
+    return [e for e in out.examples if isinstance(e, ProfileExample)]
 
 
 @dataclass(frozen=True)
@@ -48,19 +58,29 @@ class ScriptedBundle:
     version: int = 7
     labels_seen: int = 1000
     churn_ready: bool = True
+    horizon_days: float = 30.0
     churn: Callable[[float], float] = lambda days: min(0.99, days / 30.0)
     segments: Mapping[int, SegmentInfo] = field(default_factory=lambda: {
         0: SegmentInfo(segment_id=0, name="regulars"),
         1: SegmentInfo(segment_id=1, name="lapsing")})
 
-    def score_features_many(self, rows: Sequence[Mapping[str, float]]) -> list[Score]:
+    @property
+    def horizon_s(self) -> float:
+        return self.horizon_days * DAY
+
+    def features(self, view: ProfileView) -> dict[str, float]:
+        return model_features(view, horizon_days=self.horizon_days)
+
+    def score_features_many(self, rows: Sequence[Mapping[str, float]],
+                            currencies: Sequence[str | None]) -> list[Score]:
         out = []
-        for row in rows:
+        for row, currency in zip(rows, currencies, strict=True):
             days = row["recency_days"]
             # Segment 0 near recency 0, segment 1 near 20 days.
             distances = {0: abs(days) + 1.0, 1: abs(days - 20.0) + 1.0}
             out.append(Score(0, "s", {}, distances, "tier", (1, 1, 1), self.churn(days),
-                             [("recency_days", 0.5, f"{days:.0f} days")]))
+                             [("recency_days", 0.5, f"{days:.0f} days {currency}")],
+                             expected_value=1.0, horizon_days=self.horizon_days))
         return out
 
 
@@ -68,56 +88,100 @@ def bundle(**kwargs: Any) -> ModelBundle:
     return cast(ModelBundle, ScriptedBundle(**kwargs))
 
 
-def test_fresh_activity_is_snapshotted_at_most_once_per_gap() -> None:
+def test_activity_is_scored_and_starts_the_census_without_a_snapshot() -> None:
     p0 = profile(0)
-    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0), None, CONFIG)
-    snap = Snapshot("c", T0, features("c", T0, p0), 0)  # no model yet: version 0
-    assert st.pending == (snap,)
+    st, out = step(None, StepInput("c", p0, act(0), score_at=T0), None, CONFIG)
+    assert st.pending == ()
     assert (st.last_activity, st.last_snapshot) == (T0, T0)
-    assert out.examples == (ProfileExample("c", T0, snap.features),)
-    assert out.next_due == T0 + CHECK  # the first idle check, before the horizon ends
-    half = T0 + 0.5 * DAY
-    st2, out2 = step(st, StepInput("c", profile(0, 0.5), (half,), score_at=half), None, CONFIG)
-    # The activity labels the snapshot "stayed"; inside the gap no new snapshot is taken.
-    assert out2.examples == (LabelledExample(snap, 0, half),)
-    assert (st2.pending, st2.last_snapshot, st2.last_activity) == ((), T0, half)
+    assert out.examples == ()  # no gap before the first activity, no snapshot yet
+    assert out.next_due == T0 + CHECK  # the first census check
 
 
-def test_idle_checks_fire_in_order_up_to_the_watermark_and_labels_follow() -> None:
+def test_gaps_of_a_day_or_more_between_activity_go_to_the_rhythm() -> None:
+    st, _ = step(None, StepInput("c", profile(0), act(0), score_at=T0), None, CONFIG)
+    st, out = step(st, StepInput("c", profile(0, 0.5, 3), act(0.5, 3)), None, CONFIG)
+    # 0 -> 0.5 days is the same visit; 0.5 -> 3 days is a gap of 2.5 days.
+    assert out.examples == (GapExample("c", T0 + 3 * DAY, 2.5),)
+    assert st.last_activity == T0 + 3 * DAY
+
+
+def test_census_checks_fire_in_order_and_labels_come_at_the_horizon_end() -> None:
     p0 = profile(0)
-    st, _ = step(None, StepInput("c", p0, (T0,), score_at=T0), None, CONFIG)
+    st, _ = step(None, StepInput("c", p0, act(0), score_at=T0), None, CONFIG)
     st, out = step(st, StepInput("c", p0, watermark=T0 + 40 * DAY), None, CONFIG)
     days = [7, 14, 21, 28, 35]
     assert out.idle_checks == 5
-    assert [e.at for e in out.examples if isinstance(e, ProfileExample)] == \
-        [T0 + d * DAY for d in days]
-    # Each idle snapshot sees the recency of its own event time.
-    assert [e.features["recency_days"] for e in out.examples
-            if isinstance(e, ProfileExample)] == [float(d) for d in days]
+    assert [e.at for e in snapshots(out)] == [T0 + d * DAY for d in days]
+    # Each snapshot sees the recency of its own event time, under the horizon in use.
+    assert [e.features["recency_days"] for e in snapshots(out)] == [float(d) for d in days]
+    assert {s.horizon_s for s in st.pending} | {e.snapshot.horizon_s for e in labels(out)} == {H}
     done = [(e.snapshot.scored_at, e.label, e.labelled_at) for e in labels(out)]
-    assert done == [(T0, 1, T0 + H), (T0 + 7 * DAY, 1, T0 + 7 * DAY + H)]
+    assert done == [(T0 + 7 * DAY, 1, T0 + 7 * DAY + H)]
     assert [s.scored_at for s in st.pending] == [T0 + d * DAY for d in (14, 21, 28, 35)]
-    assert out.next_due == T0 + 42 * DAY  # the next idle check comes before 14 + 30 days
-    # Checks stop three horizons after the last activity; every label comes in the end.
+    assert out.next_due == T0 + 42 * DAY  # the next census check comes before 14 + 30 days
+    # The census never stops while the profile lives: a check every week.
     st, out = step(st, StepInput("c", p0, watermark=T0 + 400 * DAY), None, CONFIG)
-    assert out.idle_checks == len(range(42, 91, 7))
-    assert st.pending == ()
-    assert out.next_due is None
+    assert out.idle_checks == len(range(42, 400, 7))
+    assert all(e.label == 1 for e in labels(out))
+
+
+def test_a_comeback_is_learned_as_stayed_at_the_horizon_end_with_its_spend() -> None:
+    st, _ = step(None, StepInput("c", profile(0), act(0), score_at=T0), None, CONFIG)
+    st, _ = step(st, StepInput("c", profile(0), watermark=T0 + 8 * DAY), None, CONFIG)
+    [snap] = st.pending
+    p1 = profile(0, 10)
+    st, out = step(st, StepInput("c", p1, act(10, amount=25.0), score_at=T0 + 10 * DAY),
+                   None, CONFIG)
+    assert labels(out) == []  # known now, learned at t + H only
+    st, out = step(st, StepInput("c", p1, watermark=T0 + 7 * DAY + H), None, CONFIG)
+    [ex] = [e for e in labels(out) if e.snapshot.scored_at == snap.scored_at]
+    assert (ex.label, ex.labelled_at, ex.snapshot.spend_after) == (0, T0 + 7 * DAY + H, 25.0)
+
+
+def test_a_check_the_profile_has_moved_past_takes_the_snapshot_frozen_ahead() -> None:
+    p0 = profile(0)
+    st, _ = step(None, StepInput("c", p0, act(0), score_at=T0), None, CONFIG)
+    assert st.ahead is not None
+    assert st.ahead.scored_at == T0 + 7 * DAY
+    # The check of day 7 fires only once activity of day 8 is already in the profile:
+    # it takes what was frozen before, not a profile that knows the future.
+    p1 = profile(0, 8)
+    st, out = step(st, StepInput("c", p1, act(8), watermark=T0 + 9 * DAY), None, CONFIG)
+    assert out.idle_checks == 1
+    [snap] = snapshots(out)
+    assert snap.features == features("c", T0 + 7 * DAY, p0)
+    assert snap.features != features("c", T0 + 7 * DAY, p1)
+    [pending] = st.pending
+    assert pending.came_back  # day 8 falls in its horizon
+    # Without a frozen snapshot the check is passed over rather than leak.
+    bare = replace(st, last_snapshot=T0 + 7 * DAY, ahead=None, pending=())
+    p2 = profile(0, 8, 15)
+    st, out = step(bare, StepInput("c", p2, act(15), watermark=T0 + 16 * DAY), None, CONFIG)
+    assert (out.idle_checks, snapshots(out), st.pending) == (1, [], ())
+
+
+def test_the_horizon_in_use_is_the_bundles() -> None:
+    model = bundle(horizon_days=90.0)
+    st, _ = step(None, StepInput("c", profile(0), act(0), score_at=T0), model, CONFIG)
+    st, out = step(st, StepInput("c", profile(0), watermark=T0 + 8 * DAY), model, CONFIG)
+    assert [s.horizon_s for s in st.pending] == [90 * DAY]
+    assert snapshots(out)[0].features["log_horizon_days"] == math.log(90.0)
+    assert out.next_due == T0 + 14 * DAY
 
 
 def test_the_pending_cap_drops_the_oldest_and_counts_it() -> None:
     config = replace(CONFIG, max_pending=2)
     p0 = profile(0)
-    st, _ = step(None, StepInput("c", p0, (T0,), score_at=T0), None, config)
-    st, out = step(st, StepInput("c", p0, watermark=T0 + 22 * DAY), None, config)
-    assert out.dropped_snapshots == 2  # T0 and day 7 made room for days 14 and 21
-    assert [s.scored_at for s in st.pending] == [T0 + 14 * DAY, T0 + 21 * DAY]
+    st, _ = step(None, StepInput("c", p0, act(0), score_at=T0), None, config)
+    st, out = step(st, StepInput("c", p0, watermark=T0 + 29 * DAY), None, config)
+    assert out.dropped_snapshots == 2  # days 7 and 14 made room for days 21 and 28
+    assert [s.scored_at for s in st.pending] == [T0 + 21 * DAY, T0 + 28 * DAY]
 
 
 def test_segments_move_with_hysteresis_and_alerts_respect_the_cooldown() -> None:
     p0 = profile(0)
     model = bundle()
-    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0), model, CONFIG)
+    st, out = step(None, StepInput("c", p0, act(0), score_at=T0), model, CONFIG)
     [first] = out.segment_changes
     assert (first.change.previous_segment_id, first.change.segment_id) == (None, 0)
     assert (first.model_version, first.rfm_tier) == (7, "tier")
@@ -132,7 +196,7 @@ def test_segments_move_with_hysteresis_and_alerts_respect_the_cooldown() -> None
     assert alert.decision.event_time == T0 + 21 * DAY
     assert alert.decision.churn_probability == 0.7
     assert (alert.segment_id, alert.customer_value) == (1, 0.0)
-    assert alert.reasons == (("recency_days", 0.5, "21 days"),)
+    assert alert.reasons == (("recency_days", 0.5, "21 days None"),)
     assert out.probabilities == tuple(d / 30.0 for d in (7, 14, 21, 28))
     st, out = step(st, StepInput("c", p0, watermark=T0 + 36 * DAY), model, CONFIG)
     [again] = out.alerts  # day 35: the cooldown has just passed
@@ -144,7 +208,7 @@ def test_segments_move_with_hysteresis_and_alerts_respect_the_cooldown() -> None
 def test_no_alert_before_the_model_is_ready_and_no_decision_without_one() -> None:
     p0 = profile(0)
     config = replace(CONFIG, alert_policy=replace(CONFIG.alert_policy, min_labels=1))
-    st, _ = step(None, StepInput("c", p0, (T0,), score_at=T0), None, config)
+    st, _ = step(None, StepInput("c", p0, act(0), score_at=T0), None, config)
     _, out = step(st, StepInput("c", p0, watermark=T0 + 30 * DAY),
                   bundle(churn_ready=False), config)
     assert out.alerts == ()
@@ -152,11 +216,13 @@ def test_no_alert_before_the_model_is_ready_and_no_decision_without_one() -> Non
     _, cold = step(st, StepInput("c", p0, watermark=T0 + 30 * DAY), None, config)
     assert (cold.alerts, cold.segment_changes, cold.probabilities) == ((), (), ())
     assert cold.idle_checks == 4  # snapshots and labels do not wait for a model
+    assert len(snapshots(cold)) == 4
 
 
 def test_no_profile_means_labels_only() -> None:
-    st, _ = step(None, StepInput("c", profile(0), (T0,), score_at=T0), None, CONFIG)
-    st2, out = step(st, StepInput("c", None, watermark=T0 + 31 * DAY), bundle(), CONFIG)
+    st, _ = step(None, StepInput("c", profile(0), act(0), score_at=T0), None, CONFIG)
+    st, _ = step(st, StepInput("c", profile(0), watermark=T0 + 8 * DAY), None, CONFIG)
+    st2, out = step(st, StepInput("c", None, watermark=T0 + 38 * DAY), bundle(), CONFIG)
     assert [e.label for e in labels(out)] == [1]
     assert (out.idle_checks, out.probabilities, st2.pending) == (0, (), ())
 
@@ -164,17 +230,17 @@ def test_no_profile_means_labels_only() -> None:
 def test_the_step_is_value_like() -> None:
     p0 = profile(0, 2)
     frozen = copy.deepcopy(p0)
-    st, _ = step(None, StepInput("c", profile(0), (T0,), score_at=T0), bundle(), CONFIG)
-    inp = StepInput("c", p0, (T0 + 2 * DAY,), score_at=T0 + 2 * DAY, watermark=T0 + 3 * DAY)
+    st, _ = step(None, StepInput("c", profile(0), act(0), score_at=T0), bundle(), CONFIG)
+    inp = StepInput("c", p0, act(2), score_at=T0 + 2 * DAY, watermark=T0 + 9 * DAY)
     first = step(st, inp, bundle(), CONFIG)
     assert step(st, inp, bundle(), CONFIG) == first  # same input, same output
     assert p0 == frozen  # the profile is not touched
-    assert st == step(None, StepInput("c", profile(0), (T0,), score_at=T0), bundle(),
+    assert st == step(None, StepInput("c", profile(0), act(0), score_at=T0), bundle(),
                       CONFIG)[0]
 
 
 def test_many_customers_at_once_decide_as_one_at_a_time() -> None:
-    items = [(None, StepInput(f"c{i}", profile(0, i, cid=f"c{i}"), (T0 + i * DAY,),
+    items = [(None, StepInput(f"c{i}", profile(0, i, cid=f"c{i}"), act(i),
                               score_at=T0 + i * DAY, watermark=T0 + 60 * DAY))
              for i in range(5)]
     together = step_many(items, bundle(), CONFIG)
@@ -184,6 +250,6 @@ def test_many_customers_at_once_decide_as_one_at_a_time() -> None:
 
 def test_an_owner_and_the_spread_flag_pass_through() -> None:
     state = ScoringState(owner=3, spread=True)
-    st, _ = step(state, StepInput("c", profile(0), (T0,), score_at=T0), None, CONFIG)
+    st, _ = step(state, StepInput("c", profile(0), act(0), score_at=T0), None, CONFIG)
     assert (st.owner, st.spread) == (3, True)
     assert math.isinf(StepInput("c", None).watermark)

@@ -10,6 +10,7 @@ from streamproc.core.features import MODEL_FEATURES
 from streamproc.core.labels import LabelledExample, Snapshot
 from streamproc.core.training import (
     DecodedRecord,
+    GapExample,
     ProfileExample,
     TrainingExample,
     decode_record,
@@ -26,8 +27,12 @@ def _examples(n: int) -> list[TrainingExample]:
     out: list[TrainingExample] = []
     for i in range(n):
         if i % 3 == 2:
-            snap = Snapshot(f"c-{i}", 1_000.0 + i, _features(i), 4)
-            out.append(LabelledExample(snap, i % 2, 2_000.0 + i))
+            label = i % 2
+            snap = Snapshot(f"c-{i}", 1_000.0 + i, _features(i), 4, 90.0 * 86_400,
+                            came_back=label == 0, spend_after=0.0 if label else 12.5 * i)
+            out.append(LabelledExample(snap, label, 2_000.0 + i))
+        elif i % 4 == 1:
+            out.append(GapExample(f"c-{i}", 1_000.0 + i, 3.5 + i))
         else:
             out.append(ProfileExample(f"c-{i}", 1_000.0 + i, _features(i)))
     return out
