@@ -205,7 +205,8 @@ def _status(**changes: Any) -> dict[str, Any]:
               "churn_ready": True, "churn_threshold": 0.7, "labels_seen": 5822,
               "positives_seen": 1164, "base_rate": 0.2,
               "quality": {"roc_auc": 0.91, "log_loss": 0.3, "precision": 0.8, "recall": 0.6,
-                          "positive_rate": 0.25, "window": 5000.0},
+                          "base_rate": 0.25, "window": 5000.0},
+              "horizon_days": 132.0, "typical_gap_days": 41.4,
               "segments": {0: "regulars", 1: "at risk"}, "stored_versions": list(range(5, 25))}
     status.update(changes)
     return status
@@ -215,7 +216,8 @@ def test_model_status_reads_as_an_operator_needs() -> None:
     text = "\n".join(format_status(_status()))
     for words in ("model v24", "(90 min ago)", "threshold 0.70", "5,822", "1,164 churned",
                   "base rate 20.0%", "ROC AUC 0.910", "precision 0.800", "recall 0.600",
-                  "0 regulars, 1 at risk", "stored versions  5-24"):
+                  "horizon          132 days (typical gap between orders 41 days)",
+                  "churned share there 25.0%", "0 regulars, 1 at risk", "stored versions  5-24"):
         assert words in text, words
     cold = "\n".join(format_status(_status(churn_ready=False, base_rate=None,
                                            quality={"window": 0.0})))
