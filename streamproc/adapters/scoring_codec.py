@@ -1,12 +1,13 @@
 """How a customer's scoring state is stored: msgpack after the profile, in the customer's key.
 
 The state is a msgpack map: ``seg`` [segment id, since], ``al`` [last alert at, last
-probability], ``pend`` [[scored at, model version, features], ...], ``fs`` the feature set
-of those features, ``la`` last activity, ``ls`` last snapshot, ``own`` the partition whose
-idle-check schedule holds the customer, ``spr`` true once its events came on more than
-one partition. Pending features are packed as bfloat16 in ``MODEL_FEATURES`` order, 2
-bytes each; snapshots of another feature set are dropped on reading (and counted), as
-their values cannot be matched to the running features.
+probability, value at risk of the open at-risk episode's last alert or nil], ``stg``
+[lifecycle stage, since], ``pend`` [[scored at, model version, features], ...], ``fs``
+the feature set of those features, ``la`` last activity, ``ls`` last snapshot, ``own``
+the partition whose idle-check schedule holds the customer, ``spr`` true once its events
+came on more than one partition. Pending features are packed as bfloat16 in
+``MODEL_FEATURES`` order, 2 bytes each; snapshots of another feature set are dropped on
+reading (and counted), as their values cannot be matched to the running features.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgpack
 import numpy as np
 
 from streamproc.core.labels import Snapshot
+from streamproc.core.lifecycle import StageState
 from streamproc.core.policies import AlertState, SegmentState
 from streamproc.core.step import ScoringState
 from streamproc.core.store import from_bfloat16, to_bfloat16
@@ -46,7 +48,10 @@ def encode_state(state: ScoringState) -> bytes:
     if state.segment is not None:
         out["seg"] = [state.segment.segment_id, state.segment.since]
     if state.alert is not None:
-        out["al"] = [state.alert.last_alert_at, state.alert.last_probability]
+        out["al"] = [state.alert.last_alert_at, state.alert.last_probability,
+                     state.alert.episode_value_at_risk]
+    if state.stage is not None:
+        out["stg"] = [state.stage.stage, state.stage.since]
     if state.last_activity is not None:
         out["la"] = state.last_activity
     if state.last_snapshot is not None:
@@ -69,10 +74,11 @@ def decode_state(customer_id: str, blob: bytes | None) -> tuple[ScoringState | N
     stale = 0
     if pend and raw.get("fs") != feature_set():
         stale, pend = len(pend), ()
-    seg, al = raw.get("seg"), raw.get("al")
+    seg, al, stg = raw.get("seg"), raw.get("al"), raw.get("stg")
     return ScoringState(
         segment=SegmentState(int(seg[0]), float(seg[1])) if seg else None,
-        alert=AlertState(None if al[0] is None else float(al[0]), float(al[1])) if al else None,
+        alert=_alert_state(al) if al else None,
+        stage=StageState(stg[0], float(stg[1])) if stg else None,
         pending=tuple(Snapshot(customer_id, float(t), unpack_features(f), int(v))
                       for t, v, f in pend),
         last_activity=raw.get("la"),
@@ -80,6 +86,11 @@ def decode_state(customer_id: str, blob: bytes | None) -> tuple[ScoringState | N
         owner=raw.get("own"),
         spread=bool(raw.get("spr", False)),
     ), stale
+
+
+def _alert_state(al: list[Any]) -> AlertState:
+    episode = None if al[2] is None else float(al[2])
+    return AlertState(None if al[0] is None else float(al[0]), float(al[1]), episode)
 
 
 def state_token(blob: bytes | None) -> str:

@@ -17,8 +17,9 @@ import hmac
 import math
 import pickle
 import struct
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import numpy as np
@@ -33,6 +34,7 @@ from streamproc.core.churn import (
 )
 from streamproc.core.features import MODEL_FEATURES, ProfileView, model_features
 from streamproc.core.labels import LabelledExample
+from streamproc.core.lifecycle import ValueTier, value_cuts, value_tier
 from streamproc.core.outputs import SegmentInfo
 from streamproc.core.rfm import RFMCuts, RFMLearner, tier_name
 from streamproc.core.segments import (
@@ -75,6 +77,24 @@ class Score:
     rfm_scores: tuple[int, int, int]
     churn_probability: float
     reasons: list[tuple[str, float, str]]  # (feature, contribution to the logit, text)
+    #: Expected spend over the next ``horizon_days`` (see :func:`interim_expected_value`).
+    expected_value: float
+    #: The horizon the expected value is over (the churn horizon).
+    horizon_days: float
+
+
+def interim_expected_value(churn_probability: float, features: Mapping[str, float],
+                           horizon_days: float) -> float:
+    """Expected spend over the horizon until a learned value model scores it.
+
+    ``(1 - churn probability) x average order value x orders per horizon``, the last two
+    from the customer's own history (orders per 30 days of tenure, scaled to the horizon):
+    an interim estimate, the shape of the hurdle model of :mod:`streamproc.core.value`.
+    """
+    aov = math.expm1(features["log_aov"])
+    per_horizon = max(features["orders_per_30d_tenure"], 0.0) * horizon_days / 30.0
+    # Whoever orders within the horizon orders at least once.
+    return round((1.0 - churn_probability) * aov * max(per_horizon, 1.0), 2)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -96,6 +116,14 @@ class ModelBundle:
     #: :func:`~streamproc.core.training.feature_set` of the features it was learned on.
     feature_set: str
     model: Any = None
+    #: The churn horizon the labels were cut with (expected value is over it).
+    horizon_days: float = 30.0
+    #: Expected-value cut points of the value tiers (:func:`~streamproc.core.lifecycle.value_cuts`).
+    value_cuts: tuple[float, float] = (0.0, 0.0)
+
+    def value_tier(self, expected_value: float) -> ValueTier:
+        """The value tier of an expected value under this bundle's frozen cut points."""
+        return value_tier(expected_value, self.value_cuts)
 
     def score(self, view: ProfileView) -> Score:
         """Score one profile (same code path, same numbers as :meth:`score_many`)."""
@@ -124,6 +152,7 @@ class ModelBundle:
             sid = ids[int(nearest[i])]
             seg = self.segments[sid]
             rfm = (int(r[i]), int(f[i]), int(m[i]))
+            p = float(probs[i])
             out.append(
                 Score(
                     segment_id=sid,
@@ -132,8 +161,10 @@ class ModelBundle:
                     distances=dict(zip(ids, dist[i].tolist(), strict=True)),
                     rfm_tier=tier_name(*rfm),
                     rfm_scores=rfm,
-                    churn_probability=float(probs[i]),
+                    churn_probability=p,
                     reasons=[] if contrib is None else top_reasons(contrib[i], feats, _N_REASONS),
+                    expected_value=interim_expected_value(p, feats, self.horizon_days),
+                    horizon_days=self.horizon_days,
                 )
             )
         return out
@@ -184,10 +215,12 @@ class Trainer:
         quality_window: int = 5000,
         profile_sample: int = 4096,
         naming: NamingRules | None = None,
+        horizon_days: float = 30.0,
     ) -> None:
         if n_segments < 1:
             raise ValueError("n_segments must be >= 1")
         self.n_segments = n_segments
+        self.horizon_days = horizon_days
         self.seed = seed
         self.churn_threshold = churn_threshold
         self.min_labels = min_labels
@@ -200,6 +233,9 @@ class Trainer:
         self._clusterer = make_clusterer(clusterer, n_segments, seed)
         self._rfm = RFMLearner()
         self._sample = ProfileSample(profile_sample)
+        #: Latest features of the most recent customers, for the value-tier cut points.
+        self._value_sample: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._value_capacity = profile_sample
         self._churn = make_churn_model(churn_model, seed)
         self.quality = QualityTracker(churn_threshold, quality_window)
         #: The feature set this trainer learns (a state of another one is not resumed).
@@ -223,6 +259,10 @@ class Trainer:
         self._clusterer.learn_one(self._scaler.transform_one(seg))
         self._rfm.learn(features)
         self._sample.add(customer_id, features)
+        self._value_sample[customer_id] = dict(features)
+        self._value_sample.move_to_end(customer_id)
+        while len(self._value_sample) > self._value_capacity:
+            self._value_sample.popitem(last=False)
         self.profiles_seen += 1
         self.last_event_time = max(self.last_event_time, as_of)
 
@@ -260,7 +300,7 @@ class Trainer:
         else:
             logit = None
             model = pickle.loads(pickle.dumps(self._churn))  # noqa: S301 - our own bytes
-        return ModelBundle(
+        bundle = ModelBundle(
             version=self.version,
             created_at=self.last_event_time,
             churn_ready=self.labels_seen >= self.min_labels,
@@ -273,7 +313,12 @@ class Trainer:
             logit=logit,
             feature_set=self.feature_set,
             model=model,
+            horizon_days=self.horizon_days,
         )
+        # Tiers cut against the expected values this very bundle gives the sample.
+        sample = list(self._value_sample.values())
+        values = [sc.expected_value for sc in bundle.score_features_many(sample)]
+        return replace(bundle, value_cuts=value_cuts(values))
 
     def state_bytes(self, key: bytes) -> bytes:
         """The trainer's full state, signed, for restart."""

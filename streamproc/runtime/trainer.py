@@ -109,7 +109,8 @@ class TrainerService:
     def _new_trainer(self) -> Trainer:
         return Trainer(n_segments=self.settings.segments, seed=42,
                        churn_threshold=self.settings.churn_threshold,
-                       min_labels=self.settings.min_labels_before_alerts)
+                       min_labels=self.settings.min_labels_before_alerts,
+                       horizon_days=self.settings.churn_horizon_days)
 
     async def load(self, topic: str) -> Trainer | None:
         """The trainer: resumed from its last stored state the first time, else a new one.

@@ -59,7 +59,8 @@ class ScriptedBundle:
             days = row["recency_days"]
             # Segment 0 near recency 0, segment 1 near 20 days.
             distances = {0: abs(days) + 1.0, 1: abs(days - 20.0) + 1.0}
-            out.append(Score(0, "s", {}, distances, "tier", (1, 1, 1), self.churn(days),
+            p = self.churn(days)
+            out.append(Score(0, "s", {}, distances, "tier", (1, 1, 1), p,
                              [("recency_days", 0.5, f"{days:.0f} days")]))
         return out
 
