@@ -278,12 +278,12 @@ class ModelSettings(_Group):
             "the last alert's; ALERT_COOLDOWN_DAYS stays the floor between two alerts."
         ),
     )
-    history_lag_hours: float | None = Field(
-        24.0, gt=0,
+    history_lag_hours: float = Field(
+        24.0, ge=0,
         description=(
             "Scorings whose event time is older than this behind the wall clock are history: "
             "they update profiles, labels and models but publish no alert, segment change or "
-            "lifecycle change (counted in streamproc_history_suppressed_total). Empty: "
+            "lifecycle change (counted in streamproc_history_suppressed_total). 0: "
             "publish history too (a backfill whose history is news)."
         ),
     )
@@ -337,8 +337,7 @@ class ModelSettings(_Group):
                                      cooldown_s=max(self.alert_cooldown_days * DAY, 1.0),
                                      min_labels=self.min_labels_before_alerts,
                                      rearm_factor=self.alert_rearm_factor),
-            history_lag_s=(None if self.history_lag_hours is None
-                           else self.history_lag_hours * 3600.0),
+            history_lag_s=self.history_lag_hours * 3600.0 or None,
         )
 
 

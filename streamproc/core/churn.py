@@ -86,8 +86,19 @@ def feature_row(features: Mapping[str, float]) -> list[float]:
 # ---------------------------------------------------------------- reasons
 
 
-def _count(x: float) -> str:
-    return f"{math.expm1(x):.0f}"
+def plural(n: float, word: str, many: str | None = None) -> str:
+    """``n`` rounded, with ``word`` in the singular for exactly 1 ("1 view", "2 views")."""
+    k = round(n)
+    return f"{k} {word if k == 1 else (many or word + 's')}"
+
+
+def _count(x: float, word: str, many: str | None = None) -> str:
+    return plural(math.expm1(x), word, many)
+
+
+#: Reasons about a recent window (feature -> window days): they contradict "no visits
+#: for N days" when N spans the window and the window still shows activity.
+_WINDOWS: Final = {"views_7d": 7.0, "views_30d": 30.0, "carts_30d": 30.0}
 
 
 def reason_text(feature: str, f: Mapping[str, float]) -> str:
@@ -95,36 +106,36 @@ def reason_text(feature: str, f: Mapping[str, float]) -> str:
     v = f[feature]
     orders = math.expm1(f["log_orders"])
     if feature == "recency_days":
-        return f"no visits for {v:.0f} days"
+        return f"no visits for {plural(v, 'day')}"
     if feature == "days_since_last_order":
         if orders < 0.5:
-            return f"never ordered in {f['tenure_days']:.0f} days"
-        return f"no order for {v:.0f} days"
+            return f"never ordered in {plural(f['tenure_days'], 'day')}"
+        return f"no order for {plural(v, 'day')}"
     if feature == "tenure_days":
-        return f"customer for {v:.0f} days"
+        return f"customer for {plural(v, 'day')}"
     if feature == "log_orders":
-        return f"{orders:.0f} orders in total"
+        return f"{plural(orders, 'order')} in total"
     if feature == "log_net_spend":
         return f"net spend EUR {math.expm1(v):.0f}"
     if feature == "log_aov":
         return f"average order EUR {math.expm1(v):.0f}"
     if feature == "log_sessions":
-        return f"{_count(v)} visits in total"
+        return f"{_count(v, 'visit')} in total"
     if feature == "log_views":
-        return f"{_count(v)} page and product views in total"
+        return f"{_count(v, 'page or product view')} in total"
     if feature == "log_searches":
-        return f"{_count(v)} searches in total"
+        return f"{_count(v, 'search', 'searches')} in total"
     if feature == "views_7d":
-        return f"about {_count(v)} views in the last 7 days"
+        return f"about {_count(v, 'view')} in the last 7 days"
     if feature == "views_30d":
-        return f"about {_count(v)} views in the last 30 days"
+        return f"about {_count(v, 'view')} in the last 30 days"
     if feature == "carts_30d":
-        return f"about {_count(v)} add-to-carts in the last 30 days"
+        return f"about {_count(v, 'add-to-cart')} in the last 30 days"
     if feature == "orders_30d":
         recent = math.expm1(v)
         usual = f["orders_per_30d_tenure"]
         trend = " (down)" if recent < 0.8 * usual else ""
-        return f"{recent:.0f} orders in the last 30 days{trend}"
+        return f"{plural(recent, 'order')} in the last 30 days{trend}"
     if feature == "spend_30d":
         return f"EUR {math.expm1(v):.0f} spent in the last 30 days"
     if feature == "conversion_rate":
@@ -134,7 +145,8 @@ def reason_text(feature: str, f: Mapping[str, float]) -> str:
     if feature == "refund_rate":
         return f"{v:.0%} of spend refunded"
     if feature == "mean_days_between_orders":
-        return f"orders every {v:.0f} days on average" if v > 0 else "fewer than two orders"
+        return (f"orders every {plural(v, 'day')} on average" if v > 0
+                else "fewer than two orders")
     if feature == "orders_per_30d_tenure":
         return f"{v:.1f} orders a month since joining"
     return f"{feature} = {v:.3g}"
@@ -143,13 +155,22 @@ def reason_text(feature: str, f: Mapping[str, float]) -> str:
 def top_reasons(
     contributions: np.ndarray, features: Mapping[str, float], k: int = 3
 ) -> list[tuple[str, float, str]]:
-    """The ``k`` largest positive contributions as (feature, contribution, text)."""
+    """The ``k`` largest positive contributions as (feature, contribution, text).
+
+    Only factors that raise the risk are reasons; a recent-window count that shows
+    activity is left out when "no visits for N days" spans its window (the two would
+    contradict each other: the window counts decay, the recency is exact).
+    """
     out: list[tuple[str, float, str]] = []
-    for j in np.argsort(-contributions, kind="stable")[:k].tolist():
+    recency = features.get("recency_days", 0.0)
+    for j in np.argsort(-contributions, kind="stable").tolist():
         c = float(contributions[j])
-        if c <= 0.0:
+        if c <= 0.0 or len(out) == k:
             break
         name = MODEL_FEATURES[j]
+        window = _WINDOWS.get(name)
+        if window is not None and recency >= window and math.expm1(features[name]) >= 0.5:
+            continue
         out.append((name, c, reason_text(name, features)))
     return out
 

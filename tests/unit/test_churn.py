@@ -74,6 +74,28 @@ def test_reasons_are_top_positive_contributions_in_business_terms() -> None:
     assert top_reasons(-np.abs(contrib), f) == []
 
 
+def test_reasons_use_the_singular_for_one_and_never_contradict_the_recency() -> None:
+    one = {**dict.fromkeys(MODEL_FEATURES, 0.0), "recency_days": 1.0,
+           "views_7d": math.log1p(1.0), "log_sessions": math.log1p(1.0),
+           "log_orders": math.log1p(1.0), "days_since_last_order": 1.0, "tenure_days": 1.0}
+    assert reason_text("views_7d", one) == "about 1 view in the last 7 days"
+    assert reason_text("log_sessions", one) == "1 visit in total"
+    assert reason_text("log_orders", one) == "1 order in total"
+    assert reason_text("days_since_last_order", one) == "no order for 1 day"
+    two = {**one, "views_7d": math.log1p(2.0), "log_searches": math.log1p(2.0)}
+    assert reason_text("views_7d", two) == "about 2 views in the last 7 days"
+    assert reason_text("log_searches", two) == "2 searches in total"
+    # "no visits for 14 days" and "about 2 views in the last 7 days" cannot both be true.
+    idle = {**two, "recency_days": 14.0}
+    contrib = np.zeros(len(MODEL_FEATURES))
+    contrib[MODEL_FEATURES.index("recency_days")] = 1.0
+    contrib[MODEL_FEATURES.index("views_7d")] = 0.5
+    contrib[MODEL_FEATURES.index("tenure_days")] = 0.2
+    assert [n for n, _, _ in top_reasons(contrib, idle)] == ["recency_days", "tenure_days"]
+    assert [n for n, _, _ in top_reasons(contrib, two)] == [
+        "recency_days", "views_7d", "tenure_days"]
+
+
 def test_every_feature_has_a_readable_reason() -> None:
     f = dict.fromkeys(MODEL_FEATURES, 1.0)
     for name in MODEL_FEATURES:
