@@ -237,11 +237,32 @@ def name_segments(
         if len(same) == 1:
             names[same[0]] = name
             continue
-        same.sort(key=lambda s: (-profiles[s]["net_spend"] if s in profiles else 0.0, s))
-        labels = ["higher spend", "lower spend"] if len(same) == 2 else None
-        for rank, sid in enumerate(same):
-            names[sid] = f"{name} ({labels[rank] if labels else f'spend rank {rank + 1}'})"
+        names.update(_told_apart(name, same, profiles))
     return names
+
+
+#: What tells look-alike segments apart, in order of preference: (profile field, sort
+#: sign, the two-way labels, the rank word). A label must be true of the medians, so a
+#: field is used only when it separates every one of the look-alikes.
+_SEPARATORS: Final = (
+    ("net_spend", -1.0, ("higher spend", "lower spend"), "spend rank"),
+    ("orders", -1.0, ("more orders", "fewer orders"), "orders rank"),
+    ("recency_days", 1.0, ("more recent", "less recent"), "recency rank"),
+)
+
+
+def _told_apart(name: str, same: Sequence[int],
+                profiles: Mapping[int, Mapping[str, float]]) -> dict[int, str]:
+    """Names for segments whose base name is the same, by a measured difference."""
+    for field_name, sign, pair, word in _SEPARATORS:
+        values = [round(profiles.get(s, {}).get(field_name, 0.0), 2) for s in same]
+        if len(set(values)) < len(values):
+            continue  # a tie: "higher" would not be true of one of them
+        ranked = sorted(same, key=lambda s: sign * profiles.get(s, {}).get(field_name, 0.0))
+        if len(ranked) == 2:
+            return {sid: f"{name} ({pair[i]})" for i, sid in enumerate(ranked)}
+        return {sid: f"{name} ({word} {i + 1})" for i, sid in enumerate(ranked)}
+    return {sid: f"{name} ({i + 1})" for i, sid in enumerate(sorted(same))}
 
 
 # ---------------------------------------------------------------- evaluation

@@ -116,6 +116,20 @@ def test_names_follow_business_rules_and_are_unique() -> None:
     assert len(set(names.values())) == len(names)
 
 
+def test_look_alikes_are_told_apart_only_by_a_difference_that_is_true() -> None:
+    # Two window-shopper segments with the same (zero) spend: "higher spend" would be a lie.
+    idle = {"orders": 0.0, "average_order_value": 0.0, "net_spend": 0.0}
+    profiles = {0: _profile(**idle, recency_days=3.0), 1: _profile(**idle, recency_days=9.0)}
+    assert name_segments(profiles, [1, 0]) == {0: "window shoppers (more recent)",
+                                                1: "window shoppers (less recent)"}
+    three = {i: _profile(average_order_value=20.0, net_spend=100.0 * (i + 1)) for i in range(3)}
+    names = name_segments(three, [0, 1, 2])
+    assert names == {2: "regulars (spend rank 1)", 1: "regulars (spend rank 2)",
+                     0: "regulars (spend rank 3)"}
+    same = {i: _profile(average_order_value=20.0, net_spend=100.0) for i in range(2)}
+    assert name_segments(same, [0, 1]) == {0: "regulars (1)", 1: "regulars (2)"}
+
+
 def test_profile_sample_is_bounded_and_counts_customers_once() -> None:
     rng = random.Random(5)
     sample = ProfileSample(capacity=10)
