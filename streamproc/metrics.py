@@ -131,8 +131,8 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                   ["stage"], registry=reg),
         history_suppressed=Counter(
             "streamproc_history_suppressed_total",
-            "Alerts, segment changes and lifecycle changes not published: their event time "
-            "was older than MODELS__HISTORY_LAG_HOURS behind the wall clock.", registry=reg),
+            "Alerts, segment changes and lifecycle changes held back as history (older "
+            "than MODELS__HISTORY_LAG_HOURS).", registry=reg),
         churn_probability=Histogram("streamproc_churn_probability",
                                     "Churn probabilities of scored customers.",
                                     buckets=PROBABILITY_BUCKETS, registry=reg),
