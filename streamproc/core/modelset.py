@@ -288,7 +288,9 @@ class Trainer:
             self.n_segments,
         )
         ids = np.asarray(centres.ids)
-        profiles = self._sample.profiles(lambda x: ids[np.argmin(centres.distances(x), axis=1)])
+        sampled = self._sample.profiles(lambda x: ids[np.argmin(centres.distances(x), axis=1)])
+        # A segment no sampled customer is nearest to is named by where its centre lies.
+        profiles = {**centres.centre_profiles(), **sampled}
         names = name_segments(profiles, centres.ids, self.naming)
         segments = {
             sid: SegmentInfo(segment_id=sid, name=names[sid], profile=dict(profiles.get(sid, {})))

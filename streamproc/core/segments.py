@@ -127,6 +127,29 @@ class FrozenCentres:
         rows = [[float(centres.get(i, {}).get(f, 0.0)) for f in SEGMENT_FEATURES] for i in ids]
         return cls(mean, scale, np.array(rows, dtype=np.float64).reshape(len(ids), -1), ids)
 
+    def centre_profiles(self) -> dict[int, dict[str, float]]:
+        """Each centre in the business units of :data:`PROFILE_FIELDS` (``customers`` 0).
+
+        Names a segment that no sampled customer is nearest to by where its centre is,
+        rather than by a placeholder.
+        """
+        raw = np.where(self.scale > 0, self.centres / np.where(self.scale > 0, self.scale, 1.0),
+                       0.0) + self.mean
+        col = {f: j for j, f in enumerate(SEGMENT_FEATURES)}
+        out: dict[int, dict[str, float]] = {}
+        for i, sid in enumerate(self.ids):
+            r = raw[i]
+            orders = max(0.0, math.expm1(r[col["log_orders"]]))
+            aov = max(0.0, math.expm1(r[col["log_aov"]]))
+            out[sid] = {
+                "recency_days": max(0.0, 7.0 * math.expm1(r[col["log_recency_weeks"]])),
+                "orders": orders, "net_spend": orders * aov, "average_order_value": aov,
+                "conversion_rate": float(r[col["conversion_rate"]]),
+                "cart_abandonment_rate": float(r[col["cart_abandonment_rate"]]),
+                "tenure_days": max(0.0, math.expm1(r[col["log_tenure"]])), "customers": 0.0,
+            }
+        return out
+
     def standardise(self, x: np.ndarray) -> np.ndarray:
         """Rows of raw segment features to standardised space."""
         z: np.ndarray = (x - self.mean) * self.scale
