@@ -27,9 +27,11 @@ from streamproc.adapters import keys
 from streamproc.adapters.event_time import current_event_time
 from streamproc.adapters.model_store import ModelStore
 from streamproc.adapters.redis_store import RedisProfileStore, RedisScoringStore, make_client
-from streamproc.core.features import FIELDS, ProfileView
+from streamproc.core.features import DAY, FIELDS, ProfileView
+from streamproc.core.lifecycle import lifecycle_stage
 from streamproc.core.modelset import ModelBundle, Score, SnapshotRejected
 from streamproc.core.policies import alert_risk_level
+from streamproc.core.step import ScoringState
 from streamproc.core.store import CustomerRecord
 from streamproc.settings import Settings
 from streamproc.times import iso_utc
@@ -121,10 +123,14 @@ class CustomerReport:
     #: One of :data:`RISK_LEVELS`; None until the churn model may alert.
     risk_level: str | None = None
     reasons: list[dict[str, Any]] = field(default_factory=list)
-    #: Spend expected over the next ``horizon_days``, in the currency of the orders.
+    #: Expected spend over the next ``horizon_days``; value at risk = probability x it.
     expected_value: float | None = None
-    #: The churn horizon in use (churn = no qualifying event within it).
     horizon_days: float | None = None
+    value_at_risk: float | None = None
+    value_tier: str | None = None
+    #: The stage as of ``as_of`` (see the README), and the one last published.
+    lifecycle_stage: str | None = None
+    published_lifecycle_stage: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (CLI ``--json`` and HTTP): one time format, new fields additive."""
@@ -146,8 +152,25 @@ class CustomerReport:
             "reasons": self.reasons,
             "expected_value": self.expected_value,
             "horizon_days": self.horizon_days,
+            "value_at_risk": self.value_at_risk,
+            "value_tier": self.value_tier,
+            "lifecycle_stage": self.lifecycle_stage,
+            "published_lifecycle_stage": self.published_lifecycle_stage,
             "profile": readable_profile(self.profile),
         }
+
+
+def _value_fields(score: Score, bundle: ModelBundle, state: ScoringState | None,
+                  view: ProfileView) -> dict[str, Any]:
+    """Expected value, value at risk, value tier and lifecycle stage of one scoring."""
+    at_risk = bundle.churn_ready and score.churn_probability >= bundle.churn_threshold
+    stage = lifecycle_stage(
+        None if state is None else state.stage, at=view.as_of,
+        last_activity=None if state is None else state.last_activity,
+        features=bundle.features(view), at_risk=at_risk, horizon_s=score.horizon_days * DAY)
+    return {"expected_value": score.expected_value, "horizon_days": score.horizon_days,
+            "value_at_risk": round(score.churn_probability * score.expected_value, 2),
+            "value_tier": bundle.value_tier(score.expected_value), "lifecycle_stage": stage}
 
 
 class CustomerNotFound(LookupError):
@@ -504,13 +527,16 @@ class AnalyticsReader:
             [None] * len(views)
         reports = []
         for view, score, record in zip(views, scores, records, strict=True):
-            published = record.state.segment if record.state is not None else None
+            state = record.state
+            published = state.segment if state is not None else None
             base: dict[str, Any] = {
                 "customer_id": view.customer_id,
                 "as_of": datetime.fromtimestamp(view.as_of, UTC),
                 "profile": view.to_dict(),
                 "model_version": bundle.version if bundle else None,
                 "published_segment_id": published.segment_id if published else None,
+                "published_lifecycle_stage": (state.stage.stage if state is not None
+                                              and state.stage is not None else None),
             }
             if score is not None and bundle is not None:
                 threshold = bundle.churn_threshold
@@ -524,5 +550,6 @@ class AnalyticsReader:
                     expected_value=score.expected_value, horizon_days=score.horizon_days,
                     reasons=[{"feature": f, "contribution": c, "text": t}
                              for f, c, t in score.reasons])
+                base.update(_value_fields(score, bundle, state, view))
             reports.append(CustomerReport(**base))
         return reports

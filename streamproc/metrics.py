@@ -75,6 +75,8 @@ class Metrics:
     segment_info: Info
     segment_changes: Counter
     churn_alerts: Counter
+    lifecycle_changes: Counter
+    history_suppressed: Counter
     churn_probability: Histogram
     model_version: Gauge
     model_snapshot_age_seconds: Gauge
@@ -233,6 +235,13 @@ def _build(reg: CollectorRegistry) -> Metrics:
                                 "segment_changed events published.", registry=reg),
         churn_alerts=Counter("streamproc_churn_alerts_total", "Churn alerts published by risk.",
                              ["risk_level"], registry=reg),
+        lifecycle_changes=Counter("streamproc_lifecycle_changes_total",
+                                  "lifecycle_changed events published by new stage.",
+                                  ["stage"], registry=reg),
+        history_suppressed=Counter(
+            "streamproc_history_suppressed_total",
+            "Alerts, segment changes and lifecycle changes held back as history (older "
+            "than MODELS__HISTORY_LAG_HOURS).", registry=reg),
         churn_probability=Histogram("streamproc_churn_probability",
                                     "Churn probabilities of scored customers.",
                                     buckets=PROBABILITY_BUCKETS, registry=reg),

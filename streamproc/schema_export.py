@@ -20,8 +20,10 @@ from pydantic import BaseModel
 
 from streamproc.core.events import BatchEnvelope, ClickstreamEvent, PurchaseEvent, Rejection
 from streamproc.core.outputs import (
+    AlertValue,
     ChurnAlert,
     DeadLetter,
+    LifecycleChanged,
     Reason,
     SegmentChanged,
     SegmentInfo,
@@ -49,6 +51,7 @@ CONTRACTS: Final[Mapping[str, type[BaseModel]]] = {
     "batch_envelope": BatchEnvelope,
     "segment_changed": SegmentChanged,
     "churn_alert": ChurnAlert,
+    "lifecycle_changed": LifecycleChanged,
     "dead_letter": DeadLetter,
 }
 
@@ -205,6 +208,8 @@ def _output_examples() -> dict[str, dict[str, BaseModel]]:
                 previous=None,
                 current=loyal,
                 rfm_tier="champions",
+                value_tier="high",
+                lifecycle_stage="active",
                 model_version=3,
                 event_time=_T0,
                 emitted_at=_T0.replace(second=1),
@@ -214,6 +219,8 @@ def _output_examples() -> dict[str, dict[str, BaseModel]]:
                 previous=loyal,
                 current=drifting,
                 rfm_tier=None,
+                value_tier="high",
+                lifecycle_stage="at_risk",
                 model_version=3,
                 event_time=_T0.replace(month=6),
                 emitted_at=_T0.replace(month=6, second=2),
@@ -226,6 +233,9 @@ def _output_examples() -> dict[str, dict[str, BaseModel]]:
                 threshold=0.7,
                 risk_level="high",
                 customer_value=812.5,
+                value=AlertValue(expected_value=240.0, horizon_days=30.0, value_at_risk=196.8,
+                                 value_tier="high", lifecycle_stage="at_risk", priority=1,
+                                 trigger="entered_risk"),
                 segment=drifting,
                 reasons=reasons,
                 model_version=5,
@@ -238,11 +248,28 @@ def _output_examples() -> dict[str, dict[str, BaseModel]]:
                 threshold=0.7,
                 risk_level="medium",
                 customer_value=45.0,
+                value=AlertValue(expected_value=12.0, horizon_days=30.0, value_at_risk=8.52,
+                                 value_tier="low", lifecycle_stage="at_risk", priority=3,
+                                 trigger="value_at_risk_grew"),
                 segment=None,
                 reasons=[],
                 model_version=5,
                 event_time=_T0,
                 emitted_at=_T0.replace(second=4),
+            ),
+        },
+        "lifecycle_changed": {
+            "at_risk": LifecycleChanged.build(
+                customer_id="cust-0042", previous_stage="active", stage="at_risk",
+                value_tier="high", expected_value=240.0, churn_probability=0.82,
+                segment=drifting, model_version=5, event_time=_T0.replace(month=6),
+                emitted_at=_T0.replace(month=6, second=3),
+            ),
+            "won_back": LifecycleChanged.build(
+                customer_id="cust-0077", previous_stage="lapsed", stage="won_back",
+                value_tier="medium", expected_value=61.0, churn_probability=0.31,
+                segment=None, model_version=5, event_time=_T0.replace(month=7),
+                emitted_at=_T0.replace(month=7, second=1),
             ),
         },
         "dead_letter": {

@@ -86,7 +86,17 @@ class TopicSettings(_Group):
     segment_changes: str = Field(
         "segment-changes", description="Output: a customer's segment changed."
     )
-    churn_alerts: str = Field("churn-alerts", description="Output: churn risk alerts.")
+    churn_alerts: str = Field(
+        "churn-alerts", description="Output: churn risk alerts, one per at-risk episode."
+    )
+    priority_alerts: str = Field(
+        "churn-alerts-priority",
+        description="Output: the churn alerts of high-value-tier customers (priority 1) again, "
+        "for a retention team that works only those.",
+    )
+    lifecycle_changes: str = Field(
+        "lifecycle-changes", description="Output: a customer's lifecycle stage changed."
+    )
     dead_letter: str = Field(
         "streamproc-deadletter", description="Output: rejected input with the reason."
     )
@@ -258,6 +268,23 @@ class ModelSettings(_Group):
     alert_cooldown_days: float = Field(
         14.0, ge=0, description="Event-time days before the same customer is alerted again."
     )
+    alert_rearm_factor: float = Field(
+        2.0, gt=1,
+        description=(
+            "Within one at-risk episode (no qualifying activity since the last alert), a "
+            "customer is alerted again only when the value at risk reached this multiple of "
+            "the last alert's; ALERT_COOLDOWN_DAYS stays the floor between two alerts."
+        ),
+    )
+    history_lag_hours: float = Field(
+        24.0, ge=0,
+        description=(
+            "Scorings whose event time is older than this behind the wall clock are history: "
+            "they update profiles, labels and models but publish no alert, segment change or "
+            "lifecycle change (counted in streamproc_history_suppressed_total). 0: "
+            "publish history too (a backfill whose history is news)."
+        ),
+    )
     min_labels_before_alerts: int = Field(
         500, ge=0, description="The churn model raises no alerts before learning this many."
     )
@@ -303,7 +330,9 @@ class ModelSettings(_Group):
             # A zero cooldown still allows only one alert per event time (one id, one alert).
             alert_policy=AlertPolicy(threshold=self.churn_threshold,
                                      cooldown_s=max(self.alert_cooldown_days * DAY, 1.0),
-                                     min_labels=self.min_labels_before_alerts),
+                                     min_labels=self.min_labels_before_alerts,
+                                     rearm_factor=self.alert_rearm_factor),
+            history_lag_s=self.history_lag_hours * 3600.0 or None,
         )
 
 

@@ -115,9 +115,10 @@ def make_settings(broker: Service, redis_server: Service) -> Callable[..., Setti
                       "consumer_group": f"sp-{run}", "topic_partitions": 2},
             "topics": {name: f"{name}-{run}" for name in (
                 "clickstream", "purchases", "segment_changes", "churn_alerts",
-                "dead_letter", "training_examples")},
+                "priority_alerts", "lifecycle_changes", "dead_letter", "training_examples")},
             "redis": {"url": f"redis://127.0.0.1:{redis_server.port}/0", "key_prefix": f"t{run}"},
-            "models": {"signing_key": SIGNING_KEY},
+            # Tests replay fixed past event times as news unless they test history.
+            "models": {"signing_key": SIGNING_KEY, "history_lag_hours": 0.0},
             "metrics": {"port": 0},
         }
         for group, values in groups.items():

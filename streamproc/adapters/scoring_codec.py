@@ -1,14 +1,16 @@
 """How a customer's scoring state is stored: msgpack after the profile, in the customer's key.
 
 The state is a msgpack map: ``seg`` [segment id, since], ``al`` [last alert at, last
-probability], ``pend`` [[scored at, model version, features, horizon s, came back, spend
-after], ...], ``ah`` the next census check's snapshot frozen ahead (same shape), ``rc``
-[[event time, order total], ...] of the activity since the last census check, ``fs`` the
-feature set of those features, ``la`` last activity, ``ls`` last census check, ``own`` the
-partition whose census schedule holds the customer, ``spr`` true once its events came on
-more than one partition. Snapshot features are packed as bfloat16 in ``MODEL_FEATURES``
-order, 2 bytes each; snapshots of another feature set are dropped on reading (and
-counted), as their values cannot be matched to the running features.
+probability, value at risk of the open at-risk episode's last alert or nil], ``stg``
+[lifecycle stage, since], ``pend`` [[scored at, model version, features, horizon s,
+came back, spend after], ...], ``ah`` the next census check's snapshot frozen ahead
+(same shape), ``rc`` [[event time, order total], ...] of the activity since the last
+census check, ``fs`` the feature set of those features, ``la`` last activity, ``ls``
+last census check, ``own`` the partition whose census schedule holds the customer,
+``spr`` true once its events came on more than one partition. Snapshot features are
+packed as bfloat16 in ``MODEL_FEATURES`` order, 2 bytes each; snapshots of another
+feature set are dropped on reading (and counted), as their values cannot be matched to
+the running features.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import msgpack
 import numpy as np
 
 from streamproc.core.labels import Snapshot
+from streamproc.core.lifecycle import StageState
 from streamproc.core.policies import AlertState, SegmentState
 from streamproc.core.step import ScoringState
 from streamproc.core.store import from_bfloat16, to_bfloat16
@@ -63,7 +66,10 @@ def encode_state(state: ScoringState) -> bytes:
     if state.segment is not None:
         out["seg"] = [state.segment.segment_id, state.segment.since]
     if state.alert is not None:
-        out["al"] = [state.alert.last_alert_at, state.alert.last_probability]
+        out["al"] = [state.alert.last_alert_at, state.alert.last_probability,
+                     state.alert.episode_value_at_risk]
+    if state.stage is not None:
+        out["stg"] = [state.stage.stage, state.stage.since]
     if state.last_activity is not None:
         out["la"] = state.last_activity
     if state.last_snapshot is not None:
@@ -86,10 +92,11 @@ def decode_state(customer_id: str, blob: bytes | None) -> tuple[ScoringState | N
     stale = 0
     if (pend or ahead) and raw.get("fs") != feature_set():
         stale, pend, ahead = len(pend), (), None
-    seg, al = raw.get("seg"), raw.get("al")
+    seg, al, stg = raw.get("seg"), raw.get("al"), raw.get("stg")
     return ScoringState(
         segment=SegmentState(int(seg[0]), float(seg[1])) if seg else None,
-        alert=AlertState(None if al[0] is None else float(al[0]), float(al[1])) if al else None,
+        alert=_alert_state(al) if al else None,
+        stage=StageState(stg[0], float(stg[1])) if stg else None,
         pending=tuple(_unpack_snapshot(customer_id, row) for row in pend),
         ahead=None if ahead is None else _unpack_snapshot(customer_id, ahead),
         recent=tuple((float(t), float(a)) for t, a in raw.get("rc", ())),
@@ -98,6 +105,11 @@ def decode_state(customer_id: str, blob: bytes | None) -> tuple[ScoringState | N
         owner=raw.get("own"),
         spread=bool(raw.get("spr", False)),
     ), stale
+
+
+def _alert_state(al: list[Any]) -> AlertState:
+    episode = None if al[2] is None else float(al[2])
+    return AlertState(None if al[0] is None else float(al[0]), float(al[1]), episode)
 
 
 def state_token(blob: bytes | None) -> str:

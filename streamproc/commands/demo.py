@@ -108,7 +108,9 @@ def demo_settings(bootstrap: str, redis_url: str, signing_key: str) -> Settings:
         redis={"url": redis_url, "key_prefix": "demo"},
         models={"signing_key": signing_key, "churn_horizon_days": 21.0,
                 "min_labels_before_alerts": 300, "snapshot_every_examples": 500,
-                "alert_cooldown_days": 7.0, "reload_interval_s": 1.0},
+                "alert_cooldown_days": 7.0, "reload_interval_s": 1.0,
+                # The demo replays months of generated history as if it were live.
+                "history_lag_hours": 0.0},
         ingest={"allowed_lateness_s": 2 * 86_400.0},
         metrics={"port": 0},
     )

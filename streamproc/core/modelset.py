@@ -17,8 +17,9 @@ import hmac
 import math
 import pickle
 import struct
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import numpy as np
@@ -28,6 +29,7 @@ from streamproc.core.bayes_logit import BayesLogit, FrozenLinearLogit
 from streamproc.core.churn import QualityTracker, top_reasons
 from streamproc.core.features import DAY, MODEL_FEATURES, ProfileView, model_features
 from streamproc.core.labels import LabelledExample
+from streamproc.core.lifecycle import ValueTier, value_cuts, value_tier
 from streamproc.core.outputs import SegmentInfo
 from streamproc.core.rfm import RFMCuts, RFMLearner, tier_name
 from streamproc.core.rhythm import GapQuantile, horizon_days
@@ -102,6 +104,8 @@ class ModelBundle:
     typical_gap_days: float
     #: :func:`~streamproc.core.training.feature_set` of the features it was learned on.
     feature_set: str
+    #: Expected-value cut points of the value tiers (:func:`~streamproc.core.lifecycle.value_cuts`).
+    value_cuts: tuple[float, float] = (0.0, 0.0)
 
     @property
     def horizon_s(self) -> float:
@@ -112,6 +116,11 @@ class ModelBundle:
         """:func:`model_features` of a profile under this bundle's rhythm and horizon."""
         return model_features(view, typical_gap_days=self.typical_gap_days,
                               horizon_days=self.horizon_days)
+
+
+    def value_tier(self, expected_value: float) -> ValueTier:
+        """The value tier of an expected value under this bundle's frozen cut points."""
+        return value_tier(expected_value, self.value_cuts)
 
     def score(self, view: ProfileView) -> Score:
         """Score one profile (same code path, same numbers as :meth:`score_many`)."""
@@ -217,6 +226,9 @@ class Trainer:
         self.rhythm = GapQuantile()
         self._churn = BayesLogit(CHURN_FEATURES)
         self._value = ValueModel(CHURN_FEATURES)
+        #: Latest features of the most recent customers, for the value-tier cut points.
+        self._value_sample: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._value_capacity = profile_sample
         self.quality = QualityTracker(churn_threshold, quality_window)
         #: The feature set this trainer learns (a state of another one is not resumed).
         self.feature_set = feature_set()
@@ -246,6 +258,10 @@ class Trainer:
         self._clusterer.learn_one(self._scaler.transform_one(seg))
         self._rfm.learn(features)
         self._sample.add(customer_id, features)
+        self._value_sample[customer_id] = dict(features)
+        self._value_sample.move_to_end(customer_id)
+        while len(self._value_sample) > self._value_capacity:
+            self._value_sample.popitem(last=False)
         self.profiles_seen += 1
         self.last_event_time = max(self.last_event_time, as_of)
 
@@ -277,13 +293,15 @@ class Trainer:
             self.n_segments,
         )
         ids = np.asarray(centres.ids)
-        profiles = self._sample.profiles(lambda x: ids[np.argmin(centres.distances(x), axis=1)])
+        sampled = self._sample.profiles(lambda x: ids[np.argmin(centres.distances(x), axis=1)])
+        # A segment no sampled customer is nearest to is named by where its centre lies.
+        profiles = {**centres.centre_profiles(), **sampled}
         names = name_segments(profiles, centres.ids, self.naming)
         segments = {
             sid: SegmentInfo(segment_id=sid, name=names[sid], profile=dict(profiles.get(sid, {})))
             for sid in centres.ids
         }
-        return ModelBundle(
+        bundle = ModelBundle(
             version=self.version,
             created_at=self.last_event_time,
             churn_ready=self.labels_seen >= self.min_labels,
@@ -299,6 +317,10 @@ class Trainer:
             typical_gap_days=self.rhythm.typical_gap_days(),
             feature_set=self.feature_set,
         )
+        # Tiers cut against the expected values this very bundle gives the sample.
+        sample = list(self._value_sample.values())
+        values = [sc.expected_value for sc in bundle.score_features_many(sample)]
+        return replace(bundle, value_cuts=value_cuts(values))
 
     def state_bytes(self, key: bytes) -> bytes:
         """The trainer's full state, signed, for restart."""

@@ -32,6 +32,7 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "ChurnAlert",
     "DeadLetter",
+    "LifecycleChanged",
     "Reason",
     "RiskLevel",
     "SegmentChanged",
@@ -61,6 +62,17 @@ _NonNegativeInt = Annotated[int, at.Ge(0)]
 _Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 RiskLevel = Literal["medium", "high", "critical"]
+ValueTier = Literal["high", "medium", "low"]
+LifecycleStage = Literal["new", "active", "at_risk", "lapsed", "won_back"]
+AlertTrigger = Literal["entered_risk", "value_at_risk_grew"]
+_Money = Annotated[float, AllowInfNan(False), at.Ge(0.0)]
+#: Priority by value tier: 1 high, 2 medium, 3 low (see :func:`alert_priority`).
+_Priority = Annotated[int, at.Ge(1), at.Le(3)]
+
+
+def alert_priority(value_tier: ValueTier) -> int:
+    """1 for a high-value customer, 2 medium, 3 low: consume 1 first, then by value at risk."""
+    return {"high": 1, "medium": 2, "low": 3}[value_tier]
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -145,6 +157,8 @@ class SegmentChanged(_Output):
     previous: SegmentInfo | None
     current: SegmentInfo
     rfm_tier: _NonEmpty | None = None
+    value_tier: ValueTier
+    lifecycle_stage: LifecycleStage
     model_version: _NonNegativeInt
     event_time: UtcDatetime  # event time of the event that triggered the change
     emitted_at: UtcDatetime  # wall-clock time from the injected clock
@@ -157,6 +171,8 @@ class SegmentChanged(_Output):
         previous: SegmentInfo | None,
         current: SegmentInfo,
         rfm_tier: str | None,
+        value_tier: ValueTier,
+        lifecycle_stage: LifecycleStage,
         model_version: int,
         event_time: datetime,
         emitted_at: datetime,
@@ -170,6 +186,8 @@ class SegmentChanged(_Output):
             previous=previous,
             current=current,
             rfm_tier=rfm_tier,
+            value_tier=value_tier,
+            lifecycle_stage=lifecycle_stage,
             model_version=model_version,
             event_time=event_time,
             emitted_at=emitted_at,
@@ -184,15 +202,31 @@ class Reason(_Output):
     text: _NonEmpty  # e.g. "no order for 41 days"
 
 
+class AlertValue(_Output):
+    """What is at stake with an alerted customer."""
+
+    expected_value: _Money = Field(description="Expected spend over the next horizon_days.")
+    horizon_days: Annotated[float, AllowInfNan(False), at.Gt(0.0)]
+    value_at_risk: _Money = Field(description="churn_probability x expected_value.")
+    value_tier: ValueTier
+    lifecycle_stage: LifecycleStage
+    priority: _Priority = Field(description="1 high value tier, 2 medium, 3 low; consume 1 "
+                                "first and, within a priority, by value_at_risk descending.")
+    trigger: AlertTrigger = Field(description="entered_risk: the first alert of an at-risk "
+                                  "episode; value_at_risk_grew: the episode's value at risk "
+                                  "grew by ALERT_REARM_FACTOR since its last alert.")
+
+
 class ChurnAlert(_Output):
-    """A customer's churn probability crossed the alert threshold."""
+    """A customer's churn probability crossed the alert threshold (one per at-risk episode)."""
 
     alert_id: _NonEmpty  # alert_id(customer_id, event_time, model_version): one id, one alert
     customer_id: _NonEmpty
     churn_probability: _Probability
     threshold: _Probability
     risk_level: RiskLevel
-    customer_value: _Finite
+    customer_value: _Finite  # net spend so far
+    value: AlertValue
     segment: SegmentInfo | None = None
     reasons: list[Reason] = Field(default_factory=list)
     model_version: _NonNegativeInt
@@ -208,6 +242,7 @@ class ChurnAlert(_Output):
         threshold: float,
         risk_level: RiskLevel,
         customer_value: float,
+        value: AlertValue,
         segment: SegmentInfo | None,
         reasons: list[Reason],
         model_version: int,
@@ -222,11 +257,52 @@ class ChurnAlert(_Output):
             threshold=threshold,
             risk_level=risk_level,
             customer_value=customer_value,
+            value=value,
             segment=segment,
             reasons=reasons,
             model_version=model_version,
             event_time=event_time,
             emitted_at=emitted_at,
+        )
+
+
+class LifecycleChanged(_Output):
+    """A customer's lifecycle stage changed (``previous_stage`` None on the first one)."""
+
+    id: _NonEmpty  # stable_id(customer_id, event_time, stage): idempotent replays
+    customer_id: _NonEmpty
+    previous_stage: LifecycleStage | None
+    stage: LifecycleStage
+    value_tier: ValueTier
+    expected_value: _Money
+    churn_probability: _Probability
+    segment: SegmentInfo | None = None
+    model_version: _NonNegativeInt
+    event_time: UtcDatetime
+    emitted_at: UtcDatetime
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        customer_id: str,
+        previous_stage: LifecycleStage | None,
+        stage: LifecycleStage,
+        value_tier: ValueTier,
+        expected_value: float,
+        churn_probability: float,
+        segment: SegmentInfo | None,
+        model_version: int,
+        event_time: datetime,
+        emitted_at: datetime,
+    ) -> LifecycleChanged:
+        """Construct with the stable id derived from customer, event time and new stage."""
+        return cls(
+            id=stable_id("lifecycle_changed", customer_id, _time_part(event_time), stage),
+            customer_id=customer_id, previous_stage=previous_stage, stage=stage,
+            value_tier=value_tier, expected_value=expected_value,
+            churn_probability=churn_probability, segment=segment,
+            model_version=model_version, event_time=event_time, emitted_at=emitted_at,
         )
 
 

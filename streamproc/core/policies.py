@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from streamproc.core.outputs import RiskLevel, alert_id
+from streamproc.core.outputs import AlertTrigger, RiskLevel, alert_id
 
 # ---------------------------------------------------------------- segments
 
@@ -68,18 +68,29 @@ def decide_segment(
 
 @dataclass(frozen=True, slots=True)
 class AlertPolicy:
-    """When a churn probability becomes an alert (built from settings: ``ModelSettings``)."""
+    """When a churn probability becomes an alert (built from settings: ``ModelSettings``).
+
+    One alert per at-risk episode: a customer is alerted when they enter risk (probability
+    at or above ``threshold``), and again only after they came back (a qualifying activity
+    after the alert) and drifted into risk again, or when their value at risk has grown by
+    ``rearm_factor`` since the episode's last alert. ``cooldown_s`` stays a floor between
+    two alerts of one customer whatever happens.
+    """
 
     threshold: float
     cooldown_s: float
     #: The model must have learned from this many labels before it may alert.
     min_labels: int
+    #: Value at risk must reach this multiple of the episode's last alerted one to re-alert.
+    rearm_factor: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
         if self.cooldown_s <= 0:
             raise ValueError("cooldown_s must be > 0")
+        if self.rearm_factor <= 1.0:
+            raise ValueError("rearm_factor must be > 1")
 
     def risk_level(self, probability: float) -> RiskLevel:
         """Thirds of the band above the threshold: medium, high, critical."""
@@ -98,10 +109,12 @@ def alert_risk_level(probability: float, threshold: float) -> RiskLevel:
 
 @dataclass(frozen=True, slots=True)
 class AlertState:
-    """Event time of the last alert (None if never) and the last probability seen."""
+    """Event time of the last alert (None if never), the last probability seen, and the
+    open at-risk episode: the value at risk of its last alert (None: no open episode)."""
 
     last_alert_at: float | None
     last_probability: float
+    episode_value_at_risk: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +126,17 @@ class AlertInput:
     churn_probability: float
     model_version: int
     labels_seen: int
+    #: Expected spend over the horizon (value at risk = probability x expected value).
+    expected_value: float = 0.0
+    #: Event time of the customer's last qualifying activity (None: none yet).
+    last_activity: float | None = None
+    #: Too new to judge (see :func:`streamproc.core.lifecycle.too_new_to_judge`): no alert.
+    too_new: bool = False
+
+    @property
+    def value_at_risk(self) -> float:
+        """Churn probability x expected value: the spend expected to be lost."""
+        return round(self.churn_probability * self.expected_value, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,21 +150,41 @@ class AlertDecision:
     previous_probability: float | None
     risk_level: RiskLevel
     model_version: int
+    expected_value: float = 0.0
+    value_at_risk: float = 0.0
+    #: Why it fired: entering risk, or value at risk grown within an open episode.
+    trigger: AlertTrigger = "entered_risk"
+
+
+def _episode(state: AlertState | None, inp: AlertInput) -> float | None:
+    """The open episode's alerted value at risk, or None when there is none: never alerted,
+    or the customer came back (qualifying activity after the last alert)."""
+    if state is None or state.last_alert_at is None:
+        return None
+    if inp.last_activity is not None and inp.last_activity > state.last_alert_at:
+        return None
+    return state.episode_value_at_risk
 
 
 def decide_alert(
     state: AlertState | None, inp: AlertInput, policy: AlertPolicy
 ) -> tuple[AlertState, AlertDecision | None]:
-    """Alert when over threshold, the model is ready, and the cooldown has passed."""
+    """Alert once per at-risk episode (see :class:`AlertPolicy`), once the model is ready."""
     previous = None if state is None else state.last_probability
     last_at = None if state is None else state.last_alert_at
+    episode = _episode(state, inp)
+    var = inp.value_at_risk
+    at_risk = inp.churn_probability >= policy.threshold
+    trigger: AlertTrigger = "entered_risk" if episode is None else "value_at_risk_grew"
     fire = (
-        inp.churn_probability >= policy.threshold
+        at_risk
+        and not inp.too_new
         and inp.labels_seen >= policy.min_labels
         and (last_at is None or inp.event_time >= last_at + policy.cooldown_s)
+        and (episode is None or var >= policy.rearm_factor * max(episode, 0.01))
     )
     if not fire:
-        return AlertState(last_at, inp.churn_probability), None
+        return AlertState(last_at, inp.churn_probability, episode), None
     decision = AlertDecision(
         alert_id=alert_id(inp.customer_id, inp.event_time, inp.model_version),
         customer_id=inp.customer_id,
@@ -149,5 +193,8 @@ def decide_alert(
         previous_probability=previous,
         risk_level=policy.risk_level(inp.churn_probability),
         model_version=inp.model_version,
+        expected_value=inp.expected_value,
+        value_at_risk=var,
+        trigger=trigger,
     )
-    return AlertState(inp.event_time, inp.churn_probability), decision
+    return AlertState(inp.event_time, inp.churn_probability, var), decision

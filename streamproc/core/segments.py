@@ -127,6 +127,29 @@ class FrozenCentres:
         rows = [[float(centres.get(i, {}).get(f, 0.0)) for f in SEGMENT_FEATURES] for i in ids]
         return cls(mean, scale, np.array(rows, dtype=np.float64).reshape(len(ids), -1), ids)
 
+    def centre_profiles(self) -> dict[int, dict[str, float]]:
+        """Each centre in the business units of :data:`PROFILE_FIELDS` (``customers`` 0).
+
+        Names a segment that no sampled customer is nearest to by where its centre is,
+        rather than by a placeholder.
+        """
+        raw = np.where(self.scale > 0, self.centres / np.where(self.scale > 0, self.scale, 1.0),
+                       0.0) + self.mean
+        col = {f: j for j, f in enumerate(SEGMENT_FEATURES)}
+        out: dict[int, dict[str, float]] = {}
+        for i, sid in enumerate(self.ids):
+            r = raw[i]
+            orders = max(0.0, math.expm1(r[col["log_orders"]]))
+            aov = max(0.0, math.expm1(r[col["log_aov"]]))
+            out[sid] = {
+                "recency_days": max(0.0, 7.0 * math.expm1(r[col["log_recency_weeks"]])),
+                "orders": orders, "net_spend": orders * aov, "average_order_value": aov,
+                "conversion_rate": float(r[col["conversion_rate"]]),
+                "cart_abandonment_rate": float(r[col["cart_abandonment_rate"]]),
+                "tenure_days": max(0.0, math.expm1(r[col["log_tenure"]])), "customers": 0.0,
+            }
+        return out
+
     def standardise(self, x: np.ndarray) -> np.ndarray:
         """Rows of raw segment features to standardised space."""
         z: np.ndarray = (x - self.mean) * self.scale
@@ -237,11 +260,32 @@ def name_segments(
         if len(same) == 1:
             names[same[0]] = name
             continue
-        same.sort(key=lambda s: (-profiles[s]["net_spend"] if s in profiles else 0.0, s))
-        labels = ["higher spend", "lower spend"] if len(same) == 2 else None
-        for rank, sid in enumerate(same):
-            names[sid] = f"{name} ({labels[rank] if labels else f'spend rank {rank + 1}'})"
+        names.update(_told_apart(name, same, profiles))
     return names
+
+
+#: What tells look-alike segments apart, in order of preference: (profile field, sort
+#: sign, the two-way labels, the rank word). A label must be true of the medians, so a
+#: field is used only when it separates every one of the look-alikes.
+_SEPARATORS: Final = (
+    ("net_spend", -1.0, ("higher spend", "lower spend"), "spend rank"),
+    ("orders", -1.0, ("more orders", "fewer orders"), "orders rank"),
+    ("recency_days", 1.0, ("more recent", "less recent"), "recency rank"),
+)
+
+
+def _told_apart(name: str, same: Sequence[int],
+                profiles: Mapping[int, Mapping[str, float]]) -> dict[int, str]:
+    """Names for segments whose base name is the same, by a measured difference."""
+    for field_name, sign, pair, word in _SEPARATORS:
+        values = [round(profiles.get(s, {}).get(field_name, 0.0), 2) for s in same]
+        if len(set(values)) < len(values):
+            continue  # a tie: "higher" would not be true of one of them
+        ranked = sorted(same, key=lambda s: sign * profiles.get(s, {}).get(field_name, 0.0))
+        if len(ranked) == 2:
+            return {sid: f"{name} ({pair[i]})" for i, sid in enumerate(ranked)}
+        return {sid: f"{name} ({word} {i + 1})" for i, sid in enumerate(ranked)}
+    return {sid: f"{name} ({i + 1})" for i, sid in enumerate(sorted(same))}
 
 
 # ---------------------------------------------------------------- evaluation

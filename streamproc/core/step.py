@@ -33,7 +33,24 @@ from typing import TYPE_CHECKING, Any, Final
 from streamproc.core import features as _features
 from streamproc.core.churn_definition import ChurnDefinition
 from streamproc.core.labels import Snapshot, add_snapshot, on_activity, on_watermark
-from streamproc.core.outputs import ChurnAlert, Reason, SegmentChanged, SegmentInfo
+from streamproc.core.lifecycle import (
+    LifecycleStage,
+    StageChange,
+    StageState,
+    ValueTier,
+    decide_stage,
+    lifecycle_stage,
+    too_new_to_judge,
+)
+from streamproc.core.outputs import (
+    AlertValue,
+    ChurnAlert,
+    LifecycleChanged,
+    Reason,
+    SegmentChanged,
+    SegmentInfo,
+    alert_priority,
+)
 from streamproc.core.policies import (
     AlertDecision,
     AlertInput,
@@ -69,6 +86,9 @@ class StepConfig:
     alert_policy: AlertPolicy
     #: Which events keep a customer from churning (the drivers pass only those as activity).
     churn_definition: ChurnDefinition = "order"
+    #: Scorings whose event time is older than this behind the wall clock (``StepInput.now``)
+    #: are history: they update state but publish nothing. None: everything is news.
+    history_lag_s: float | None = None
 
     def horizon_s(self, bundle: ModelBundle | None) -> float:
         """The horizon in use: the bundle's, else the operator's, else the fallback."""
@@ -83,6 +103,7 @@ class ScoringState:
 
     segment: SegmentState | None = None
     alert: AlertState | None = None
+    stage: StageState | None = None
     pending: tuple[Snapshot, ...] = ()
     last_activity: float | None = None
     #: Event time of the last census check (or of the first scoring: the schedule's phase).
@@ -113,6 +134,8 @@ class StepInput:
     score_at: float | None = None
     #: No activity before it is still to come: labels and census checks may fire up to it.
     watermark: float = -math.inf
+    #: Wall-clock time of the step (epoch s; None: no clock, nothing is history).
+    now: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +146,8 @@ class SegmentDecision:
     change: SegmentChange
     rfm_tier: str
     model_version: int
+    value_tier: ValueTier
+    lifecycle_stage: LifecycleStage
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +158,21 @@ class AlertOutcome:
     customer_value: float
     segment_id: int
     reasons: tuple[tuple[str, float, str], ...]
+    value_tier: ValueTier
+    lifecycle_stage: LifecycleStage
+
+
+@dataclass(frozen=True, slots=True)
+class StageDecision:
+    """A lifecycle-stage change to publish."""
+
+    customer_id: str
+    change: StageChange
+    value_tier: ValueTier
+    expected_value: float
+    churn_probability: float
+    segment_id: int
+    model_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +182,9 @@ class StepOutput:
     examples: tuple[TrainingExample, ...] = ()
     segment_changes: tuple[SegmentDecision, ...] = ()
     alerts: tuple[AlertOutcome, ...] = ()
+    stage_changes: tuple[StageDecision, ...] = ()
+    #: Segment changes, stage changes and alerts not published: their event time is history.
+    history_suppressed: int = 0
     #: Churn probability of every scoring (for the metrics).
     probabilities: tuple[float, ...] = ()
     idle_checks: int = 0
@@ -283,26 +326,56 @@ def next_due(state: ScoringState, config: StepConfig) -> float | None:
     return min(candidates) if candidates else None
 
 
-def _decide(plan: _Plan, cid: str, scores: Sequence[Score], bundle: ModelBundle,
-            config: StepConfig) -> tuple[list[SegmentDecision], list[AlertOutcome]]:
-    changes: list[SegmentDecision] = []
-    alerts: list[AlertOutcome] = []
-    st = plan.state
-    segment, alert = st.segment, st.alert
+@dataclass(slots=True)
+class _Decisions:
+    segment_changes: list[SegmentDecision] = field(default_factory=list)
+    alerts: list[AlertOutcome] = field(default_factory=list)
+    stage_changes: list[StageDecision] = field(default_factory=list)
+    suppressed: int = 0
+
+
+def is_history(event_time: float, now: float | None, config: StepConfig) -> bool:
+    """Whether a scoring at ``event_time`` is history (older than the lag behind ``now``)."""
+    lag = config.history_lag_s
+    return lag is not None and now is not None and event_time < now - lag
+
+
+def _decide(plan: _Plan, inp: StepInput, scores: Sequence[Score], bundle: ModelBundle,
+            config: StepConfig) -> _Decisions:
+    out = _Decisions()
+    cid, st, policy = inp.customer_id, plan.state, config.alert_policy
+    segment, alert, stage = st.segment, st.alert, st.stage
     ready_labels = bundle.labels_seen if bundle.churn_ready else 0
+    horizon_s = config.horizon_s(bundle)
     for point, score in zip(plan.points, scores, strict=True):
+        # History still moves every state, so that news that follows it is judged on it.
+        news = not is_history(point.at, inp.now, config)
+        tier = bundle.value_tier(score.expected_value)
+        at_risk = score.churn_probability >= policy.threshold and ready_labels >= policy.min_labels
+        stage, stage_change = decide_stage(stage, lifecycle_stage(
+            stage, at=point.at, last_activity=st.last_activity, features=point.features,
+            at_risk=at_risk, horizon_s=horizon_s), point.at)
         segment, change = decide_segment(segment, score.distances, point.at,
                                          hysteresis=config.hysteresis)
+        alert, decision = decide_alert(alert, AlertInput(
+            cid, point.at, score.churn_probability, bundle.version, ready_labels,
+            expected_value=score.expected_value, last_activity=st.last_activity,
+            too_new=too_new_to_judge(point.features, horizon_s)), policy)
+        if not news:
+            out.suppressed += sum(x is not None for x in (stage_change, change, decision))
+            continue
+        if stage_change is not None:
+            out.stage_changes.append(StageDecision(
+                cid, stage_change, tier, score.expected_value, score.churn_probability,
+                segment.segment_id, bundle.version))
         if change is not None:
-            changes.append(SegmentDecision(cid, change, score.rfm_tier, bundle.version))
-        alert, decision = decide_alert(
-            alert, AlertInput(cid, point.at, score.churn_probability, bundle.version,
-                              ready_labels), config.alert_policy)
+            out.segment_changes.append(SegmentDecision(cid, change, score.rfm_tier,
+                                                       bundle.version, tier, stage.stage))
         if decision is not None:
-            alerts.append(AlertOutcome(decision, point.customer_value, segment.segment_id,
-                                       tuple(score.reasons)))
-    plan.state = replace(st, segment=segment, alert=alert)
-    return changes, alerts
+            out.alerts.append(AlertOutcome(decision, point.customer_value, segment.segment_id,
+                                           tuple(score.reasons), tier, stage.stage))
+    plan.state = replace(st, segment=segment, alert=alert, stage=stage)
+    return out
 
 
 def step_many(items: Sequence[tuple[ScoringState | None, StepInput]],
@@ -318,15 +391,16 @@ def step_many(items: Sequence[tuple[ScoringState | None, StepInput]],
     at = 0
     for plan, (_, inp) in zip(plans, items, strict=True):
         n = len(plan.points)
-        changes: list[SegmentDecision] = []
-        alerts: list[AlertOutcome] = []
+        decided = _Decisions()
         if bundle is not None:
-            changes, alerts = _decide(plan, inp.customer_id, scores[at:at + n], bundle, config)
+            decided = _decide(plan, inp, scores[at:at + n], bundle, config)
         probabilities = tuple(s.churn_probability for s in scores[at:at + n])
         at += n
         out.append((plan.state, StepOutput(
-            examples=tuple(plan.examples), segment_changes=tuple(changes),
-            alerts=tuple(alerts), probabilities=probabilities, idle_checks=plan.idle_checks,
+            examples=tuple(plan.examples), segment_changes=tuple(decided.segment_changes),
+            alerts=tuple(decided.alerts), stage_changes=tuple(decided.stage_changes),
+            history_suppressed=decided.suppressed, probabilities=probabilities,
+            idle_checks=plan.idle_checks,
             dropped_snapshots=plan.dropped, next_due=next_due(plan.state, config))))
     return out
 
@@ -356,6 +430,7 @@ def segment_changed(decision: SegmentDecision, bundle: ModelBundle,
     return SegmentChanged.build(
         customer_id=decision.customer_id, previous=previous,
         current=segment_info(bundle, change.segment_id), rfm_tier=decision.rfm_tier,
+        value_tier=decision.value_tier, lifecycle_stage=decision.lifecycle_stage,
         model_version=decision.model_version,
         event_time=datetime.fromtimestamp(change.changed_at, emitted_at.tzinfo),
         emitted_at=emitted_at)
@@ -365,11 +440,29 @@ def churn_alert(outcome: AlertOutcome, bundle: ModelBundle, threshold: float,
                 emitted_at: datetime) -> ChurnAlert:
     """The ``churn_alert`` record of an alert decision (its id is the decision's)."""
     d = outcome.decision
+    value = AlertValue(expected_value=d.expected_value, horizon_days=bundle.horizon_days,
+                       value_at_risk=d.value_at_risk, value_tier=outcome.value_tier,
+                       lifecycle_stage=outcome.lifecycle_stage,
+                       priority=alert_priority(outcome.value_tier), trigger=d.trigger)
     return ChurnAlert(
         alert_id=d.alert_id, customer_id=d.customer_id, churn_probability=d.churn_probability,
         threshold=threshold, risk_level=d.risk_level, customer_value=outcome.customer_value,
+        value=value,
         segment=segment_info(bundle, outcome.segment_id),
         reasons=[Reason(feature=f, contribution=c, text=t) for f, c, t in outcome.reasons],
         model_version=d.model_version,
         event_time=datetime.fromtimestamp(d.event_time, emitted_at.tzinfo),
+        emitted_at=emitted_at)
+
+
+def lifecycle_changed(decision: StageDecision, bundle: ModelBundle,
+                      emitted_at: datetime) -> LifecycleChanged:
+    """The ``lifecycle_changed`` record of a stage change."""
+    change = decision.change
+    return LifecycleChanged.build(
+        customer_id=decision.customer_id, previous_stage=change.previous, stage=change.stage,
+        value_tier=decision.value_tier, expected_value=decision.expected_value,
+        churn_probability=decision.churn_probability,
+        segment=segment_info(bundle, decision.segment_id), model_version=decision.model_version,
+        event_time=datetime.fromtimestamp(change.changed_at, emitted_at.tzinfo),
         emitted_at=emitted_at)

@@ -73,8 +73,8 @@ def aiokafka_security(kafka: KafkaSettings) -> dict[str, Any]:
 def all_topics(settings: Settings) -> list[str]:
     """Every topic streamproc reads or writes."""
     t = settings.topics
-    return [t.clickstream, t.purchases, t.segment_changes, t.churn_alerts, t.dead_letter,
-            t.training_examples]
+    return [t.clickstream, t.purchases, t.segment_changes, t.churn_alerts,
+            t.priority_alerts, t.lifecycle_changes, t.dead_letter, t.training_examples]
 
 
 async def ensure_topics(settings: Settings) -> None:

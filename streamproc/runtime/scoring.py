@@ -33,6 +33,7 @@ from streamproc.core.step import (
     StepInput,
     StepOutput,
     churn_alert,
+    lifecycle_changed,
     segment_changed,
     step_many,
 )
@@ -271,16 +272,17 @@ class Scorer:
                 for (job, rec), (state, output) in zip(work, stepped, strict=True)]
 
     def _input(self, job: _Job, rec: CustomerRecord) -> StepInput:
-        profile = rec.profile
+        profile, now = rec.profile, self.clock()
         if job.kind == "batch":
             # Batches label by activity only: the sweep moves the watermark.
             return StepInput(job.customer_id, profile, job.activity,
-                             score_at=None if self._waits(job, rec) else self._as_of(job, rec))
+                             score_at=None if self._waits(job, rec) else self._as_of(job, rec),
+                             now=now)
         score_at = None
         if job.kind == "deferred" and profile is not None and not self._waits(job, rec):
             score_at = self._as_of(job, rec)
         return StepInput(job.customer_id, profile, score_at=score_at,
-                         watermark=job.clock.watermark)
+                         watermark=job.clock.watermark, now=now)
 
     @staticmethod
     def _as_of(job: _Job, rec: CustomerRecord) -> float:
@@ -348,10 +350,20 @@ class Scorer:
                 if change.change.previous_segment_id is not None:
                     m.segment_customers.labels(str(change.change.previous_segment_id)).dec()
                 m.segment_customers.labels(str(change.change.segment_id)).inc()
+            if o.history_suppressed:
+                m.history_suppressed.inc(o.history_suppressed)
+            for stage in o.stage_changes:
+                staged = lifecycle_changed(stage, bundle, now)
+                out.append(OutRecord(topics.lifecycle_changes, staged.customer_id.encode(),
+                                     staged.to_bytes()))
+                m.lifecycle_changes.labels(staged.stage).inc()
             for alert in o.alerts:
                 record = churn_alert(alert, bundle, self.config.alert_policy.threshold, now)
-                out.append(OutRecord(topics.churn_alerts, record.customer_id.encode(),
-                                     record.to_bytes()))
+                body = record.to_bytes()
+                out.append(OutRecord(topics.churn_alerts, record.customer_id.encode(), body))
+                if record.value.priority == 1:
+                    out.append(OutRecord(topics.priority_alerts, record.customer_id.encode(),
+                                         body))
                 m.churn_alerts.labels(record.risk_level).inc()
         out += [OutRecord(topics.training_examples, None, r) for r in encode_records(examples)]
         return out

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from streamproc.cli import main
-from streamproc.core.outputs import ChurnAlert, Reason, SegmentChanged, SegmentInfo
+from streamproc.core.outputs import AlertValue, ChurnAlert, Reason, SegmentChanged, SegmentInfo
 from streamproc.runtime.embedded import spawn_worker
 from streamproc.runtime.kafka import ensure_topics
 from streamproc.settings import Settings, to_env
@@ -29,6 +29,8 @@ from tests.integration.kafka_io import produce
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+VALUE = AlertValue(expected_value=90.0, horizon_days=30.0, value_at_risk=83.7, value_tier="high",
+                   lifecycle_stage="at_risk", priority=1, trigger="entered_risk")
 
 
 def _ts(minute: int) -> str:
@@ -153,7 +155,7 @@ def test_alerts_tail_lists_published_records(cli_env: Settings,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     alert = ChurnAlert.build(
         customer_id="c-risk", churn_probability=0.93, threshold=0.7, risk_level="critical",
-        customer_value=410.0, segment=SegmentInfo(segment_id=1, name="at risk"),
+        customer_value=410.0, value=VALUE, segment=SegmentInfo(segment_id=1, name="at risk"),
         reasons=[Reason(feature="recency_days", contribution=1.4, text="no visits for 40 days")],
         model_version=3, event_time=T0, emitted_at=T0)
     later = ChurnAlert.build(

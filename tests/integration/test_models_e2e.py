@@ -73,11 +73,14 @@ def _settings_for(broker: Any, redis_server: Any) -> Settings:
         kafka={"bootstrap_servers": f"127.0.0.1:{broker.port}", "consumer_group": f"m-{run}",
                "topic_partitions": 1},
         topics={n: f"{n}-{run}" for n in ("clickstream", "purchases", "segment_changes",
-                                          "churn_alerts", "dead_letter", "training_examples")},
+                                          "churn_alerts", "priority_alerts", "lifecycle_changes",
+                                          "dead_letter", "training_examples")},
         redis={"url": f"redis://127.0.0.1:{redis_server.port}/0", "key_prefix": f"m{run}"},
         models={"signing_key": "test-signing-key", "churn_horizon_days": HORIZON_DAYS,
                 "min_labels_before_alerts": 500, "snapshot_every_examples": 1000,
-                "alert_cooldown_days": 7, "reload_interval_s": 0.5},
+                "alert_cooldown_days": 7, "reload_interval_s": 0.5,
+                # The generated months are replayed as if live.
+                "history_lag_hours": 0.0},
         ingest={"allowed_lateness_s": 2 * 86_400.0},
         metrics={"port": free_port(), "host": "127.0.0.1"},
     )

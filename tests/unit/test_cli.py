@@ -29,10 +29,12 @@ from streamproc.commands.replay import (
     validate,
 )
 from streamproc.core.events import DEFAULT_LIMITS
-from streamproc.core.outputs import ChurnAlert, Reason, SegmentInfo
+from streamproc.core.outputs import AlertValue, ChurnAlert, Reason, SegmentInfo
 from streamproc.settings import Settings
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
+VALUE = AlertValue(expected_value=90.0, horizon_days=30.0, value_at_risk=83.7, value_tier="high",
+                   lifecycle_stage="at_risk", priority=1, trigger="entered_risk")
 CLICK = {"event_id": "e1", "customer_id": "c1", "event_type": "page_view",
          "timestamp": "2026-02-01T10:00:00Z", "session_id": "s1", "url": "/"}
 ORDER = {"event_id": "e2", "customer_id": "c1", "order_id": "o1", "type": "order",
@@ -220,7 +222,7 @@ def test_html_report_is_self_contained_and_escaped() -> None:
 def test_alert_records_parse_and_format() -> None:
     alert = ChurnAlert.build(
         customer_id="c9", churn_probability=0.91, threshold=0.7, risk_level="critical",
-        customer_value=120.0, segment=SegmentInfo(segment_id=2, name="at risk"),
+        customer_value=120.0, value=VALUE, segment=SegmentInfo(segment_id=2, name="at risk"),
         reasons=[Reason(feature="recency_days", contribution=1.2, text="no visits for 40 days")],
         model_version=4, event_time=NOW, emitted_at=NOW)
     record = parse_output("churn_alert", "alerts", 0, 7, alert.to_bytes())

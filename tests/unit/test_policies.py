@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from streamproc.core.features import DAY
@@ -55,8 +57,10 @@ def test_vanished_segment_moves_immediately() -> None:
 POLICY = AlertPolicy(threshold=0.7, cooldown_s=7 * DAY, min_labels=10)
 
 
-def inp(t: float, p: float, labels: int = 100, version: int = 3) -> AlertInput:
-    return AlertInput("c1", t, p, version, labels)
+def inp(t: float, p: float, labels: int = 100, version: int = 3, value: float = 100.0,
+        active: float | None = None, new: bool = False) -> AlertInput:
+    return AlertInput("c1", t, p, version, labels, expected_value=value, last_activity=active,
+                      too_new=new)
 
 
 def test_alert_needs_threshold_and_ready_model() -> None:
@@ -67,7 +71,10 @@ def test_alert_needs_threshold_and_ready_model() -> None:
     state, d = decide_alert(None, inp(0.0, 0.95), POLICY)
     assert d is not None
     assert d.risk_level == "critical"
-    assert state == AlertState(0.0, 0.95)
+    assert state == AlertState(0.0, 0.95, 95.0)
+    assert (d.expected_value, d.value_at_risk, d.trigger) == (100.0, 95.0, "entered_risk")
+    _, d = decide_alert(None, inp(0.0, 0.95, new=True), POLICY)
+    assert d is None  # too new to judge
 
 
 def test_cooldown_suppresses_repeats_and_late_events() -> None:
@@ -78,10 +85,34 @@ def test_cooldown_suppresses_repeats_and_late_events() -> None:
         assert d is None
         assert state2.last_alert_at == 10 * DAY
         assert state2.last_probability == 0.9
-    _, again = decide_alert(state, inp(17 * DAY, 0.9), POLICY)
+    # Past the cooldown, still the same episode: the customer has not come back.
+    _, same = decide_alert(state, inp(17 * DAY, 0.9, active=9 * DAY), POLICY)
+    assert same is None
+    # They came back (an order after the alert) and drifted away again: a new episode.
+    _, again = decide_alert(state, inp(17 * DAY, 0.9, active=12 * DAY), POLICY)
     assert again is not None
     assert again.alert_id != first.alert_id
     assert again.previous_probability == 0.8
+    assert again.trigger == "entered_risk"
+
+
+def test_one_alert_per_episode_unless_value_at_risk_grew_by_the_factor() -> None:
+    state, first = decide_alert(None, inp(0.0, 0.8, value=100.0), POLICY)
+    assert first is not None
+    assert first.value_at_risk == 80.0
+    t = 0.0
+    for p, value in ((0.9, 120.0), (0.95, 160.0), (0.75, 50.0)):
+        t += 10 * DAY
+        state, d = decide_alert(state, inp(t, p, value=value), POLICY)
+        assert d is None, "value at risk below 2 x 80: the episode's one alert stands"
+    assert state.episode_value_at_risk == 80.0
+    _, grown = decide_alert(state, inp(t + 10 * DAY, 0.8, value=200.0), POLICY)
+    assert grown is not None
+    assert (grown.value_at_risk, grown.trigger) == (160.0, "value_at_risk_grew")
+    # The cooldown stays a floor even when the value at risk grew.
+    _, early = decide_alert(state, inp(t + DAY, 0.8, value=1000.0), replace(
+        POLICY, cooldown_s=60 * DAY))
+    assert early is None
 
 
 def test_alert_id_is_stable_on_reprocessing_and_names_one_alert() -> None:

@@ -22,7 +22,10 @@ from streamproc.runtime.scoring import Scorer
 from streamproc.settings import Settings
 from tests.unit.test_step import T0, bundle
 
-SETTINGS = Settings(models={"signing_key": "k", "min_labels_before_alerts": 0})
+# Event times here lag the hand-set wall clock by days: publish them (history is tested in
+# test_step.py and tests/integration/test_history.py).
+SETTINGS = Settings(models={"signing_key": "k", "min_labels_before_alerts": 0,
+                            "history_lag_hours": 0.0})
 OPEN = PartitionClock(-math.inf, math.inf)  # nothing lags, no watermark yet
 
 
@@ -126,6 +129,7 @@ async def test_activity_waits_while_another_input_lags_then_the_sweep_scores_it(
 
 async def test_the_sweep_fires_idle_checks_and_forgets_expired_customers() -> None:
     store = twin()
+    apply(store, "c1", 1, T0 - 40 * DAY)  # a customer for 40 days: old enough to alert
     apply(store, "c1", 0, T0)
     s = scorer(store)
     await s.on_batch(batch(store, {"c1": [T0]}))

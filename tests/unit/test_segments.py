@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from river import preprocessing
 
 from streamproc.core.features import MODEL_FEATURES
+from streamproc.core.modelset import Trainer
 from streamproc.core.segments import (
     SEGMENT_FEATURES,
     FrozenCentres,
@@ -112,8 +114,22 @@ def test_names_follow_business_rules_and_are_unique() -> None:
     assert names[4] == "bargain hunters (higher spend)"
     assert names[5] == "bargain hunters (lower spend)"
     assert names[6] == "at risk"
-    assert names[7] == "segment 7 (empty)"
+    assert names[7] == "segment 7 (empty)"  # only without a profile: bundles give centres
     assert len(set(names.values())) == len(names)
+
+
+def test_look_alikes_are_told_apart_only_by_a_difference_that_is_true() -> None:
+    # Two window-shopper segments with the same (zero) spend: "higher spend" would be a lie.
+    idle = {"orders": 0.0, "average_order_value": 0.0, "net_spend": 0.0}
+    profiles = {0: _profile(**idle, recency_days=3.0), 1: _profile(**idle, recency_days=9.0)}
+    assert name_segments(profiles, [1, 0]) == {0: "window shoppers (more recent)",
+                                                1: "window shoppers (less recent)"}
+    three = {i: _profile(average_order_value=20.0, net_spend=100.0 * (i + 1)) for i in range(3)}
+    names = name_segments(three, [0, 1, 2])
+    assert names == {2: "regulars (spend rank 1)", 1: "regulars (spend rank 2)",
+                     0: "regulars (spend rank 3)"}
+    same = {i: _profile(average_order_value=20.0, net_spend=100.0) for i in range(2)}
+    assert name_segments(same, [0, 1]) == {0: "regulars (1)", 1: "regulars (2)"}
 
 
 def test_profile_sample_is_bounded_and_counts_customers_once() -> None:
@@ -141,3 +157,27 @@ def test_ari_near_zero_for_random_labels() -> None:
     b = [rng.randrange(5) for _ in range(5000)]
     assert abs(adjusted_rand_index(a, b)) < 0.02
     assert adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
+
+
+def test_a_segment_without_sampled_customers_is_named_from_its_centre() -> None:
+    rng = random.Random(3)
+    rows = [random_features(rng) for _ in range(40)]
+    seg = [segment_features(f) for f in rows]
+    means = {k: float(np.mean([r[k] for r in seg])) for k in SEGMENT_FEATURES}
+    variances = {k: float(np.var([r[k] for r in seg])) + 1e-9 for k in SEGMENT_FEATURES}
+    # A centre exactly where one customer's features standardise to.
+    target = rows[0]
+    z = {k: (segment_features(target)[k] - means[k]) / math.sqrt(variances[k])
+         for k in SEGMENT_FEATURES}
+    centres = FrozenCentres.build(means, variances, {0: z}, 1)
+    [(sid, prof)] = centres.centre_profiles().items()
+    assert sid == 0
+    assert prof["recency_days"] == pytest.approx(target["recency_days"], rel=1e-6, abs=1e-6)
+    assert prof["orders"] == pytest.approx(math.expm1(target["log_orders"]), abs=1e-6)
+    assert prof["customers"] == 0.0
+    trainer = Trainer(n_segments=4, seed=1)
+    for i, f in enumerate(rows[:3]):
+        trainer.learn_profile_features(f"c{i}", f, 1e9)
+    names = [s.name for s in trainer.bundle().segments.values()]
+    assert not any("empty" in n for n in names)
+    assert len(set(names)) == len(names)

@@ -60,6 +60,8 @@ class ScriptedBundle:
     churn_ready: bool = True
     horizon_days: float = 30.0
     churn: Callable[[float], float] = lambda days: min(0.99, days / 30.0)
+    #: Expected value over the horizon as a function of recency.
+    value: Callable[[float], float] = lambda days: 100.0
     segments: Mapping[int, SegmentInfo] = field(default_factory=lambda: {
         0: SegmentInfo(segment_id=0, name="regulars"),
         1: SegmentInfo(segment_id=1, name="lapsing")})
@@ -80,8 +82,11 @@ class ScriptedBundle:
             distances = {0: abs(days) + 1.0, 1: abs(days - 20.0) + 1.0}
             out.append(Score(0, "s", {}, distances, "tier", (1, 1, 1), self.churn(days),
                              [("recency_days", 0.5, f"{days:.0f} days {currency}")],
-                             expected_value=1.0, horizon_days=self.horizon_days))
+                             expected_value=self.value(days), horizon_days=self.horizon_days))
         return out
+
+    def value_tier(self, expected_value: float) -> str:
+        return "high" if expected_value >= 100.0 else "low"
 
 
 def bundle(**kwargs: Any) -> ModelBundle:
@@ -178,8 +183,8 @@ def test_the_pending_cap_drops_the_oldest_and_counts_it() -> None:
     assert [s.scored_at for s in st.pending] == [T0 + 21 * DAY, T0 + 28 * DAY]
 
 
-def test_segments_move_with_hysteresis_and_alerts_respect_the_cooldown() -> None:
-    p0 = profile(0)
+def test_segments_move_with_hysteresis_and_one_alert_per_at_risk_episode() -> None:
+    p0 = profile(-40, 0)  # a customer for 40 days: old enough to judge
     model = bundle()
     st, out = step(None, StepInput("c", p0, act(0), score_at=T0), model, CONFIG)
     [first] = out.segment_changes
@@ -198,11 +203,20 @@ def test_segments_move_with_hysteresis_and_alerts_respect_the_cooldown() -> None
     assert (alert.segment_id, alert.customer_value) == (1, 0.0)
     assert alert.reasons == (("recency_days", 0.5, "21 days None"),)
     assert out.probabilities == tuple(d / 30.0 for d in (7, 14, 21, 28))
+    assert (alert.value_tier, alert.lifecycle_stage) == ("high", "at_risk")
+    assert alert.decision.value_at_risk == 70.0  # probability x expected value
     st, out = step(st, StepInput("c", p0, watermark=T0 + 36 * DAY), model, CONFIG)
-    [again] = out.alerts  # day 35: the cooldown has just passed
-    assert again.decision.event_time == T0 + 35 * DAY
+    assert out.alerts == ()  # day 35: past the cooldown, but the same at-risk episode
+    # The customer comes back on day 36, then drifts away again: a new episode.
+    p1 = profile(-40, 0, 36)
+    st, out = step(st, StepInput("c", p1, (T0 + 36 * DAY,), score_at=T0 + 36 * DAY),
+                   model, CONFIG)
+    assert out.alerts == ()
+    st, out = step(st, StepInput("c", p1, watermark=T0 + 60 * DAY), model, CONFIG)
+    [again] = out.alerts
+    assert again.decision.event_time == T0 + 57 * DAY
     assert again.decision.alert_id != alert.decision.alert_id
-    assert again.decision.previous_probability == 28 / 30.0
+    assert again.decision.trigger == "entered_risk"
 
 
 def test_no_alert_before_the_model_is_ready_and_no_decision_without_one() -> None:
@@ -253,3 +267,62 @@ def test_an_owner_and_the_spread_flag_pass_through() -> None:
     st, _ = step(state, StepInput("c", profile(0), act(0), score_at=T0), None, CONFIG)
     assert (st.owner, st.spread) == (3, True)
     assert math.isinf(StepInput("c", None).watermark)
+
+
+def test_history_updates_state_but_publishes_nothing() -> None:
+    """With a fake wall clock: scorings older than the lag are history, newer ones news."""
+    config = replace(CONFIG, history_lag_s=2 * DAY)
+    p0 = profile(-40, 0)
+    now = T0 + 100 * DAY  # the whole replayed month is long past
+    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0, now=now), bundle(), config)
+    st, out2 = step(st, StepInput("c", p0, watermark=T0 + 30 * DAY, now=now), bundle(), config)
+    assert (out.segment_changes, out.stage_changes, out.alerts) == ((), (), ())
+    assert (out2.segment_changes, out2.stage_changes, out2.alerts) == ((), (), ())
+    # Two first assignments (segment, stage), then a move, a stage change and an alert.
+    assert out.history_suppressed + out2.history_suppressed >= 5
+    assert len(labels(out2)) + len(out2.examples) > 0  # the models still learn from it
+    assert st.alert is not None
+    assert st.alert.last_alert_at == T0 + 21 * DAY  # as if alerted: no stale alert later
+    # The same steps without a clock (the in-memory replay) publish all of it.
+    _, live = step(None, StepInput("c", p0, (T0,), score_at=T0), bundle(), config)
+    assert len(live.segment_changes) == 1
+    assert live.history_suppressed == 0
+    # News (within the lag of the clock) is published.
+    _, recent = step(None, StepInput("c", p0, (T0,), score_at=T0, now=T0 + DAY), bundle(),
+                     config)
+    assert len(recent.segment_changes) == 1
+    assert [c.change.stage for c in recent.stage_changes] == ["active"]
+
+
+def test_lifecycle_stages_follow_the_customer() -> None:
+    p0 = profile(-40, 0)
+    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0), bundle(), CONFIG)
+    assert [c.change.stage for c in out.stage_changes] == ["active"]
+    st, out = step(st, StepInput("c", p0, watermark=T0 + 45 * DAY), bundle(), CONFIG)
+    # At risk from day 21 (p = 0.7), lapsed once a horizon (30 days) passed with no activity.
+    assert [(c.change.previous, c.change.stage, c.change.changed_at) for c in out.stage_changes
+            ] == [("active", "at_risk", T0 + 21 * DAY), ("at_risk", "lapsed", T0 + 35 * DAY)]
+    p1 = profile(-40, 0, 50)
+    st, out = step(st, StepInput("c", p1, (T0 + 50 * DAY,), score_at=T0 + 50 * DAY), bundle(),
+                   CONFIG)
+    assert [c.change.stage for c in out.stage_changes] == ["won_back"]
+    assert out.stage_changes[0].value_tier == "high"
+    # Won back lasts one horizon from the comeback; an order after it makes them active.
+    p2 = profile(-40, 0, 50, 70, 82)
+    calm = bundle(churn=lambda days: 0.1)
+    st, out = step(st, StepInput("c", p2, (T0 + 70 * DAY,), score_at=T0 + 70 * DAY), calm,
+                   CONFIG)
+    assert out.stage_changes == ()
+    _, out = step(st, StepInput("c", p2, (T0 + 82 * DAY,), score_at=T0 + 82 * DAY), calm,
+                  CONFIG)
+    assert [(c.change.previous, c.change.stage) for c in out.stage_changes] == [
+        ("won_back", "active")]
+
+
+def test_a_customer_too_new_to_judge_is_new_and_never_alerted() -> None:
+    p0 = profile(0)  # first seen now, no order
+    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0), bundle(), CONFIG)
+    assert [c.change.stage for c in out.stage_changes] == ["new"]
+    _, out = step(st, StepInput("c", p0, watermark=T0 + 28 * DAY), bundle(), CONFIG)
+    assert out.alerts == ()
+    assert max(out.probabilities) >= 0.9
