@@ -28,6 +28,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from streamproc.core.events import REJECT_REASONS, ClickstreamEventType
+from streamproc.core.lifecycle import LifecycleStage
 from streamproc.core.outputs import RiskLevel
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -160,6 +161,8 @@ def zero_labelled_counters(metrics: Metrics, topics: Topics) -> None:
         metrics.feature_set_mismatches.labels(kind)
     for outcome in ("retried", "gave_up"):
         metrics.scoring_conflicts.labels(outcome)
+    for stage in get_args(LifecycleStage):
+        metrics.lifecycle_changes.labels(stage)
 
 
 def set_segment_names(metrics: Metrics, names: Mapping[int, str]) -> None:

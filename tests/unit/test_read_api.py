@@ -20,7 +20,7 @@ from streamproc.api import (
     readable_profile,
     risk_level,
 )
-from streamproc.core.outputs import ChurnAlert, SegmentInfo
+from streamproc.core.outputs import AlertValue, ChurnAlert, SegmentInfo
 from streamproc.settings import Settings
 from streamproc.times import iso_utc, parse_time
 
@@ -31,7 +31,10 @@ def test_iso_utc_is_the_output_topics_format() -> None:
     alert = ChurnAlert.build(
         customer_id="c", churn_probability=0.9, threshold=0.7, risk_level="critical",
         customer_value=1.0, segment=SegmentInfo(segment_id=1, name="x"), reasons=[],
-        model_version=1, event_time=NOW + timedelta(microseconds=123000), emitted_at=NOW)
+        model_version=1, event_time=NOW + timedelta(microseconds=123000), emitted_at=NOW,
+        value=AlertValue(expected_value=90.0, horizon_days=30.0, value_at_risk=81.0,
+                         value_tier="high", lifecycle_stage="at_risk", priority=1,
+                         trigger="entered_risk"))
     doc = alert.model_dump(mode="json")
     assert iso_utc(NOW + timedelta(microseconds=123000)) == doc["event_time"]
     assert iso_utc(NOW) == doc["emitted_at"] == "2026-03-01T12:00:00Z"

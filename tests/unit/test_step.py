@@ -209,12 +209,14 @@ def test_segments_move_with_hysteresis_and_one_alert_per_at_risk_episode() -> No
     assert out.alerts == ()  # day 35: past the cooldown, but the same at-risk episode
     # The customer comes back on day 36, then drifts away again: a new episode.
     p1 = profile(-40, 0, 36)
-    st, out = step(st, StepInput("c", p1, (T0 + 36 * DAY,), score_at=T0 + 36 * DAY),
+    st, out = step(st, StepInput("c", p1, ((T0 + 36 * DAY, 0.0),), score_at=T0 + 36 * DAY),
                    model, CONFIG)
     assert out.alerts == ()
-    st, out = step(st, StepInput("c", p1, watermark=T0 + 60 * DAY), model, CONFIG)
+    st, out = step(st, StepInput("c", p1, watermark=T0 + 64 * DAY), model, CONFIG)
+    # Census checks stay on the customer's weekly schedule (days 42, 49, 56, 63): recency
+    # 20 on day 56 (p 0.67) is under the threshold, 27 on day 63 is over it.
     [again] = out.alerts
-    assert again.decision.event_time == T0 + 57 * DAY
+    assert again.decision.event_time == T0 + 63 * DAY
     assert again.decision.alert_id != alert.decision.alert_id
     assert again.decision.trigger == "entered_risk"
 
@@ -274,7 +276,7 @@ def test_history_updates_state_but_publishes_nothing() -> None:
     config = replace(CONFIG, history_lag_s=2 * DAY)
     p0 = profile(-40, 0)
     now = T0 + 100 * DAY  # the whole replayed month is long past
-    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0, now=now), bundle(), config)
+    st, out = step(None, StepInput("c", p0, ((T0, 0.0),), score_at=T0, now=now), bundle(), config)
     st, out2 = step(st, StepInput("c", p0, watermark=T0 + 30 * DAY, now=now), bundle(), config)
     assert (out.segment_changes, out.stage_changes, out.alerts) == ((), (), ())
     assert (out2.segment_changes, out2.stage_changes, out2.alerts) == ((), (), ())
@@ -284,11 +286,11 @@ def test_history_updates_state_but_publishes_nothing() -> None:
     assert st.alert is not None
     assert st.alert.last_alert_at == T0 + 21 * DAY  # as if alerted: no stale alert later
     # The same steps without a clock (the in-memory replay) publish all of it.
-    _, live = step(None, StepInput("c", p0, (T0,), score_at=T0), bundle(), config)
+    _, live = step(None, StepInput("c", p0, ((T0, 0.0),), score_at=T0), bundle(), config)
     assert len(live.segment_changes) == 1
     assert live.history_suppressed == 0
     # News (within the lag of the clock) is published.
-    _, recent = step(None, StepInput("c", p0, (T0,), score_at=T0, now=T0 + DAY), bundle(),
+    _, recent = step(None, StepInput("c", p0, ((T0, 0.0),), score_at=T0, now=T0 + DAY), bundle(),
                      config)
     assert len(recent.segment_changes) == 1
     assert [c.change.stage for c in recent.stage_changes] == ["active"]
@@ -296,24 +298,24 @@ def test_history_updates_state_but_publishes_nothing() -> None:
 
 def test_lifecycle_stages_follow_the_customer() -> None:
     p0 = profile(-40, 0)
-    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0), bundle(), CONFIG)
+    st, out = step(None, StepInput("c", p0, ((T0, 0.0),), score_at=T0), bundle(), CONFIG)
     assert [c.change.stage for c in out.stage_changes] == ["active"]
     st, out = step(st, StepInput("c", p0, watermark=T0 + 45 * DAY), bundle(), CONFIG)
     # At risk from day 21 (p = 0.7), lapsed once a horizon (30 days) passed with no activity.
     assert [(c.change.previous, c.change.stage, c.change.changed_at) for c in out.stage_changes
             ] == [("active", "at_risk", T0 + 21 * DAY), ("at_risk", "lapsed", T0 + 35 * DAY)]
     p1 = profile(-40, 0, 50)
-    st, out = step(st, StepInput("c", p1, (T0 + 50 * DAY,), score_at=T0 + 50 * DAY), bundle(),
-                   CONFIG)
+    st, out = step(st, StepInput("c", p1, ((T0 + 50 * DAY, 0.0),), score_at=T0 + 50 * DAY),
+                   bundle(), CONFIG)
     assert [c.change.stage for c in out.stage_changes] == ["won_back"]
     assert out.stage_changes[0].value_tier == "high"
     # Won back lasts one horizon from the comeback; an order after it makes them active.
     p2 = profile(-40, 0, 50, 70, 82)
     calm = bundle(churn=lambda days: 0.1)
-    st, out = step(st, StepInput("c", p2, (T0 + 70 * DAY,), score_at=T0 + 70 * DAY), calm,
+    st, out = step(st, StepInput("c", p2, ((T0 + 70 * DAY, 0.0),), score_at=T0 + 70 * DAY), calm,
                    CONFIG)
     assert out.stage_changes == ()
-    _, out = step(st, StepInput("c", p2, (T0 + 82 * DAY,), score_at=T0 + 82 * DAY), calm,
+    _, out = step(st, StepInput("c", p2, ((T0 + 82 * DAY, 0.0),), score_at=T0 + 82 * DAY), calm,
                   CONFIG)
     assert [(c.change.previous, c.change.stage) for c in out.stage_changes] == [
         ("won_back", "active")]
@@ -321,7 +323,7 @@ def test_lifecycle_stages_follow_the_customer() -> None:
 
 def test_a_customer_too_new_to_judge_is_new_and_never_alerted() -> None:
     p0 = profile(0)  # first seen now, no order
-    st, out = step(None, StepInput("c", p0, (T0,), score_at=T0), bundle(), CONFIG)
+    st, out = step(None, StepInput("c", p0, ((T0, 0.0),), score_at=T0), bundle(), CONFIG)
     assert [c.change.stage for c in out.stage_changes] == ["new"]
     _, out = step(st, StepInput("c", p0, watermark=T0 + 28 * DAY), bundle(), CONFIG)
     assert out.alerts == ()
