@@ -245,11 +245,12 @@ class ModelSettings(_Group):
         description="A customer moves only if the new centre is this much closer (relative).",
     )
     churn_definition: ChurnDefinition = Field(
-        "order",
+        "activity",
         description=(
-            "What keeps a customer from churning: 'order' (only orders; the right choice for "
-            "order data) or 'activity' (any event but a refund: visits, views, searches, "
-            "carts, orders; for engagement products)."
+            "What keeps a customer from churning: 'activity' (any event but a refund: visits, "
+            "views, searches, carts, orders; on a purchase-only stream the same as 'order') "
+            "or 'order' (only orders). Only qualifying events start a customer's scoring, so "
+            "with 'order' a visitor who never ordered gets no segment or churn score."
         ),
     )
     churn_horizon_days: float | None = Field(

@@ -85,7 +85,7 @@ class StepConfig:
     hysteresis: float
     alert_policy: AlertPolicy
     #: Which events keep a customer from churning (the drivers pass only those as activity).
-    churn_definition: ChurnDefinition = "order"
+    churn_definition: ChurnDefinition = "activity"
     #: Scorings whose event time is older than this behind the wall clock (``StepInput.now``)
     #: are history: they update state but publish nothing. None: everything is news.
     history_lag_s: float | None = None

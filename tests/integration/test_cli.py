@@ -160,11 +160,12 @@ def test_alerts_tail_lists_published_records(cli_env: Settings,
         model_version=3, event_time=T0, emitted_at=T0)
     later = ChurnAlert.build(
         customer_id="c-other", churn_probability=0.75, threshold=0.7, risk_level="medium",
-        customer_value=20.0, segment=None, reasons=[], model_version=3,
+        customer_value=20.0, value=VALUE, segment=None, reasons=[], model_version=3,
         event_time=T0 + timedelta(hours=2), emitted_at=T0)
     change = SegmentChanged.build(
         customer_id="c-risk", previous=None, current=SegmentInfo(segment_id=1, name="at risk"),
-        rfm_tier="at risk", model_version=3, event_time=T0 + timedelta(hours=1), emitted_at=T0)
+        rfm_tier="at risk", model_version=3, event_time=T0 + timedelta(hours=1), emitted_at=T0,
+        value_tier="high", lifecycle_stage="at_risk")
     # Written out of event-time order, on two topics.
     asyncio.run(produce(cli_env.kafka.bootstrap_servers, [
         (cli_env.topics.churn_alerts, "c-other", later.to_bytes()),

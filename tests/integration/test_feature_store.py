@@ -311,7 +311,8 @@ async def test_one_round_trip_per_batch_and_compact_profiles(redis_server: Servi
             cid = f"c-{n % 40}"
             if n % 25 == 24:
                 values.append({"event_id": f"e-{n}", "customer_id": cid, "order_id": f"o-{n}",
-                               "type": "order", "total": 42.5, "session_id": f"s-{n % 60}",
+                               "type": "order", "total": 42.5, "currency": "EUR",
+                               "session_id": f"s-{n % 60}",
                                "items": [{"product_id": "p", "category": cats[n % 8],
                                           "quantity": 2, "unit_price": 21.25}]})
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -54,8 +55,9 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
         await client.zadd(checks, {"c-gone": 0.0})
         live_before = await client.get(keys.profile_key(prefix, "c-live"))
 
-        # Event time far past every check: everything in the set is due.
-        worker.scorer.clock_for = lambda _p: PartitionClock(4.0e9, math.inf)
+        # Event time 12 weeks and a half on: every check of that time is due (and c-gone).
+        later = datetime(2026, 11, 1, 10, tzinfo=UTC).timestamp() + 84.5 * 86_400.0
+        worker.scorer.clock_for = lambda _p: PartitionClock(later, math.inf)
         await (await worker.scorer.sweep(0, publisher.send))
 
         assert await client.exists(keys.profile_key(prefix, "c-gone")) == 0
@@ -63,7 +65,8 @@ async def test_sweep_rescores_due_customers_and_forgets_expired_ones(
         assert await client.zscore(keys.schedule_key(prefix, "deferred:0"), "c-gone") is None
         live_after = await client.get(keys.profile_key(prefix, "c-live"))
         assert live_after != live_before  # the live customer's idle check ran and was stored
-        # Every idle check due, each 7 days, until three 30-day horizons after the activity.
+        # The census check of every week since the activity (days 7, 14, ..., 84). Census
+        # checks go on while the customer's key lives (profile TTL), whatever they did.
         assert worker.metrics.idle_checks._value.get() == 12
     finally:
         await client.aclose()

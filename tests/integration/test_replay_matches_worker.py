@@ -89,7 +89,8 @@ def _events(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 def frozen_model(models: ModelSettings) -> tuple[Trainer, ModelBundle]:
     """A model learned from 90 earlier days of another seed's customers, by the replay."""
-    trainer = Trainer(n_segments=models.segments, seed=42,
+    # The operator's horizon, as the trainer service passes it (None: learned).
+    trainer = Trainer(n_segments=models.segments, seed=42, horizon_days=models.churn_horizon_days,
                       churn_threshold=models.churn_threshold, min_labels=MIN_LABELS)
     replay = Replay(trainer, models.step_config(), models.snapshot_every_examples,
                     lateness_s=LATENESS_S)
