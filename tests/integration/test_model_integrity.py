@@ -48,7 +48,9 @@ async def test_tampered_snapshots_are_refused_and_restarts_resume(
         make_settings: Any, tmp_path: Path) -> None:
     port = free_port()
     settings: Settings = make_settings(
-        models={"snapshot_every_examples": 200, "reload_interval_s": 0.5},
+        # A short horizon: census labels (at t + H) reach the trainer within the stream.
+        models={"snapshot_every_examples": 200, "reload_interval_s": 0.5,
+                "churn_horizon_days": 7},
         metrics={"port": port}, kafka={"topic_partitions": 1})
     await ensure_topics(settings)
     gen = TrafficGenerator(customers=120, seed=5, start=START, days=60)
