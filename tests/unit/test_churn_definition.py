@@ -13,7 +13,7 @@ from streamproc.core.churn_definition import is_qualifying
      ("session_start", False, True), ("add_to_cart", False, True)],
 )
 def test_definitions(event_type: str, order: bool, activity: bool) -> None:
-    assert is_qualifying(event_type) is order  # "order" is the default
+    assert is_qualifying(event_type) is activity  # "activity" is the default
     assert is_qualifying(event_type, "order") is order
     assert is_qualifying(event_type, "activity") is activity
 

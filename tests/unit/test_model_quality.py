@@ -30,7 +30,8 @@ def replayed() -> tuple[Replay, TrafficGenerator]:
     gen = TrafficGenerator(
         customers=CUSTOMERS, seed=11, start=datetime(2024, 1, 1, tzinfo=UTC), days=DAYS
     )
-    models = ModelSettings()
+    # Churn as no order: the generator's churners stop ordering (their visits may go on).
+    models = ModelSettings(churn_definition="order")
     trainer = Trainer(n_segments=models.segments, seed=42,
                       churn_threshold=models.churn_threshold,
                       min_labels=models.min_labels_before_alerts)
