@@ -5,8 +5,7 @@ store (``core/replay.py``, with the settings' defaults: features, snapshots, del
 labels, a model version every SNAPSHOT_EVERY_EXAMPLES), records the profile stream the
 trainer learns from, then runs every clusterer over it: adjusted Rand index vs planted
 persona (every customer's profile at the end of the period), learn rows/s, pickle size.
-The churn model is chosen on real purchases, not here (``load_tests/churn_study.py``,
-``load_tests/realdata.py``).
+The churn model is chosen on real purchases, not here (``load_tests/realdata.py``).
 
 Run: ``python load_tests/model_selection.py [--customers 1000] [--days 120] [--seed 7]``
 """
