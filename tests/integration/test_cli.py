@@ -6,12 +6,10 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,7 @@ import pytest
 
 from streamproc.cli import main
 from streamproc.core.outputs import AlertValue, ChurnAlert, Reason, SegmentChanged, SegmentInfo
-from streamproc.runtime.embedded import spawn_worker
-from streamproc.runtime.kafka import ensure_topics
-from streamproc.settings import Settings, to_env
+from streamproc.settings import Settings
 from tests.integration.kafka_io import produce
 
 pytestmark = pytest.mark.integration
@@ -47,25 +43,6 @@ def _order(cid: str, n: int) -> dict[str, Any]:
             "type": "order", "timestamp": _ts(n), "currency": "EUR", "total": 30.0,
             "items": [{"product_id": "p1", "category": "toys", "quantity": 3,
                        "unit_price": 10.0}]}
-
-
-@pytest.fixture
-def cli_env(make_settings: Callable[..., Settings],
-            monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings for this test, exported as STREAMPROC_* variables the CLI reads."""
-    settings = make_settings()
-    for name, value in to_env(settings).items():
-        monkeypatch.setenv(name, value)
-    asyncio.run(ensure_topics(settings))
-    return settings
-
-
-@pytest.fixture
-def worker(cli_env: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = spawn_worker(to_env(cli_env), log_path=tmp_path / "worker.log")
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
 
 
 def _json_out(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,7 @@ from streamproc.adapters.event_time import (
 from streamproc.api import AnalyticsReader
 from streamproc.cli import main
 from streamproc.core.store import schedule_name
-from streamproc.runtime.embedded import spawn_worker
-from streamproc.runtime.kafka import ensure_topics
-from streamproc.settings import Settings, to_env
+from streamproc.settings import Settings
 from streamproc.times import iso_utc
 
 pytestmark = pytest.mark.integration
@@ -50,25 +47,6 @@ def _write(path: Path, events: list[dict[str, Any]]) -> Path:
 def _json_out(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
     assert main(argv) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
-
-
-@pytest.fixture
-def cli_env(make_settings: Callable[..., Settings],
-            monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings for this test, exported as STREAMPROC_* variables the CLI reads."""
-    settings = make_settings()
-    for name, value in to_env(settings).items():
-        monkeypatch.setenv(name, value)
-    asyncio.run(ensure_topics(settings))
-    return settings
-
-
-@pytest.fixture
-def worker(cli_env: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = spawn_worker(to_env(cli_env), log_path=tmp_path / "worker.log")
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
 
 
 async def _due_checks(settings: Settings, upto: dict[str, str]) -> int:
